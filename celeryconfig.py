@@ -1,0 +1,39 @@
+"""Celery settings for the intent pipeline, all derived from ``intent.settings``.
+
+Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app does not
+need a Redis URL until the app is used.
+"""
+
+from intent.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.effective_broker_url
+result_backend = _settings.effective_result_backend
+
+# JSON only, both ways: no pickle anywhere.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# At-least-once: ack after the task ran, and requeue when the worker process died.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# I/O-bound tasks: take one message at a time, so a slow downstream does not hoard work.
+worker_prefetch_multiplier = 1
+
+task_soft_time_limit = _settings.task_soft_time_limit
+task_time_limit = _settings.task_time_limit
+result_expires = _settings.result_expires
+
+# Redis broker: an unacked message (a running task, or one waiting for its countdown) is
+# redelivered after visibility_timeout; settings refuse a value below the longest
+# countdown plus the hard time limit, so a scheduled retry never runs twice.
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+result_backend_transport_options = {"socket_timeout": 10, "retry_policy": {"timeout": 5.0}}
+broker_connection_retry_on_startup = True
+
+task_default_queue = "intent"
+worker_send_task_events = True
+task_send_sent_event = True

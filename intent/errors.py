@@ -1,0 +1,111 @@
+"""The service's one error tree, rooted at :class:`IntentError`.
+
+Every error keeps its constructor arguments in ``args``: Celery's JSON result backend
+stores ``exc.args`` and rebuilds the error with ``cls(*args)``, so a caller gets the
+same type and fields back (no pickle). ``transient`` tells the task layer whether a
+retry can help; control-flow errors carry the delay they ask for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class IntentError(Exception):
+    """Root of every error this service raises on purpose."""
+
+    transient: ClassVar[bool] = False
+
+
+class ValidationError(IntentError):
+    """Bad input: names the field. Never retried."""
+
+    def __init__(self, field: str, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(field, message, errors or [])
+        self.field = field
+        self.message = message
+        self.errors = errors or [{"field": field, "message": message}]
+
+    def __str__(self) -> str:
+        return f"invalid request: {self.field}: {self.message}"
+
+
+class RateLimitExceeded(IntentError):
+    """A rate limit refused the call; try again after ``retry_after`` seconds."""
+
+    def __init__(self, limit: str, retry_after: float):
+        super().__init__(limit, retry_after)
+        self.limit = limit
+        self.retry_after = float(retry_after)
+
+    def __str__(self) -> str:
+        return f"rate limit {self.limit} exceeded; retry after {self.retry_after:.2f} s"
+
+
+class ServiceError(IntentError):
+    """A downstream call failed. ``cause`` describes what went wrong underneath."""
+
+    def __init__(self, service: str, message: str, cause: str | None = None):
+        super().__init__(service, message, cause)
+        self.service = service
+        self.message = message
+        self.cause = cause
+
+    def __str__(self) -> str:
+        text = f"{self.service}: {self.message}"
+        return f"{text} (cause: {self.cause})" if self.cause else text
+
+
+class ServiceUnavailableError(ServiceError):
+    """Transient: connection error, timeout, 5xx, or 429. Retried with backoff."""
+
+    transient = True
+
+    def __init__(self, service: str, reason: str, retry_after: float | None = None):
+        IntentError.__init__(self, service, reason, retry_after)
+        self.service = service
+        self.reason = reason
+        self.message = reason
+        self.cause = reason
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"Service {self.service} is unavailable: {self.reason}"
+
+
+class ServiceRequestError(ServiceError):
+    """Permanent: the service refused the request (4xx other than 429) or answered
+    something that is not its API. Not retried; does not trip the breaker."""
+
+    def __init__(self, service: str, status: int, detail: str):
+        IntentError.__init__(self, service, status, detail)
+        self.service = service
+        self.status = status
+        self.detail = detail
+        self.message = f"HTTP {status}: {detail}"
+        self.cause = self.message
+
+    def __str__(self) -> str:
+        return f"{self.service} refused the request: HTTP {self.status}: {self.detail}"
+
+
+class RetriesExhaustedError(ServiceError):
+    """A transient failure outlived every retry; ``cause`` is the last failure."""
+
+
+class CircuitBreakerError(IntentError):
+    """Base of the circuit breaker's errors."""
+
+
+class CircuitOpenError(CircuitBreakerError):
+    """The breaker for ``service`` rejects calls until ``until`` (epoch seconds)."""
+
+    def __init__(self, service: str, until: float | None = None):
+        super().__init__(service, until)
+        self.service = service
+        self.service_name = service  # the integration guide's name for it
+        self.until = until
+
+    def __str__(self) -> str:
+        text = f"Circuit breaker is open for service {self.service}"
+        return f"{text} until {self.until:.3f}" if self.until is not None else text

@@ -1,0 +1,25 @@
+"""Intake of an analysis: who owns a request_id, so a resubmission does not run it twice."""
+
+from __future__ import annotations
+
+from intent.runtime import Runtime
+
+
+def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> str | None:
+    """Claim ``request_id`` for ``analysis_id``; None when claimed, else the current owner.
+
+    The claim lives as long as results do (``result_expires``): within that time a
+    resubmission gets the first analysis back instead of a second run.
+    """
+    key = rt.keys.request_claim(request_id)
+    if rt.redis.set(key, analysis_id, nx=True, ex=rt.settings.result_expires):
+        return None
+    owner = rt.redis.get(key)
+    if owner is None:  # expired between the two commands: try once more
+        return claim_request(rt, request_id, analysis_id)
+    return owner.decode() if isinstance(owner, bytes) else str(owner)
+
+
+def release_request(rt: Runtime, request_id: str) -> None:
+    """Give a claim back (the analysis could not be enqueued)."""
+    rt.redis.delete(rt.keys.request_claim(request_id))

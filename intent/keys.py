@@ -1,0 +1,55 @@
+"""The Redis key schema: every key the service writes is built here, with its lifetime.
+
+One prefix (``INTENT_KEY_PREFIX``, default ``intent:``) starts every key. Keys that a
+single Lua script touches together share a ``{hash tag}`` so Redis Cluster keeps them in
+one slot. Everything that is neither a stream nor durable state carries a TTL; the TTLs
+live in settings and are named beside each key below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "intent:"
+
+    # -- events -------------------------------------------------------------------
+    @property
+    def events_stream(self) -> str:
+        """The event bus: a stream, bounded by MAXLEN ~ (settings.events_maxlen)."""
+        return f"{self.prefix}events"
+
+    def event_seen(self, event_id: str) -> str:
+        """Marks an event id as published (TTL settings.event_dedup_ttl). Hash-tagged with
+        the stream so the publish script can touch both in one slot."""
+        return f"{{{self.events_stream}}}:seen:{event_id}"
+
+    # -- pattern state --------------------------------------------------------------
+    def _pattern_tag(self, context_id: str, pattern_id: str) -> str:
+        return f"{{{self.prefix}pattern:{context_id}:{pattern_id}}}"
+
+    def pattern_state(self, context_id: str, pattern_id: str) -> str:
+        """Durable: the last detection per (context, pattern). No TTL."""
+        return f"{self._pattern_tag(context_id, pattern_id)}:state"
+
+    def pattern_decision(self, context_id: str, pattern_id: str, request_id: str) -> str:
+        """The decision taken for one request, so a redelivered step repeats it rather than
+        re-deciding against state it already changed (TTL settings.result_expires)."""
+        return f"{self._pattern_tag(context_id, pattern_id)}:decision:{request_id}"
+
+    # -- requests -------------------------------------------------------------------
+    def request_claim(self, request_id: str) -> str:
+        """Who owns a request_id: holds the analysis id (TTL settings.result_expires)."""
+        return f"{self.prefix}request:{request_id}"
+
+    # -- circuit breakers -------------------------------------------------------------
+    def breaker(self, name: str) -> str:
+        """Hash tag shared by all of one breaker's keys."""
+        return f"{{{self.prefix}cb:{name}}}"
+
+    @property
+    def breaker_registry(self) -> str:
+        """Set of known breaker names (for operators' listings)."""
+        return f"{self.prefix}cb:names"

@@ -1,0 +1,134 @@
+"""The shapes that cross a task boundary, as pydantic models (JSON in, JSON out)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SCHEMA_VERSION = 1
+
+# Identifiers end up in Redis keys, URLs and logs: a safe alphabet, bounded length.
+Identifier = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+]
+SignalValue = str | int | float | bool | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntentRequest(_Model):
+    """One analysis to run: what a web application submits."""
+
+    request_id: Identifier = Field(default_factory=lambda: uuid.uuid4().hex)
+    client_id: Identifier
+    context_id: Identifier | None = None
+    data: dict[str, Any] | None = None
+    pattern_id: Identifier
+    signals: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], SignalValue],
+                       Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_context_source(self) -> IntentRequest:
+        if (self.context_id is None) == (self.data is None):
+            raise ValueError("context_id: give exactly one of context_id or data")
+        if self.data is not None and not self.data:
+            raise ValueError("data: must not be empty")
+        return self
+
+
+class Context(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    context_id: str
+    version: int | str
+    attributes: dict[str, Any]
+    updated_at: str
+
+    def content_hash(self) -> str:
+        """A stable digest of the context's content (not its timestamps)."""
+        import hashlib
+
+        canonical = json.dumps(self.attributes, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class Prediction(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    label: str
+    confidence: Annotated[float, Field(ge=0, le=1)]
+
+
+class PredictionSet(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pattern_id: str
+    predictions: list[Prediction]
+    model_version: str
+
+    def top(self) -> Prediction | None:
+        return max(self.predictions, key=lambda p: p.confidence, default=None)
+
+
+class IntentEvent(StrEnum):
+    PATTERN_DETECTED = "pattern_detected"
+    PATTERN_UPDATED = "pattern_updated"
+    CONTEXT_CHANGED = "context_changed"
+    PREDICTION_RECEIVED = "prediction_received"
+
+
+class PatternResult(_Model):
+    """What detection decided for one analysis, and the events that follow from it."""
+
+    label: str | None
+    confidence: float | None
+    previous_label: str | None = None
+    previous_confidence: float | None = None
+    context_hash: str
+    events: list[IntentEvent]
+    decided_at: str
+
+
+class Event(_Model):
+    """An event on the bus: the guide's schema plus ``request_id`` and a schema version."""
+
+    id: str
+    type: IntentEvent
+    pattern_id: str
+    data: dict[str, Any]
+    timestamp: str
+    source: str = "intent_service"
+    request_id: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class IntentResult(_Model):
+    """The analysis as it moves down the chain; each step fills in its part."""
+
+    request: IntentRequest
+    context: Context | None = None
+    predictions: PredictionSet | None = None
+    pattern: PatternResult | None = None
+    events: list[Event] = Field(default_factory=list)
+    published: int = 0  # events this analysis added to the stream (0 on a replay)
+    retries: dict[str, int] = Field(default_factory=dict)
+    degraded: bool = False
+    degraded_reasons: list[str] = Field(default_factory=list)
+    status: str = "running"
+
+    def with_retries(self, step: str, count: int) -> IntentResult:
+        if not count:
+            return self
+        return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,196 @@
+"""Serving the reference apps on real sockets (threads in this process), and a small client
+of their admin routes for tests and the demo."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+from wsgiref.types import WSGIApplication
+
+import requests
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from intent.reference.app import ServiceState, make_context_app, make_prediction_app
+
+logger = logging.getLogger(__name__)
+
+_LISTEN_BACKLOG = 1024  # benchmarks open many short connections at once
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Werkzeug's handler without the access-log line per request."""
+
+    # Set here so werkzeug does not patch the class attribute itself.
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached via loopback
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+class ReferenceServer:
+    """One WSGI app served by werkzeug's threaded server in a daemon thread."""
+
+    def __init__(self, app: WSGIApplication, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ReferenceServer:
+        """Bind (port 0: a free port), serve in the background; sets ``port`` and ``url``."""
+        if self._server is not None:
+            return self
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # Bind here rather than in werkzeug: its server prints and calls sys.exit(1) when
+        # the port is taken, where a library should raise OSError.
+        listener = socket.create_server((self.host, self.port), family=family,
+                                        backlog=_LISTEN_BACKLOG)
+        try:
+            server = make_server(self.host, self.port, self.app, threaded=True,
+                                 request_handler=_QuietHandler, fd=listener.fileno())
+        finally:
+            listener.close()  # the server holds its own duplicate of the descriptor
+        self._server = server
+        self.port = server.port
+        self.url = f"http://{_url_host(self.host)}:{self.port}"
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"reference-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, close the listening socket and wait for the serving thread."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ReferenceServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class ReferenceServices:
+    """The Context Service and the Prediction Service, each on its own port."""
+
+    def __init__(self, host: str = "127.0.0.1", context_port: int = 0,
+                 prediction_port: int = 0) -> None:
+        self.context_state = ServiceState("context")
+        self.prediction_state = ServiceState("prediction")
+        self.context = ReferenceServer(make_context_app(self.context_state), host, context_port)
+        self.prediction = ReferenceServer(make_prediction_app(self.prediction_state), host,
+                                          prediction_port)
+
+    @property
+    def context_url(self) -> str:
+        return self.context.url
+
+    @property
+    def prediction_url(self) -> str:
+        return self.prediction.url
+
+    def start(self) -> ReferenceServices:
+        self.context.start()
+        try:
+            self.prediction.start()
+        except BaseException:
+            self.context.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.prediction.stop()
+        self.context.stop()
+
+    def __enter__(self) -> ReferenceServices:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run_forever(host: str, context_port: int, prediction_port: int) -> None:
+    """Serve both services until SIGINT or SIGTERM (call from the main thread)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ReferenceServices(host, context_port, prediction_port) as services:
+            print(f"context service: {services.context_url}", flush=True)
+            print(f"prediction service: {services.prediction_url}", flush=True)
+            # A timed wait so the main thread wakes to run the signal handler promptly.
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class ReferenceControl:
+    """A client of one reference service's admin routes."""
+
+    def __init__(self, base_url: str, timeout: float = 5.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.session.request(method, self.base_url + path, json=body,
+                                        timeout=self.timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        """Replace the faults (fields left out take their defaults); returns the config."""
+        result: dict[str, Any] = self._call("PUT", "/_admin/faults", fields)
+        return result
+
+    def faults(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/_admin/faults")
+        return result
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/_admin/faults")
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/_admin/requests")
+        return result
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "/_admin/requests")
+
+    def bump_context(self, context_id: str) -> int:
+        """Move a context to its next revision (Context Service only); returns it."""
+        return int(self._call("POST", f"/_admin/contexts/{context_id}/bump")["version"])
+
+    def set_version(self, version: str) -> None:
+        self._call("PUT", "/_admin/version", {"version": version})
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,84 @@
+"""The per-process wiring: settings, Redis client, service clients, detector, publisher.
+
+Built lazily on first use and rebuilt after a fork, so a prefork worker child never
+shares a socket with its parent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import redis
+
+from intent.clients import ServiceClients
+from intent.events import EventPublisher
+from intent.keys import Keys
+from intent.patterns import PatternDetector, Rules
+from intent.settings import Settings, get_settings
+
+
+def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client with short socket timeouts: a dead Redis costs seconds, not minutes."""
+    return redis.Redis.from_url(
+        url or settings.require_redis_url(),
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pid: int = field(default_factory=os.getpid)
+
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.settings.key_prefix)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis_client(self.settings)
+
+    @cached_property
+    def clients(self) -> ServiceClients:
+        return ServiceClients(self.settings)
+
+    @cached_property
+    def detector(self) -> PatternDetector:
+        rules = Rules(self.settings.detection_threshold, self.settings.update_delta)
+        return PatternDetector(self.redis, self.keys, rules, self.settings.result_expires)
+
+    @cached_property
+    def publisher(self) -> EventPublisher:
+        return EventPublisher(
+            self.redis, self.keys, self.settings.events_maxlen, self.settings.event_dedup_ttl
+        )
+
+    def close(self) -> None:
+        if "clients" in self.__dict__:
+            self.clients.close()
+        if "redis" in self.__dict__:
+            self.redis.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime (a new one in a forked child)."""
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = Runtime(get_settings())
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the runtime and settings (tests that change the environment call this)."""
+    global _runtime
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.close()
+    _runtime = None
+    get_settings.cache_clear()

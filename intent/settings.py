@@ -1,0 +1,147 @@
+"""Every tunable of the service, read once from ``INTENT_*`` environment variables.
+
+Defaults are the integration guide's. A bad value stops the process at start with a
+:class:`SettingsError` that names the environment variable, not deep inside a task.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INTENT_"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Ratio = Annotated[float, Field(ge=0, le=1)]
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Field ``foo_bar`` is read from ``INTENT_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Downstream services
+    context_service_url: str = "http://127.0.0.1:8001"
+    prediction_service_url: str = "http://127.0.0.1:8002"
+    required_context_service_version: str = "1.0.0"
+    context_api_version: str = "v1"
+    context_connect_timeout: PositiveFloat = 5.0
+    context_read_timeout: PositiveFloat = 10.0
+    # requests/urllib3 bound a request's send by the connect timeout and take no separate
+    # write timeout; the value is kept (and validated) for parity with the guide.
+    context_write_timeout: PositiveFloat = 10.0
+    prediction_connect_timeout: PositiveFloat = 5.0
+    prediction_read_timeout: PositiveFloat = 10.0
+    http_pool_size: PositiveInt = 10
+
+    # Redis and Celery. Unset redis_url: `intent demo`/`intent up` start an embedded Valkey.
+    redis_url: str | None = None
+    broker_url: str | None = None  # defaults to redis_url
+    result_backend_url: str | None = None  # defaults to redis_url
+    key_prefix: str = Field(default="intent:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    redis_socket_timeout: PositiveFloat = 2.0
+
+    # Retries of transient downstream failures (exponential backoff, jitter)
+    retry_max: Annotated[int, Field(ge=0, le=20)] = 3
+    retry_initial_delay: PositiveFloat = 1.0
+    retry_max_delay: PositiveFloat = 10.0
+    # Each delay is drawn uniformly from [base * (1 - jitter), base]: never above the
+    # schedule, never collapsing to zero as Celery's full jitter can.
+    retry_jitter: Ratio = 0.25
+    retry_after_max: PositiveFloat = 60.0  # cap on a downstream Retry-After we honour
+
+    # Circuit breaker (guide's CircuitConfig)
+    circuit_failure_threshold: PositiveInt = 5
+    circuit_recovery_timeout: PositiveFloat = 60.0
+    circuit_half_open_timeout: PositiveFloat = 30.0
+    circuit_failure_window: PositiveFloat = 120.0
+    circuit_min_throughput: PositiveInt = 5
+
+    # Context service rate limits (requests per minute) and intake limit per client
+    rate_limit_get_context: PositiveInt = 1000
+    rate_limit_analyze_context: PositiveInt = 500
+    rate_limit_window: PositiveInt = 60
+    max_requests_per_window: PositiveInt = 100
+
+    # Pattern detection
+    detection_threshold: Ratio = 0.6
+    update_delta: Ratio = 0.1
+
+    # Input limits
+    max_payload_bytes: Annotated[int, Field(ge=256)] = 65536
+
+    # Events
+    events_maxlen: PositiveInt = 100_000
+    event_dedup_ttl: PositiveInt = 7 * 24 * 3600
+
+    # Tasks
+    task_soft_time_limit: PositiveFloat = 30.0
+    task_time_limit: PositiveFloat = 60.0
+    result_expires: PositiveInt = 24 * 3600
+    visibility_timeout: PositiveInt = 3600
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.retry_max_delay < self.retry_initial_delay:
+            raise ValueError("retry_max_delay must be >= retry_initial_delay")
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError("task_time_limit must be greater than task_soft_time_limit")
+        longest = self.longest_countdown + self.task_time_limit
+        if self.visibility_timeout <= longest:
+            # A Redis broker redelivers an unacked message after visibility_timeout: a
+            # countdown longer than that runs the task twice.
+            raise ValueError(
+                f"visibility_timeout must exceed the longest countdown plus the hard time "
+                f"limit ({longest:.0f} s)"
+            )
+        return self
+
+    @property
+    def longest_countdown(self) -> float:
+        """The longest delay a task can schedule for itself."""
+        return max(self.retry_max_delay, self.retry_after_max)
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.require_redis_url()
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend_url or self.require_redis_url()
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise SettingsError(
+                f"{ENV_PREFIX}REDIS_URL is not set; point it at a Redis server, or use "
+                "`intent demo` / `intent up`, which start an embedded one"
+            )
+        return self.redis_url
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "_".join(str(part) for part in loc).upper() if loc else "INTENT_*"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into named ones."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

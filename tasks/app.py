@@ -1,0 +1,6 @@
+"""The Celery application of the intent pipeline (``celery -A tasks.app worker``)."""
+
+from celery import Celery
+
+app = Celery("intent", include=["tasks.pipeline", "tasks.noop"])
+app.config_from_object("celeryconfig")

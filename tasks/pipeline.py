@@ -1,0 +1,62 @@
+"""The pipeline's Celery tasks: each a thin wrapper around one step in ``intent.pipeline``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, chain
+
+from intent import pipeline as steps
+from intent.intake import claim_request
+from intent.models import IntentRequest, IntentResult
+from intent.runtime import get_runtime
+from intent.settings import get_settings
+from intent.validation import parse_request, parse_result
+from tasks.app import app
+from tasks.base import PipelineTask
+
+
+def _step_task(name: str, step: steps.Step) -> Task:
+    @app.task(bind=True, base=PipelineTask, name=f"intent.{name}")
+    def run(self: PipelineTask, payload: Any) -> dict[str, Any]:
+        result = parse_result(payload, get_settings().max_payload_bytes)
+        try:
+            out = step(get_runtime(), result)
+        except Exception as exc:
+            self.fail_or_retry(name, exc)
+        return out.with_retries(name, self.request.retries).model_dump(mode="json")
+
+    return run
+
+
+fetch_context = _step_task("fetch_context", steps.fetch_context)
+predict = _step_task("predict", steps.predict)
+detect_pattern = _step_task("detect_pattern", steps.detect_pattern)
+emit_events = _step_task("emit_events", steps.emit_events)
+STEP_TASKS = (fetch_context, predict, detect_pattern, emit_events)
+
+
+def analysis_chain(request: IntentRequest, analysis_id: str) -> Any:
+    """The four steps with stable ids: the last one's is ``analysis_id`` (the analysis
+    result), the others are ``{request_id}.{step}``."""
+    payload = IntentResult(request=request).model_dump(mode="json")
+    rid = request.request_id
+    first, second, third, last = STEP_TASKS
+    return chain(
+        first.signature((payload,), task_id=f"{rid}.fetch_context"),
+        second.signature(task_id=f"{rid}.predict"),
+        third.signature(task_id=f"{rid}.detect_pattern"),
+        last.signature(task_id=analysis_id),
+    )
+
+
+@app.task(bind=True, base=PipelineTask, name="intent.analyze")
+def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
+    """Entry point by name: validate a plain-dict request, then become the chain."""
+    parsed = parse_request(request, get_settings().max_payload_bytes)
+    owner = claim_request(get_runtime(), parsed.request_id, self.request.id)
+    if owner is not None and owner != self.request.id:
+        return {"request_id": parsed.request_id, "status": "duplicate", "analysis_id": owner}
+    # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
+    # the analysis result.
+    raise self.replace(analysis_chain(parsed, self.request.id))

@@ -1,0 +1,199 @@
+"""Starting and stopping the processes an analysis needs on one machine: Redis (embedded
+Valkey unless ``INTENT_REDIS_URL`` is set), the reference services and Celery workers.
+
+Used by ``intent demo``, the benchmarks and the tests; every process started here is
+stopped on exit, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+
+import requests
+
+from intent.embedded import EmbeddedRedis, free_port
+from intent.runtime import reset_runtime
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)  # a worker's warm shutdown: finish, requeue the rest
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+class WorkerProcess:
+    """``celery worker -P prefork`` as a child process, in its own process group."""
+
+    def __init__(
+        self,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        env: Mapping[str, str] | None = None,
+        loglevel: str = "WARNING",
+        logfile: str | None = None,
+    ):
+        self.name = f"intent-{uuid.uuid4().hex[:8]}@localhost"
+        args = [
+            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            "-P", pool, "-c", str(concurrency), "-n", self.name, "-Q", "intent",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        if logfile:
+            args += ["--logfile", logfile]
+        self.process = subprocess.Popen(
+            args, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        from tasks.app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with code {self.process.returncode}")
+            if app.control.ping(destination=[self.name], timeout=0.5):
+                return
+        raise RuntimeError(f"worker {self.name} did not answer a ping within {timeout:.0f} s")
+
+    def child_pids(self) -> list[int]:
+        """The pool's processes (the children of the worker's main process)."""
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as fh:
+                return [int(pid) for pid in fh.read().split()]
+        except OSError:
+            return []
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class Stack:
+    """Redis + reference services + worker, as a context manager.
+
+    Sets ``INTENT_REDIS_URL`` and the service URLs in this process's environment (so the
+    Celery app and the children see them) and restores the environment on exit.
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        concurrency: int = 2,
+        reference: bool = True,
+        env: Mapping[str, str] | None = None,
+        loglevel: str = "WARNING",
+    ):
+        self.worker_count = workers
+        self.concurrency = concurrency
+        self.with_reference = reference
+        self.extra_env = dict(env or {})
+        self.loglevel = loglevel
+        self.redis: EmbeddedRedis | None = None
+        self.reference: subprocess.Popen[bytes] | None = None
+        self.workers: list[WorkerProcess] = []
+        self._saved_env: dict[str, str | None] = {}
+        self.context_url = ""
+        self.prediction_url = ""
+
+    def _setenv(self, name: str, value: str) -> None:
+        self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+    def __enter__(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for name, value in self.extra_env.items():
+            self._setenv(name, value)
+        if not os.environ.get("INTENT_REDIS_URL"):
+            self.redis = EmbeddedRedis().start()
+            self._setenv("INTENT_REDIS_URL", self.redis.url)
+        if self.with_reference:
+            ports = free_port(), free_port()
+            self.reference = subprocess.Popen(
+                [sys.executable, "-m", "intent.cli", "reference",
+                 "--context-port", str(ports[0]), "--prediction-port", str(ports[1])],
+                stdout=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            self.context_url = f"http://127.0.0.1:{ports[0]}"
+            self.prediction_url = f"http://127.0.0.1:{ports[1]}"
+            self._setenv("INTENT_CONTEXT_SERVICE_URL", self.context_url)
+            self._setenv("INTENT_PREDICTION_SERVICE_URL", self.prediction_url)
+            _wait_http(self.context_url + "/health", 20)
+            _wait_http(self.prediction_url + "/health", 20)
+        # The Celery app reads its configuration on first use: nothing here has used it
+        # yet, so it sees the URLs set above.
+        reset_runtime()
+        self.workers = [
+            WorkerProcess(self.concurrency, loglevel=self.loglevel)
+            for _ in range(self.worker_count)
+        ]
+        for worker in self.workers:
+            worker.wait_ready()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                worker.stop()
+        if self.reference is not None:
+            _stop(self.reference)
+        if self.redis is not None:
+            self.redis.close()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_runtime()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def signals_stop(handler_message: str = "stopping") -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so ``with Stack()`` cleans up on either."""
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(handler_message)
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,61 @@
+"""Submitting analyses from Python: ``submit(request) -> Analysis``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery.result import AsyncResult
+
+from intent.intake import claim_request, release_request
+from intent.models import IntentRequest, IntentResult
+from intent.runtime import get_runtime
+from intent.settings import get_settings
+from intent.validation import parse_request
+from tasks.app import app
+from tasks.pipeline import analysis_chain
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A handle on a submitted analysis. ``duplicate`` means the request_id was known."""
+
+    request_id: str
+    result: AsyncResult
+    duplicate: bool = False
+
+    @property
+    def id(self) -> str:
+        return str(self.result.id)
+
+    @property
+    def state(self) -> str:
+        return str(self.result.state)
+
+    def ready(self) -> bool:
+        return bool(self.result.ready())
+
+    def get(self, timeout: float | None = None) -> IntentResult:
+        """Wait for the result; raises the analysis's error (e.g. ServiceError) if it failed."""
+        return IntentResult.model_validate(self.result.get(timeout=timeout, propagate=True))
+
+
+def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
+    """Validate ``request`` and enqueue its analysis, once per request_id.
+
+    Raises :class:`intent.errors.ValidationError` naming the bad field; nothing is
+    enqueued then.
+    """
+    payload = request.model_dump(mode="json") if isinstance(request, IntentRequest) else request
+    parsed = parse_request(payload, get_settings().max_payload_bytes)
+    rt = get_runtime()
+    owner = claim_request(rt, parsed.request_id, parsed.request_id)
+    if owner is not None:
+        return Analysis(parsed.request_id, AsyncResult(owner, app=app), duplicate=True)
+    try:
+        analysis_chain(parsed, parsed.request_id).apply_async()
+    except BaseException:
+        release_request(rt, parsed.request_id)  # not enqueued: let a retry claim it again
+        raise
+    return Analysis(parsed.request_id, AsyncResult(parsed.request_id, app=app))

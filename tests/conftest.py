@@ -1,0 +1,67 @@
+"""Test session set-up: a private Redis for the whole run, named in the environment before
+any test module imports the Celery app.
+
+``INTENT_TEST_REDIS_URL`` points the tests at a given server instead (they write into it
+and delete their own keys). Otherwise an embedded Valkey is started on a free port and
+stopped at the end, so a Redis that belongs to someone else is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from intent.embedded import EmbeddedRedis
+from intent.settings import get_settings
+
+_embedded: EmbeddedRedis | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _embedded
+    url = os.environ.get("INTENT_TEST_REDIS_URL")
+    if not url:
+        _embedded = EmbeddedRedis().start()
+        url = _embedded.url
+    os.environ["INTENT_REDIS_URL"] = url
+    for name in ("INTENT_BROKER_URL", "INTENT_RESULT_BACKEND_URL"):
+        os.environ.pop(name, None)
+    get_settings.cache_clear()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _embedded is not None:
+        _embedded.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ["INTENT_REDIS_URL"]
+
+
+@pytest.fixture
+def embedded_only() -> None:
+    """Skip a test that stops or restarts the server unless the tests started it."""
+    if _embedded is None:
+        pytest.skip("needs the embedded Redis (INTENT_TEST_REDIS_URL is set)")
+
+
+def delete_service_keys(client: redis.Redis) -> None:
+    prefix = get_settings().key_prefix
+    for pattern in (f"{prefix}*", f"{{{prefix}*"):
+        batch = list(client.scan_iter(match=pattern, count=1000))
+        if batch:
+            client.delete(*batch)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the test Redis, with the service's keys removed before and after."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    delete_service_keys(client)
+    yield client
+    delete_service_keys(client)
+    client.close()

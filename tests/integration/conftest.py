@@ -1,0 +1,85 @@
+"""Real parts for integration tests: the reference services over HTTP, and Celery workers
+(in-process with ``start_worker``, or ``celery worker -P prefork`` as a subprocess).
+
+Workers are module-scoped, and a module uses one kind, so two workers never compete for
+the same queue.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from intent.reference import ReferenceControl, ReferenceServices
+from intent.runtime import reset_runtime
+from tasks.stack import WorkerProcess
+
+# Retries on a short schedule (0.2 s, 0.4 s, 0.8 s, jitter 25 %) so tests stay quick; the
+# production schedule is checked as numbers in tests/unit/test_retry.py.
+FAST_RETRY_ENV = {
+    "INTENT_RETRY_INITIAL_DELAY": "0.2",
+    "INTENT_RETRY_MAX_DELAY": "2",
+    "INTENT_RETRY_JITTER": "0.25",
+}
+
+
+@pytest.fixture(scope="session")
+def reference() -> Iterator[ReferenceServices]:
+    services = ReferenceServices().start()
+    os.environ["INTENT_CONTEXT_SERVICE_URL"] = services.context_url
+    os.environ["INTENT_PREDICTION_SERVICE_URL"] = services.prediction_url
+    for name, value in FAST_RETRY_ENV.items():
+        os.environ[name] = value
+    reset_runtime()
+    yield services
+    services.stop()
+
+
+@pytest.fixture
+def context_service(reference: ReferenceServices) -> Iterator[ReferenceControl]:
+    control = ReferenceControl(reference.context_url)
+    control.clear_faults()
+    control.clear_requests()
+    yield control
+    control.clear_faults()
+
+
+@pytest.fixture
+def prediction_service(reference: ReferenceServices) -> Iterator[ReferenceControl]:
+    control = ReferenceControl(reference.prediction_url)
+    control.clear_faults()
+    control.clear_requests()
+    yield control
+    control.clear_faults()
+
+
+@pytest.fixture
+def clean(redis_client: redis.Redis, reference: ReferenceServices) -> redis.Redis:
+    """The test Redis without the service's keys, and the runtime rebuilt."""
+    reset_runtime()
+    return redis_client
+
+
+@pytest.fixture(scope="module")
+def inprocess_worker(reference: ReferenceServices) -> Iterator[object]:
+    from celery.contrib.testing.worker import start_worker
+
+    from tasks.app import app
+
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def prefork_worker(reference: ReferenceServices) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(concurrency=2, env=FAST_RETRY_ENV, loglevel="INFO")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()

@@ -1,0 +1,162 @@
+"""The chain end to end on real Redis, the reference services over HTTP and an in-process
+worker (``celery.contrib.testing.worker.start_worker``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer
+
+from intent.errors import ServiceRequestError, ValidationError
+from intent.events import event_from_fields
+from intent.models import IntentEvent
+from intent.reference import ReferenceControl
+from intent.settings import get_settings
+from tasks import submit
+from tasks.app import app
+from tests.unit.test_validation import MALFORMED
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
+
+
+def request(**overrides: object) -> dict:
+    base = {
+        "request_id": f"t-{uuid.uuid4().hex[:12]}",
+        "client_id": "web",
+        "context_id": "ctx-42",
+        "pattern_id": "checkout",
+    }
+    return {**base, **overrides}
+
+
+def stream_events(client: redis.Redis, request_id: str | None = None) -> list:
+    events = [event_from_fields(f) for _, f in client.xrange(get_settings().key_prefix + "events")]
+    return [e for e in events if request_id is None or e.request_id == request_id]
+
+
+def test_submit_runs_the_four_steps_and_publishes_events(
+    clean: redis.Redis, context_service: ReferenceControl, prediction_service: ReferenceControl
+) -> None:
+    payload = request()
+    result = submit(payload).get(timeout=30)
+
+    assert result.status == "completed"
+    assert result.context is not None and result.context.context_id == "ctx-42"
+    assert result.predictions is not None and result.predictions.pattern_id == "checkout"
+    assert result.pattern is not None
+    types = [e.type for e in result.events]
+    assert IntentEvent.PREDICTION_RECEIVED in types
+    assert (IntentEvent.PATTERN_DETECTED in types) == (result.pattern.label is not None)
+    published = stream_events(clean, payload["request_id"])
+    assert [e.id for e in published] == [e.id for e in result.events]
+    assert all(e.source == "intent_service" and e.pattern_id == "checkout" for e in published)
+    assert [r["path"] for r in context_service.requests_log()] == ["/api/v1/context/ctx-42"]
+    assert len(prediction_service.requests_log()) == 1
+
+
+def test_analyze_by_task_name_with_a_plain_dict(clean: redis.Redis) -> None:
+    payload = request(context_id=None, data={"cart": ["a", "b"], "visits": 2})
+    payload.pop("context_id")
+    result = app.send_task("intent.analyze", args=[payload]).get(timeout=30)
+
+    assert result["status"] == "completed"
+    assert result["context"]["context_id"].startswith("ctx-")
+    assert result["request"]["request_id"] == payload["request_id"]
+    assert len(stream_events(clean, payload["request_id"])) == len(result["events"])
+
+
+def test_stable_task_ids_derive_from_the_request_id(clean: redis.Redis) -> None:
+    payload = request()
+    analysis = submit(payload)
+    analysis.get(timeout=30)
+    rid = payload["request_id"]
+    assert analysis.id == rid
+    for step in ("fetch_context", "predict", "detect_pattern"):
+        assert app.AsyncResult(f"{rid}.{step}").state == "SUCCESS"
+
+
+def test_resubmitting_a_request_id_runs_nothing_twice(
+    clean: redis.Redis, context_service: ReferenceControl
+) -> None:
+    payload = request()
+    first = submit(payload)
+    first_result = first.get(timeout=30)
+    again = submit(payload)
+    by_name = app.send_task("intent.analyze", args=[payload]).get(timeout=30)
+
+    assert again.duplicate and again.id == first.id
+    assert again.get(timeout=5) == first_result
+    assert by_name == {
+        "request_id": payload["request_id"], "status": "duplicate", "analysis_id": first.id
+    }
+    assert len(context_service.requests_log()) == 1
+    assert len(stream_events(clean, payload["request_id"])) == len(first_result.events)
+
+
+@pytest.mark.parametrize(("payload", "field"), MALFORMED)
+def test_malformed_payload_by_name_fails_once_naming_the_field(
+    clean: redis.Redis, context_service: ReferenceControl, payload: object, field: str
+) -> None:
+    if isinstance(payload, bytes):
+        payload = payload.decode("latin-1")  # a JSON broker carries text, not bytes
+    result = app.send_task("intent.analyze", args=[payload])
+    with pytest.raises(ValidationError) as info:
+        result.get(timeout=15)
+    assert info.value.field == field or field == "request"
+    assert result.state == "FAILURE"
+    assert context_service.requests_log() == []  # nothing called downstream, nothing retried
+
+
+def test_malformed_payload_is_refused_by_submit_before_enqueueing(clean: redis.Redis) -> None:
+    with pytest.raises(ValidationError) as info:
+        submit({"client_id": "web", "pattern_id": "p", "context_id": "../x"})
+    assert info.value.field == "context_id"
+    assert clean.keys("intent:request:*") == []
+
+
+def test_worker_survives_a_message_that_is_not_json(clean: redis.Redis) -> None:
+    with Connection(get_settings().effective_broker_url) as conn:
+        producer = Producer(conn, exchange=Exchange("intent", type="direct"), routing_key="intent")
+        producer.publish(
+            b"\x80\x04not json at all",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": "intent.analyze", "id": str(uuid.uuid4())},
+            declare=[],
+        )
+    assert submit(request()).get(timeout=30).status == "completed"
+
+
+def test_a_missing_context_fails_permanently_without_retry(
+    clean: redis.Redis, context_service: ReferenceControl
+) -> None:
+    analysis = submit(request(context_id="missing-1"))
+    with pytest.raises(ServiceRequestError) as info:
+        analysis.get(timeout=15)
+    assert info.value.status == 404
+    assert len(context_service.requests_log()) == 1
+
+
+def test_a_rejected_prediction_request_is_not_retried(
+    clean: redis.Redis, prediction_service: ReferenceControl
+) -> None:
+    prediction_service.set_faults(status=422, count=5)
+    with pytest.raises(ServiceRequestError) as info:
+        submit(request()).get(timeout=15)
+    assert info.value.status == 422
+    assert len(prediction_service.requests_log()) == 1
+
+
+def test_event_payloads_follow_the_seed_schema(clean: redis.Redis) -> None:
+    payload = request(context_id="ctx-7")
+    submit(payload).get(timeout=30)
+    raw = [f for _, f in clean.xrange("intent:events")]
+    assert raw, "the analysis published events"
+    for fields in raw:
+        assert set(fields) >= {"id", "type", "pattern_id", "data", "timestamp", "source"}
+        assert fields["source"] == "intent_service"
+        assert fields["request_id"] == payload["request_id"]
+        assert json.loads(fields["data"])["context_id"] == "ctx-7"

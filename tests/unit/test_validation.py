@@ -1,0 +1,86 @@
+"""Bad input: every malformed payload is refused with an error naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from intent.errors import ValidationError
+from intent.models import IntentRequest
+from intent.validation import parse_request
+
+GOOD = {"request_id": "r-1", "client_id": "web", "context_id": "ctx-1", "pattern_id": "p1"}
+CAP = 65536
+
+
+def without(field: str) -> dict:
+    return {k: v for k, v in GOOD.items() if k != field}
+
+
+# (payload, the field the error must name)
+MALFORMED: list[tuple[object, str]] = [
+    (without("client_id"), "client_id"),
+    (without("pattern_id"), "pattern_id"),
+    (without("context_id"), "context_id"),  # neither context_id nor data
+    ({**GOOD, "data": {"a": 1}}, "context_id"),  # both
+    ({**without("context_id"), "data": {}}, "data"),
+    ({**without("context_id"), "data": [1, 2]}, "data"),
+    ({**GOOD, "client_id": 42}, "client_id"),
+    ({**GOOD, "pattern_id": None}, "pattern_id"),
+    ({**GOOD, "request_id": ["r"]}, "request_id"),
+    ({**GOOD, "context_id": "../../etc/passwd"}, "context_id"),
+    ({**GOOD, "context_id": "ctx 1"}, "context_id"),
+    ({**GOOD, "client_id": "web\x00admin"}, "client_id"),
+    ({**GOOD, "pattern_id": "p1*"}, "pattern_id"),
+    ({**GOOD, "request_id": "{intent:cb:x}"}, "request_id"),
+    ({**GOOD, "context_id": "ctx\r\nX-Injected: 1"}, "context_id"),
+    ({**GOOD, "client_id": "é" * 5}, "client_id"),
+    ({**GOOD, "client_id": "$(rm -rf /)"}, "client_id"),
+    ({**GOOD, "request_id": "r" * 129}, "request_id"),
+    ({**GOOD, "context_id": ""}, "context_id"),
+    ({**GOOD, "signals": {"k": {"nested": 1}}}, "signals.k"),
+    ({**GOOD, "signals": ["a"]}, "signals"),
+    ({**GOOD, "signals": {f"s{i}": i for i in range(65)}}, "signals"),
+    ({**GOOD, "unexpected": 1}, "unexpected"),
+    ({**without("context_id"), "data": {"blob": "x" * (CAP + 1)}}, "request"),
+    ("this is not json", "request"),
+    ('{"client_id": ', "request"),
+    (b"\xff\xfe", "request"),
+    ([GOOD], "request"),
+    (None, "request"),
+    (42, "request"),
+]
+
+
+@pytest.mark.parametrize(("payload", "field"), MALFORMED)
+def test_malformed_payload_names_the_field(payload: object, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_request(payload, CAP)
+    assert info.value.field == field
+    assert field in str(info.value)
+    assert not info.value.transient
+
+
+def test_at_least_twenty_malformed_cases() -> None:
+    assert len(MALFORMED) >= 20
+
+
+def test_good_payload_as_dict_or_json_text() -> None:
+    assert parse_request(GOOD, CAP).context_id == "ctx-1"
+    assert parse_request(json.dumps(GOOD), CAP).client_id == "web"
+
+
+def test_request_id_is_generated_when_absent() -> None:
+    a, b = parse_request(without("request_id"), CAP), parse_request(without("request_id"), CAP)
+    assert a.request_id != b.request_id
+    assert IntentRequest.model_validate({**without("request_id")}).request_id
+
+
+def test_validation_error_survives_a_json_round_trip_of_its_args() -> None:
+    # Celery's JSON backend stores exc.args and rebuilds the error as cls(*args).
+    with pytest.raises(ValidationError) as info:
+        parse_request(without("client_id"), CAP)
+    rebuilt = ValidationError(*json.loads(json.dumps(info.value.args)))
+    assert rebuilt.field == "client_id"
+    assert str(rebuilt) == str(info.value)

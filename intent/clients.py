@@ -64,7 +64,9 @@ class ServiceClient:
         read_timeout: float = 10.0,
         pool_size: int = 10,
         guard: Guard[Any] | None = None,
+        trust_env: bool = False,
     ):
+        self.trust_env = trust_env
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
@@ -73,6 +75,9 @@ class ServiceClient:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
+        # trust_env makes requests read proxy variables and .netrc from the environment on
+        # every request (about 1 ms each); service-to-service calls rarely want that.
+        session.trust_env = self.trust_env
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -178,12 +183,14 @@ class ServiceClients:
             connect_timeout=settings.context_connect_timeout,
             read_timeout=settings.context_read_timeout,
             pool_size=settings.http_pool_size,
+            trust_env=settings.http_trust_env,
         )
         self.prediction = PredictionServiceClient(
             settings.prediction_service_url,
             connect_timeout=settings.prediction_connect_timeout,
             read_timeout=settings.prediction_read_timeout,
             pool_size=settings.http_pool_size,
+            trust_env=settings.http_trust_env,
         )
 
     def close(self) -> None:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     prediction_connect_timeout: PositiveFloat = 5.0
     prediction_read_timeout: PositiveFloat = 10.0
     http_pool_size: PositiveInt = 10
+    # Honour HTTP(S)_PROXY/NO_PROXY and .netrc for downstream calls (off: they cost ~1 ms a
+    # request and internal services are rarely behind a proxy).
+    http_trust_env: bool = False
 
     # Redis and Celery. Unset redis_url: `intent demo`/`intent up` start an embedded Valkey.
     redis_url: str | None = None

@@ -7,8 +7,10 @@ analyses; prints progress and a summary; stops everything it started.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from intent.errors import IntentError
@@ -91,8 +93,8 @@ def _run_round(submit: Any, title: str, requests: list[tuple[str, dict[str, Any]
                 print(f"  [{done:>2}/{len(requests)}] {row.label:<24} FAILED  {exc}")
                 continue
             row.pattern, row.events = _describe(result)
-            row.retries = sum(result.retries.values())
-            row.published = result.published
+            row.retries = 0 if row.outcome == "duplicate" else sum(result.retries.values())
+            row.published = 0 if row.outcome == "duplicate" else result.published
             row.outcome = row.outcome if row.outcome == "duplicate" else "completed"
             note = f" retries={row.retries}" if row.retries else ""
             print(f"  [{done:>2}/{len(requests)}] {row.label:<24} {row.pattern:<20} "
@@ -128,18 +130,20 @@ def run(concurrency: int = 4) -> int:
     from intent.runtime import get_runtime
     from tasks.stack import Stack, signals_stop
 
-    with signals_stop(), Stack(concurrency=concurrency, env=DEMO_ENV) as stack:
+    logdir = Path(tempfile.mkdtemp(prefix="intent-demo-"))
+    stack = Stack(concurrency=concurrency, env=DEMO_ENV, logfile=str(logdir / "worker.log"))
+    with signals_stop(), stack:
         from tasks.submit import submit
 
         print(f"Redis      {'embedded Valkey' if stack.redis else 'INTENT_REDIS_URL'}")
         print(f"services   context {stack.context_url}, prediction {stack.prediction_url}")
-        print(f"worker     prefork, {concurrency} processes")
+        print(f"worker     prefork, {concurrency} processes (log: {logdir / 'worker.log'})")
         context = ReferenceControl(stack.context_url)
         prediction = ReferenceControl(stack.prediction_url)
-        # ctx-flaky answers 503 twice before it recovers; the prediction service drops a
-        # few requests: both are retried on the backoff schedule.
+        # ctx-flaky answers 503 twice before it recovers, and the prediction service's
+        # first three answers are 503s: each is retried on the backoff schedule.
         context.set_faults(status=503, count=2, match="ctx-flaky")
-        prediction.set_faults(error_rate=0.1, status=503, seed=7)
+        prediction.set_faults(status=503, count=3)
 
         started = time.monotonic()
         rows = _run_round(submit, "round 1", _requests(1))

@@ -19,7 +19,7 @@ from types import TracebackType
 
 import requests
 
-from intent.embedded import EmbeddedRedis, free_port
+from intent.embedded import EmbeddedRedis, die_with_parent, free_port
 from intent.runtime import reset_runtime
 
 
@@ -67,7 +67,8 @@ class WorkerProcess:
         if logfile:
             args += ["--logfile", logfile]
         self.process = subprocess.Popen(
-            args, env={**os.environ, **(env or {})}, start_new_session=True
+            args, env={**os.environ, **(env or {})}, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -107,7 +108,9 @@ class Stack:
         reference: bool = True,
         env: Mapping[str, str] | None = None,
         loglevel: str = "WARNING",
+        logfile: str | None = None,
     ):
+        self.logfile = logfile
         self.worker_count = workers
         self.concurrency = concurrency
         self.with_reference = reference
@@ -143,7 +146,7 @@ class Stack:
             self.reference = subprocess.Popen(
                 [sys.executable, "-m", "intent.cli", "reference",
                  "--context-port", str(ports[0]), "--prediction-port", str(ports[1])],
-                stdout=subprocess.DEVNULL, start_new_session=True,
+                stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
             self.context_url = f"http://127.0.0.1:{ports[0]}"
             self.prediction_url = f"http://127.0.0.1:{ports[1]}"
@@ -155,7 +158,7 @@ class Stack:
         # yet, so it sees the URLs set above.
         reset_runtime()
         self.workers = [
-            WorkerProcess(self.concurrency, loglevel=self.loglevel)
+            WorkerProcess(self.concurrency, loglevel=self.loglevel, logfile=self.logfile)
             for _ in range(self.worker_count)
         ]
         for worker in self.workers:

@@ -1,0 +1,142 @@
+"""The chain on a real ``celery worker -P prefork`` subprocess: retry schedules, worker
+loss, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from intent.errors import RetriesExhaustedError, ServiceRequestError
+from intent.models import IntentEvent
+from intent.reference import ReferenceControl
+from intent.reference.data import context_for, predictions_for
+from tasks import submit
+from tasks.app import app
+from tasks.stack import WorkerProcess
+from tests.integration.test_pipeline_inprocess import request, stream_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
+
+# FAST_RETRY_ENV: retry n waits within [0.75, 1.0] x 0.2 * 2**n seconds.
+SCHEDULE = [(0.15, 0.2), (0.3, 0.4), (0.6, 0.8)]
+# What a real worker adds on top of the countdown: message round trip, ETA timer, HTTP.
+OVERHEAD = 0.35
+
+
+def arrival_gaps(control: ReferenceControl) -> list[float]:
+    times = [r["time"] for r in control.requests_log()]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_retries_follow_the_backoff_schedule(
+    clean: redis.Redis, context_service: ReferenceControl
+) -> None:
+    context_service.set_faults(status=503, count=3)
+    result = submit(request()).get(timeout=30)
+
+    assert result.status == "completed"
+    assert result.retries == {"fetch_context": 3}
+    gaps = arrival_gaps(context_service)
+    assert len(gaps) == 3
+    for gap, (shortest, longest) in zip(gaps, SCHEDULE, strict=True):
+        assert shortest - 0.01 <= gap <= longest + OVERHEAD, (gaps, SCHEDULE)
+
+
+def test_retry_after_from_the_service_is_honoured(
+    clean: redis.Redis, prediction_service: ReferenceControl
+) -> None:
+    prediction_service.set_faults(status=429, count=1, retry_after=1.5)
+    result = submit(request()).get(timeout=30)
+
+    assert result.retries == {"predict": 1}
+    (gap,) = arrival_gaps(prediction_service)
+    assert gap >= 1.5 - 0.01
+
+
+def test_exhausted_retries_fail_the_analysis_with_the_cause(
+    clean: redis.Redis, context_service: ReferenceControl
+) -> None:
+    context_service.set_faults(status=503)
+    payload = request()
+    analysis = submit(payload)
+    with pytest.raises(RetriesExhaustedError) as info:
+        analysis.get(timeout=30)
+
+    assert info.value.service == "context-service"
+    assert "HTTP 503" in (info.value.cause or "")
+    assert len(context_service.requests_log()) == 4  # the call and three retries
+    assert stream_events(clean, payload["request_id"]) == []
+
+
+@pytest.mark.parametrize("status", [404, 422])
+def test_permanent_errors_are_not_retried(
+    clean: redis.Redis, context_service: ReferenceControl, status: int
+) -> None:
+    context_service.set_faults(status=status)
+    with pytest.raises(ServiceRequestError) as info:
+        submit(request()).get(timeout=15)
+    assert info.value.status == status
+    time.sleep(0.5)  # a retry, had one been scheduled, would be due by now
+    assert len(context_service.requests_log()) == 1
+
+
+def _running_pid(worker: WorkerProcess, task_id: str, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = app.control.inspect([worker.name], timeout=1).active() or {}
+        for task in active.get(worker.name, []):
+            if task["id"] == task_id:
+                return int(task["worker_pid"])
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} never showed up as running")
+
+
+def test_sigkill_of_the_pool_process_mid_analysis_loses_nothing(
+    clean: redis.Redis,
+    prefork_worker: WorkerProcess,
+    prediction_service: ReferenceControl,
+) -> None:
+    prediction_service.set_faults(latency_ms=3000, count=1)  # the first predict call hangs
+    payload = request()
+    analysis = submit(payload)
+    pid = _running_pid(prefork_worker, f"{payload['request_id']}.predict")
+    assert pid in prefork_worker.child_pids()
+    os.kill(pid, signal.SIGKILL)
+
+    result = analysis.get(timeout=60)
+    assert result.status == "completed"
+    events = stream_events(clean, payload["request_id"])
+    assert [e.id for e in events] == [e.id for e in result.events]
+    assert len({e.id for e in events}) == len(events) > 0
+    assert pid not in prefork_worker.child_pids()
+
+
+def _detecting_context() -> str:
+    """A context id whose predictions for 'checkout' clear the detection threshold."""
+    for n in range(1000):
+        context = context_for(f"ctx-race-{n}", 1)
+        preds = predictions_for("checkout", context)["predictions"]
+        if max(p["confidence"] for p in preds) >= 0.7:
+            return f"ctx-race-{n}"
+    raise AssertionError("no detecting context in the reference data")
+
+
+def test_concurrent_analyses_of_one_key_detect_once(clean: redis.Redis) -> None:
+    context_id = _detecting_context()
+    tag = uuid.uuid4().hex[:8]
+    analyses = [
+        submit(request(request_id=f"race-{tag}-{i}", context_id=context_id)) for i in range(12)
+    ]
+    results = [a.get(timeout=60) for a in analyses]
+
+    detected = [r for r in results if IntentEvent.PATTERN_DETECTED in [e.type for e in r.events]]
+    assert len(detected) == 1
+    assert all(IntentEvent.PREDICTION_RECEIVED in [e.type for e in r.events] for r in results)
+    assert not any(IntentEvent.PATTERN_UPDATED in [e.type for e in r.events] for r in results)
+    stream_types = [e.type for e in stream_events(clean) if e.request_id.startswith(f"race-{tag}")]
+    assert stream_types.count(IntentEvent.PATTERN_DETECTED) == 1

@@ -1,0 +1,75 @@
+"""The ``intent`` command: the main job start to finish, and one analysis by ``submit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from intent.reference import ReferenceServices
+
+pytestmark = pytest.mark.integration
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTENT_")}
+    return {**env, **extra}
+
+
+def test_demo_runs_start_to_finish_and_stops_what_it_started() -> None:
+    # Without INTENT_REDIS_URL the demo starts (and stops) its own embedded Valkey.
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "demo"],
+        capture_output=True, text=True, timeout=240, env=_env(),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "== Summary" in text
+    assert "0 timed out" in text
+    assert "retries=2" in text  # ctx-flaky's two injected 503s were retried
+    assert "pattern_updated" in text and "context_changed" in text
+    assert "duplicate" in text
+    assert "stopped: worker, reference services, Redis" in text
+
+
+def test_submit_local_prints_the_result_as_json(
+    redis_url: str, reference: ReferenceServices
+) -> None:
+    env = _env(
+        INTENT_REDIS_URL=redis_url,
+        INTENT_CONTEXT_SERVICE_URL=reference.context_url,
+        INTENT_PREDICTION_SERVICE_URL=reference.prediction_url,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "cli",
+         "--pattern-id", "checkout", "--context-id", "ctx-cli-1"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == "completed"
+    assert result["context"]["context_id"] == "ctx-cli-1"
+
+
+def test_submit_names_the_bad_field(redis_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "bad id",
+         "--pattern-id", "p", "--context-id", "c"],
+        capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "client_id" in out.stderr
+
+
+def test_a_bad_setting_stops_the_command_naming_the_variable(redis_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "c",
+         "--pattern-id", "p", "--context-id", "c"],
+        capture_output=True, text=True, timeout=60,
+        env=_env(INTENT_REDIS_URL=redis_url, INTENT_CIRCUIT_FAILURE_THRESHOLD="many"),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "INTENT_CIRCUIT_FAILURE_THRESHOLD" in out.stderr

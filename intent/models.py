@@ -119,7 +119,11 @@ class IntentResult(_Model):
     pattern: PatternResult | None = None
     events: list[Event] = Field(default_factory=list)
     published: int = 0  # events this analysis added to the stream (0 on a replay)
-    retries: dict[str, int] = Field(default_factory=dict)
+    retries: dict[str, int] = Field(default_factory=dict)  # transient-error retries per step
+    # Re-schedules that waited for an open breaker (or a rate limit): per step, and the
+    # total seconds waited. They are not retries and spend none.
+    deferrals: dict[str, int] = Field(default_factory=dict)
+    deferred_seconds: float = 0.0
     degraded: bool = False
     degraded_reasons: list[str] = Field(default_factory=list)
     status: str = "running"
@@ -128,6 +132,14 @@ class IntentResult(_Model):
         if not count:
             return self
         return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+    def with_deferral(self, step: str, seconds: float) -> IntentResult:
+        return self.model_copy(
+            update={
+                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
+                "deferred_seconds": self.deferred_seconds + seconds,
+            }
+        )
 
 
 def utcnow_iso() -> str:

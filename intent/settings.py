@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     circuit_half_open_timeout: PositiveFloat = 30.0
     circuit_failure_window: PositiveFloat = 120.0
     circuit_min_throughput: PositiveInt = 5
+    # A step meeting an open breaker re-schedules itself for the breaker's `until` plus up
+    # to circuit_defer_jitter seconds, waiting at most circuit_max_deferral s in all.
+    circuit_max_deferral: PositiveFloat = 600.0
+    circuit_defer_jitter: Annotated[float, Field(ge=0)] = 1.0
 
     # Context service rate limits (requests per minute) and intake limit per client
     rate_limit_get_context: PositiveInt = 1000
@@ -110,7 +114,11 @@ class Settings(BaseSettings):
     @property
     def longest_countdown(self) -> float:
         """The longest delay a task can schedule for itself."""
-        return max(self.retry_max_delay, self.retry_after_max)
+        return max(
+            self.retry_max_delay,
+            self.retry_after_max,
+            self.circuit_recovery_timeout + self.circuit_defer_jitter,
+        )
 
     @property
     def effective_broker_url(self) -> str:

@@ -23,8 +23,8 @@ def _step_task(name: str, step: steps.Step) -> Task:
         try:
             out = step(get_runtime(), result)
         except Exception as exc:
-            self.fail_or_retry(name, exc)
-        return out.with_retries(name, self.request.retries).model_dump(mode="json")
+            self.fail_or_retry(name, exc, result)
+        return out.model_dump(mode="json")
 
     return run
 

@@ -174,9 +174,14 @@ class PredictionServiceClient(ServiceClient):
 
 
 class ServiceClients:
-    """The pair of clients one process uses."""
+    """The pair of clients one process uses; ``guard_for(service)`` wraps each call."""
 
-    def __init__(self, settings: Settings):
+    def __init__(
+        self, settings: Settings, guard_for: Callable[[str], Guard[Any]] | None = None
+    ):
+        def guard(service: str) -> Guard[Any] | None:
+            return guard_for(service) if guard_for else None
+
         self.context = ContextServiceClient(
             settings.context_service_url,
             api_version=settings.context_api_version,
@@ -184,6 +189,7 @@ class ServiceClients:
             read_timeout=settings.context_read_timeout,
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
+            guard=guard(ContextServiceClient.service),
         )
         self.prediction = PredictionServiceClient(
             settings.prediction_service_url,
@@ -191,6 +197,7 @@ class ServiceClients:
             read_timeout=settings.prediction_read_timeout,
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
+            guard=guard(PredictionServiceClient.service),
         )
 
     def close(self) -> None:

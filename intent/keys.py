@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+BREAKER_PARTS = ("state", "failures", "calls", "leases", "permits")
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -48,6 +50,14 @@ class Keys:
     def breaker(self, name: str) -> str:
         """Hash tag shared by all of one breaker's keys."""
         return f"{{{self.prefix}cb:{name}}}"
+
+    def breaker_key(self, name: str, part: str) -> str:
+        """One of a breaker's keys (``BREAKER_PARTS``):
+        ``state``: hash of state, generation, until, forced reason; durable, no TTL;
+        ``failures``: zset of failure times; TTL circuit_failure_window;
+        ``calls``: hash of calls per window bucket; TTL the window plus two buckets;
+        ``leases``/``permits``: zsets of call and trial leases; TTL the longest lease."""
+        return f"{self.breaker(name)}:{part}"
 
     @property
     def breaker_registry(self) -> str:

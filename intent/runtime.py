@@ -12,6 +12,7 @@ from functools import cached_property
 
 import redis
 
+from intent.breaker import BreakerStore, CircuitBreaker, CircuitConfig, store_from_settings
 from intent.clients import ServiceClients
 from intent.events import EventPublisher
 from intent.keys import Keys
@@ -43,8 +44,26 @@ class Runtime:
         return redis_client(self.settings)
 
     @cached_property
+    def breaker_store(self) -> BreakerStore:
+        """Shared breaker state in Redis, falling back to memory while Redis is away."""
+        return store_from_settings(self.settings)
+
+    @cached_property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        return {}
+
+    def breaker(self, service: str) -> CircuitBreaker:
+        """The process's breaker for ``service`` (state shared fleet-wide by name)."""
+        if service not in self.breakers:
+            self.breakers[service] = CircuitBreaker(
+                service, CircuitConfig.from_settings(self.settings), store=self.breaker_store
+            )
+        return self.breakers[service]
+
+    @cached_property
     def clients(self) -> ServiceClients:
-        return ServiceClients(self.settings)
+        # Every downstream call goes through its service's breaker.
+        return ServiceClients(self.settings, guard_for=lambda service: self.breaker(service).call)
 
     @cached_property
     def detector(self) -> PatternDetector:

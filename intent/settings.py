@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     circuit_half_open_timeout: PositiveFloat = 30.0
     circuit_failure_window: PositiveFloat = 120.0
     circuit_min_throughput: PositiveInt = 5
+    circuit_half_open_max_calls: PositiveInt = 1  # trial calls admitted fleet-wide
+    circuit_success_threshold: PositiveInt = 1  # trial successes that close the breaker
+    # While failures are pending, a call the in-flight calls could make superfluous waits
+    # up to this long for their verdict before it is refused.
+    circuit_throttle_wait: Annotated[float, Field(ge=0)] = 0.5
+    # How long a process trusts a refusal whose end it cannot know before asking again.
+    circuit_recheck_interval: PositiveFloat = 1.0
+    # The breaker's own Redis client: a dead Redis must cost milliseconds per call.
+    circuit_redis_socket_timeout: PositiveFloat = 0.25
+    circuit_redis_probe_interval: PositiveFloat = 5.0  # retry Redis this often when down
+    circuit_fallback_log_interval: PositiveFloat = 30.0  # "using memory" warning, at most
     # A step meeting an open breaker re-schedules itself for the breaker's `until` plus up
     # to circuit_defer_jitter seconds, waiting at most circuit_max_deferral s in all.
     circuit_max_deferral: PositiveFloat = 600.0
@@ -101,6 +112,17 @@ class Settings(BaseSettings):
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError("task_time_limit must be greater than task_soft_time_limit")
+        slowest_call = max(
+            self.context_connect_timeout + self.context_read_timeout,
+            self.prediction_connect_timeout + self.prediction_read_timeout,
+        )
+        if self.circuit_half_open_timeout <= slowest_call:
+            # A call's lease in the breaker must outlive the call, or a slow call that is
+            # still running would no longer count.
+            raise ValueError(
+                f"circuit_half_open_timeout must exceed the slowest downstream call "
+                f"(connect + read timeout: {slowest_call:.0f} s)"
+            )
         longest = self.longest_countdown + self.task_time_limit
         if self.visibility_timeout <= longest:
             # A Redis broker redelivers an unacked message after visibility_timeout: a

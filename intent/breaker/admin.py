@@ -1,0 +1,101 @@
+"""Operators' view of the breakers: list them with their window, reset, force open or closed.
+
+Each action is one store step; it starts a new generation (outcomes of calls in flight no
+longer count) and is logged with the breaker, old and new state, and the reason. Processes
+that refuse locally until a known time notice a reset at that time at the latest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from intent.breaker.store import Action, BreakerStore, Report, Snapshot
+
+log = logging.getLogger("intent.breaker")
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """One breaker as operators see it (times are epoch seconds on the store's clock)."""
+
+    name: str
+    state: str
+    failures: int
+    calls: int
+    in_flight: int
+    opened_at: float | None
+    until: float | None
+    generation: int
+    forced: str | None
+    reason: str
+    now: float
+
+    @classmethod
+    def of(cls, name: str, snapshot: Snapshot) -> BreakerStatus:
+        return cls(
+            name=name,
+            state=snapshot.state,
+            failures=snapshot.failures or 0,
+            calls=snapshot.calls or 0,
+            in_flight=snapshot.in_flight or 0,
+            opened_at=snapshot.opened_at,
+            until=snapshot.until,
+            generation=snapshot.generation,
+            forced=snapshot.forced,
+            reason=snapshot.reason,
+            now=snapshot.now,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CircuitAdmin:
+    """Operators' actions over one store (use the Redis store itself: the shared state)."""
+
+    def __init__(self, store: BreakerStore):
+        self.store = store
+
+    def names(self) -> list[str]:
+        return self.store.names()
+
+    def status(self, name: str) -> BreakerStatus:
+        return BreakerStatus.of(name, self.store.snapshot(name))
+
+    def list(self) -> list[BreakerStatus]:
+        """Every breaker the store has seen, by name."""
+        return [self.status(name) for name in self.names()]
+
+    def reset(self, name: str, reason: str = "reset by operator") -> BreakerStatus:
+        """Closed, with a clean window, and no longer forced."""
+        return self._act(name, Action.RESET, reason)
+
+    def force_open(self, name: str, reason: str) -> BreakerStatus:
+        """Open until reset: every call is refused, no trials."""
+        return self._act(name, Action.FORCE_OPEN, f"forced open: {reason}")
+
+    def force_closed(self, name: str, reason: str) -> BreakerStatus:
+        """Disabled until reset: every call goes through, nothing is counted."""
+        return self._act(name, Action.FORCE_CLOSED, f"forced closed: {reason}")
+
+    def _act(self, name: str, action: Action, reason: str) -> BreakerStatus:
+        report: Report = self.store.transition(name, action, reason)
+        transition = report.transition
+        old = transition.old_state if transition else report.snapshot.state
+        log.warning(
+            "circuit breaker %s: %s -> %s (%s)",
+            name,
+            old,
+            report.snapshot.state,
+            reason,
+            extra={
+                "breaker": name,
+                "old_state": old,
+                "new_state": report.snapshot.state,
+                "reason": reason,
+                "generation": report.snapshot.generation,
+            },
+        )
+        return self.status(name)

@@ -1,0 +1,63 @@
+"""Builds breaker stores from settings, and the process-wide default store."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from intent.breaker.breaker import CircuitBreaker
+from intent.breaker.config import CircuitConfig
+from intent.breaker.fallback import FallbackStore
+from intent.breaker.memory_store import MemoryStore
+from intent.breaker.redis_store import DEFAULT_SOCKET_TIMEOUT, RedisStore
+from intent.breaker.store import BreakerStore
+
+DEFAULT_PROBE_INTERVAL = 5.0
+DEFAULT_FALLBACK_LOG_INTERVAL = 30.0
+
+_default: BreakerStore | None = None
+_default_lock = threading.Lock()
+
+
+def store_from_settings(settings: Any) -> BreakerStore:
+    """Redis (``redis_url``) with the in-memory fallback; memory alone without a URL."""
+    url = getattr(settings, "redis_url", None)
+    if not url:
+        return MemoryStore()
+    primary = RedisStore.from_url(
+        url,
+        prefix=getattr(settings, "key_prefix", "intent:"),
+        socket_timeout=getattr(settings, "circuit_redis_socket_timeout", DEFAULT_SOCKET_TIMEOUT),
+    )
+    return FallbackStore(
+        primary,
+        probe_interval=getattr(settings, "circuit_redis_probe_interval", DEFAULT_PROBE_INTERVAL),
+        warn_interval=getattr(
+            settings, "circuit_fallback_log_interval", DEFAULT_FALLBACK_LOG_INTERVAL
+        ),
+    )
+
+
+def default_store() -> BreakerStore:
+    """The store breakers use when given none, built once per process from the settings."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            from intent.settings import get_settings
+
+            _default = store_from_settings(get_settings())
+        return _default
+
+
+def breaker_from_settings(
+    name: str, settings: Any = None, store: BreakerStore | None = None, **options: Any
+) -> CircuitBreaker:
+    """A breaker configured from ``INTENT_CIRCUIT_*`` settings."""
+    if settings is None:
+        from intent.settings import get_settings
+
+        settings = get_settings()
+        store = store or default_store()
+    elif store is None:
+        store = store_from_settings(settings)
+    return CircuitBreaker(name, CircuitConfig.from_settings(settings), store=store, **options)

@@ -1,0 +1,146 @@
+"""Redis first, process memory while Redis is unreachable: breakers keep working through an
+outage, the log says so once per interval, and the shared state resumes when Redis answers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+from intent.breaker.config import CircuitConfig
+from intent.breaker.memory_store import MemoryStore
+from intent.breaker.store import (
+    Action,
+    Admission,
+    BreakerStore,
+    Outcome,
+    Report,
+    Snapshot,
+    StoreUnavailable,
+    Ticket,
+)
+
+log = logging.getLogger("intent.breaker")
+
+T = TypeVar("T")
+
+_live_stores: weakref.WeakSet[FallbackStore] = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    for store in list(_live_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
+
+class FallbackStore(BreakerStore):
+    """``primary`` (Redis) while it answers; ``fallback`` (memory, same rules) while it does
+    not. Down, Redis is tried again once per ``probe_interval`` (by one caller), not on every
+    call; the outage is logged at most once per ``warn_interval``."""
+
+    def __init__(
+        self,
+        primary: BreakerStore,
+        fallback: BreakerStore | None = None,
+        *,
+        probe_interval: float = 5.0,
+        warn_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.primary = primary
+        self.fallback = fallback or MemoryStore()
+        self.origin = primary.origin
+        self.probe_interval = probe_interval
+        self.warn_interval = warn_interval
+        self._clock = clock
+        self._degraded = False
+        self._next_probe = 0.0
+        self._last_warning = -math.inf
+        self._lock = threading.Lock()
+        _live_stores.add(self)
+
+    @property
+    def degraded(self) -> bool:
+        """True while breakers run on the fallback."""
+        return self._degraded
+
+    # -- the contract ----------------------------------------------------------------
+    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
+        return self._run(lambda store: store.acquire(name, slot, config))
+
+    def report(
+        self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
+    ) -> Report:
+        if ticket.origin == self.fallback.origin:
+            return self.fallback.report(name, slot, ticket, outcome, config)
+        # A ticket Redis issued goes back to Redis; if Redis has gone meanwhile, the fallback
+        # takes the outcome as a foreign one (a failure still counts there).
+        return self._run(lambda store: store.report(name, slot, ticket, outcome, config))
+
+    def snapshot(self, name: str, config: CircuitConfig | None = None) -> Snapshot:
+        return self._run(lambda store: store.snapshot(name, config))
+
+    def transition(
+        self, name: str, action: Action, reason: str, config: CircuitConfig | None = None
+    ) -> Report:
+        return self._run(lambda store: store.transition(name, action, reason, config))
+
+    def names(self) -> list[str]:
+        return self._run(lambda store: store.names())
+
+    def close(self) -> None:
+        self.primary.close()
+        self.fallback.close()
+
+    # -- switching -------------------------------------------------------------------
+    def _run(self, operation: Callable[[BreakerStore], T]) -> T:
+        if self._primary_due():
+            try:
+                result = operation(self.primary)
+            except StoreUnavailable as exc:
+                self._went_down(exc)
+            else:
+                if self._degraded:
+                    self._came_back()
+                return result
+        return operation(self.fallback)
+
+    def _primary_due(self) -> bool:
+        if not self._degraded:
+            return True
+        with self._lock:
+            now = self._clock()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + self.probe_interval  # this caller probes; others wait
+            return True
+
+    def _went_down(self, exc: StoreUnavailable) -> None:
+        with self._lock:
+            now = self._clock()
+            if not self._degraded:
+                self._degraded = True
+                self._next_probe = now + self.probe_interval
+            if now - self._last_warning < self.warn_interval:
+                return
+            self._last_warning = now
+        log.warning(
+            "circuit breaker store unreachable (%s); breakers run on in-process state and "
+            "retry it every %g s",
+            exc,
+            self.probe_interval,
+        )
+
+    def _came_back(self) -> None:
+        with self._lock:
+            if not self._degraded:
+                return
+            self._degraded = False
+        log.info("circuit breaker store reachable again; breakers use the shared state")

@@ -1,0 +1,147 @@
+-- Shared by every breaker script: the store prepends it to each primitive when it loads them.
+-- One breaker's keys share a hash tag, so each script touches a single Cluster slot:
+-- KEYS[1] state (hash)   KEYS[2] failures (zset: time -> time:slot)
+-- KEYS[3] calls (hash: window bucket -> calls)
+-- KEYS[4] leases (zset: slot -> lease expiry) of calls admitted with no failures pending,
+--         and of half-open trials
+-- KEYS[5] permits (zset: slot -> lease expiry) of calls admitted while failures pend
+-- Redis TIME is the clock: worker clocks may disagree, the server's is the one shared.
+-- Replies are one JSON array of strings: one bulk string parses far faster in redis-py than a
+-- multi-bulk of twenty, and numbers as strings keep their fractions (Redis would truncate).
+local STATE, FAILURES, CALLS, LEASES, PERMITS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local BUCKETS = 20 -- policy.WINDOW_BUCKETS
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(x)
+  if x == nil then return '' end
+  return string.format('%.6f', x)
+end
+
+local function num(v)
+  if v == false or v == nil or v == '' then return nil end
+  return tonumber(v)
+end
+
+local function load()
+  local h = redis.call('HMGET', STATE, 'state', 'gen', 'until', 'opened_at', 'forced',
+    'reason', 'successes', 'suspect', 'suspect_since')
+  local forced = h[5]
+  if forced == false or forced == '' then forced = nil end
+  return {
+    exists = h[1] ~= false, state = h[1] or 'closed', gen = tonumber(h[2] or '0'),
+    until_at = num(h[3]), opened_at = num(h[4]), forced = forced, reason = h[6] or '',
+    successes = tonumber(h[7] or '0'), suspect = h[8] == '1',
+    suspect_since = num(h[9]) or 0,
+  }
+end
+
+-- cfg: {window, recovery} as the calling breaker knows them (kept for operators' listings)
+local function save(c, now, cfg)
+  redis.call('HSET', STATE, 'state', c.state, 'gen', c.gen, 'until', fmt(c.until_at),
+    'opened_at', fmt(c.opened_at), 'forced', c.forced or '', 'reason', c.reason,
+    'successes', c.successes, 'suspect', c.suspect and '1' or '0', 'changed_at', fmt(now))
+  if cfg then
+    redis.call('HSET', STATE, 'window', cfg.window, 'recovery', cfg.recovery)
+  end
+end
+
+-- Every move starts a new generation and a clean window: outcomes of calls that began
+-- before it no longer match, and old failures cannot re-trip a recovered breaker.
+local function move(c, state, reason)
+  local old = c.state
+  c.state, c.gen, c.reason = state, c.gen + 1, reason
+  c.successes, c.suspect = 0, false
+  if state ~= 'open' then c.until_at = nil end
+  if state == 'closed' then c.opened_at = nil end
+  redis.call('DEL', FAILURES, CALLS, LEASES, PERMITS)
+  return {old, state, reason}
+end
+
+local function trip(c, reason, now, recovery)
+  local transition = move(c, 'open', reason)
+  c.opened_at, c.until_at = now, now + recovery
+  return transition
+end
+
+local function trip_reason(failures, calls, window)
+  return string.format('%d failures in the last %g s (%d calls)', failures, window, calls)
+end
+
+local function bucket_of(now, window)
+  return math.floor(now / (window / BUCKETS))
+end
+
+-- Calls in the last BUCKETS buckets; prune drops the older buckets.
+local function calls_in_window(now, window, prune)
+  local oldest = bucket_of(now, window) - BUCKETS + 1
+  local flat = redis.call('HGETALL', CALLS)
+  local total = 0
+  for i = 1, #flat, 2 do
+    if tonumber(flat[i]) >= oldest then
+      total = total + tonumber(flat[i + 1])
+    elseif prune then
+      redis.call('HDEL', CALLS, flat[i])
+    end
+  end
+  return total
+end
+
+local function failures_in_window(now, window)
+  return redis.call('ZCOUNT', FAILURES, '(' .. fmt(now - window), '+inf')
+end
+
+local function first_expiry(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return num(first[2])
+end
+
+local function take_lease(key, slot, now, lease)
+  redis.call('ZADD', key, fmt(now + lease), slot)
+  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+end
+
+-- A slot asking again, or reporting, is done with its previous call.
+local function release(slot)
+  redis.call('ZREM', LEASES, slot)
+  redis.call('ZREM', PERMITS, slot)
+end
+
+local function expire_leases(now)
+  redis.call('ZREMRANGEBYSCORE', LEASES, '-inf', fmt(now))
+  redis.call('ZREMRANGEBYSCORE', PERMITS, '-inf', fmt(now))
+end
+
+-- Calls counting as in flight for the throttle, and when the first stops counting
+-- (policy.clean_calls_count: calls admitted before failures began count for `grace`).
+local function in_flight(c, now, grace)
+  local count = redis.call('ZCARD', PERMITS)
+  local first_end = first_expiry(PERMITS)
+  local settled = c.suspect_since + grace
+  if now < settled then
+    local clean = redis.call('ZCARD', LEASES)
+    if clean > 0 then
+      count = count + clean
+      local clean_end = math.min(first_expiry(LEASES), settled)
+      if first_end == nil or clean_end < first_end then first_end = clean_end end
+    end
+  end
+  return count, first_end
+end
+
+-- The reply every script starts with; counts are '' when the script did not compute them:
+-- state, generation, now, until, opened_at, forced, reason, suspect, failures, calls,
+-- in_flight, transition old state, new state, reason; then the script's own fields.
+local function reply(c, now, transition, counts, extra)
+  local t = transition or {'', '', ''}
+  local n = counts or {}
+  local out = {c.state, tostring(c.gen), fmt(now), fmt(c.until_at), fmt(c.opened_at),
+    c.forced or '', c.reason, c.suspect and '1' or '0',
+    n[1] and tostring(n[1]) or '', n[2] and tostring(n[2]) or '', n[3] and tostring(n[3]) or '',
+    t[1], t[2], t[3]}
+  for _, value in ipairs(extra or {}) do out[#out + 1] = value end
+  return cjson.encode(out)
+end

@@ -1,0 +1,315 @@
+"""The store contract in process memory: the fallback while Redis is unreachable, and a
+standalone store for one process (tests, the CLI without Redis). Same rules as the Lua."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from intent.breaker import policy
+from intent.breaker.config import CircuitConfig
+from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
+from intent.breaker.store import (
+    Action,
+    Admission,
+    BreakerStore,
+    Denial,
+    Outcome,
+    Report,
+    Snapshot,
+    Ticket,
+    TicketKind,
+    Transition,
+)
+
+# A lock held by another thread when the process forks stays held in the child forever:
+# every store gets a fresh lock in the child (prefork workers fork after import).
+_live_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    for store in list(_live_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
+
+@dataclass
+class _Circuit:
+    config: CircuitConfig
+    state: str = CLOSED
+    generation: int = 0
+    until: float | None = None
+    opened_at: float | None = None
+    forced: str | None = None
+    reason: str = ""
+    successes: int = 0
+    suspect: bool = False
+    suspect_since: float = 0.0
+    failures: deque[float] = field(default_factory=deque)
+    calls: dict[int, int] = field(default_factory=dict)
+    # slot -> lease expiry: calls admitted with no failures pending, and half-open trials
+    leases: dict[str, float] = field(default_factory=dict)
+    permits: dict[str, float] = field(default_factory=dict)  # calls admitted while suspect
+
+    def clear_window(self) -> None:
+        self.failures.clear()
+        self.calls.clear()
+        self.leases.clear()
+        self.permits.clear()
+        self.suspect = False
+        self.successes = 0
+
+    def release(self, slot: str) -> None:
+        self.leases.pop(slot, None)
+        self.permits.pop(slot, None)
+
+    def expire_leases(self, now: float) -> None:
+        for leases in (self.leases, self.permits):
+            for slot in [slot for slot, expiry in leases.items() if expiry <= now]:
+                del leases[slot]
+
+    def in_flight(self, now: float) -> tuple[int, float | None]:
+        """Calls that count as in flight for the throttle, and when the first stops counting."""
+        ends = list(self.permits.values())
+        if policy.clean_calls_count(now, self.suspect_since, self.config) and self.leases:
+            settled = self.suspect_since + self.config.throttle_wait
+            ends += [min(expiry, settled) for expiry in self.leases.values()]
+        return len(ends), min(ends, default=None)
+
+
+class MemoryStore(BreakerStore):
+    """Breaker state in this process. ``clock`` gives epoch seconds (injectable for tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.origin = f"memory:{uuid.uuid4().hex[:8]}"
+        self._clock = clock
+        self._circuits: dict[str, _Circuit] = {}
+        self._lock = threading.Lock()
+        _live_stores.add(self)
+
+    # -- the contract ----------------------------------------------------------------
+    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
+        with self._lock:
+            now = self._clock()
+            circuit = self._circuit(name, config)
+            if circuit.forced == OPEN:
+                return self._deny(circuit, now, Denial.FORCED_OPEN, None)
+            if circuit.forced == CLOSED:
+                return self._admit(circuit, now, TicketKind.BYPASS, 0)
+            transition = None
+            if circuit.state == OPEN:
+                if circuit.until is not None and now < circuit.until:
+                    return self._deny(circuit, now, Denial.OPEN, circuit.until)
+                transition = self._move(circuit, HALF_OPEN, policy.RECOVERY_REASON, now)
+            circuit.release(slot)  # this slot asks again: its previous call is over
+            circuit.expire_leases(now)
+            if circuit.state == HALF_OPEN:
+                if len(circuit.leases) >= config.half_open_max_calls:
+                    until = min(circuit.leases.values())
+                    return self._deny(circuit, now, Denial.HALF_OPEN_FULL, until, transition)
+                circuit.leases[slot] = now + config.half_open_timeout
+                return self._admit(circuit, now, TicketKind.TRIAL, 0, transition)
+            kind = TicketKind.CALL
+            if circuit.suspect:
+                failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
+                calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
+                if policy.should_trip(failures, calls, config):
+                    reason = policy.trip_reason(failures, calls, config)
+                    transition = self._trip(circuit, reason, now)
+                    return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
+                in_flight, first_end = circuit.in_flight(now)
+                if policy.must_throttle(failures, calls, in_flight, config):
+                    until = first_end if first_end is not None else now
+                    return self._deny(circuit, now, Denial.THROTTLED, until)
+                kind = TicketKind.PERMIT
+            bucket = policy.bucket_index(now, config.failure_window)
+            circuit.calls[bucket] = circuit.calls.get(bucket, 0) + 1
+            if circuit.calls[bucket] == 1:
+                self._prune_buckets(circuit, now)
+            leases = circuit.permits if kind is TicketKind.PERMIT else circuit.leases
+            leases[slot] = now + config.half_open_timeout
+            return self._admit(circuit, now, kind, bucket)
+
+    def report(
+        self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
+    ) -> Report:
+        with self._lock:
+            now = self._clock()
+            circuit = self._circuit(name, config)
+            foreign = ticket.origin != self.origin
+            if foreign:
+                # Issued by another store (Redis, before it went away): its generation means
+                # nothing here, but a failure it saw still counts while this store is closed.
+                if outcome is not Outcome.FAILURE or circuit.state != CLOSED or circuit.forced:
+                    return Report(self._snapshot(circuit, now), applied=False)
+            elif ticket.generation != circuit.generation or circuit.forced:
+                return Report(self._snapshot(circuit, now), applied=False)
+            else:
+                circuit.release(slot)
+            transition = None
+            if circuit.state == CLOSED:
+                if outcome is Outcome.EXCLUDED:
+                    if ticket.bucket in circuit.calls:
+                        circuit.calls[ticket.bucket] -= 1
+                        if circuit.calls[ticket.bucket] <= 0:
+                            del circuit.calls[ticket.bucket]
+                elif outcome is Outcome.SUCCESS and circuit.suspect:
+                    # the service answers again; permits still out count as plain calls
+                    circuit.suspect = False
+                    circuit.permits.clear()
+                else:
+                    transition = self._record_failure(circuit, now, foreign)
+            elif circuit.state == HALF_OPEN:
+                if outcome is Outcome.SUCCESS:
+                    circuit.successes += 1
+                    if policy.trials_close(circuit.successes, config):
+                        reason = policy.close_reason(circuit.successes)
+                        transition = self._move(circuit, CLOSED, reason, now)
+                elif outcome is Outcome.FAILURE:
+                    transition = self._trip(circuit, policy.TRIAL_FAILED_REASON, now)
+            return Report(self._snapshot(circuit, now), applied=True, transition=transition)
+
+    def snapshot(self, name: str, config: CircuitConfig | None = None) -> Snapshot:
+        with self._lock:
+            now = self._clock()
+            circuit = self._circuits.get(name)
+            if circuit is None:
+                return Snapshot(CLOSED, 0, now, failures=0, calls=0, in_flight=0)
+            return self._snapshot(circuit, now, counts=True, config=config)
+
+    def transition(
+        self, name: str, action: Action, reason: str, config: CircuitConfig | None = None
+    ) -> Report:
+        with self._lock:
+            now = self._clock()
+            circuit = self._circuit(name, config)
+            old_state, old_forced = circuit.state, circuit.forced
+            circuit.forced = None
+            if action is Action.OPEN:
+                self._trip(circuit, reason, now)
+            elif action is Action.FORCE_OPEN:
+                self._trip(circuit, reason, now)
+                circuit.forced, circuit.until = OPEN, None
+            elif action is Action.HALF_OPEN:
+                self._move(circuit, HALF_OPEN, reason, now)
+            else:
+                self._move(circuit, CLOSED, reason, now)
+                if action is Action.FORCE_CLOSED:
+                    circuit.forced = CLOSED
+            transition = None
+            if (old_state, old_forced) != (circuit.state, circuit.forced):
+                transition = Transition(old_state, circuit.state, reason, circuit.generation)
+            return Report(self._snapshot(circuit, now), applied=True, transition=transition)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._circuits)
+
+    # -- steps -----------------------------------------------------------------------
+    def _circuit(self, name: str, config: CircuitConfig | None) -> _Circuit:
+        circuit = self._circuits.get(name)
+        if circuit is None:
+            circuit = self._circuits[name] = _Circuit(config or CircuitConfig())
+        elif config is not None:
+            circuit.config = config
+        return circuit
+
+    def _record_failure(self, circuit: _Circuit, now: float, foreign: bool) -> Transition | None:
+        config = circuit.config
+        circuit.failures.append(now)
+        while circuit.failures and circuit.failures[0] <= now - config.failure_window:
+            circuit.failures.popleft()
+        if not circuit.suspect:
+            circuit.suspect, circuit.suspect_since = True, now
+        if foreign:  # a call this store never counted: count it now
+            bucket = policy.bucket_index(now, config.failure_window)
+            circuit.calls[bucket] = circuit.calls.get(bucket, 0) + 1
+        failures = len(circuit.failures)
+        calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
+        if policy.should_trip(failures, calls, config):
+            return self._trip(circuit, policy.trip_reason(failures, calls, config), now)
+        return None
+
+    def _trip(self, circuit: _Circuit, reason: str, now: float) -> Transition:
+        transition = self._move(circuit, OPEN, reason, now)
+        circuit.opened_at = now
+        circuit.until = now + circuit.config.recovery_timeout
+        return transition
+
+    def _move(self, circuit: _Circuit, state: str, reason: str, now: float) -> Transition:
+        """Every move starts a new generation and a clean window."""
+        old = circuit.state
+        circuit.state = state
+        circuit.generation += 1
+        circuit.reason = reason
+        circuit.clear_window()
+        if state != OPEN:
+            circuit.until = None
+        if state == CLOSED:
+            circuit.opened_at = None
+        return Transition(old, state, reason, circuit.generation)
+
+    @staticmethod
+    def _prune_buckets(circuit: _Circuit, now: float) -> None:
+        oldest = policy.oldest_live_bucket(now, circuit.config.failure_window)
+        for index in [index for index in circuit.calls if index < oldest]:
+            del circuit.calls[index]
+
+    def _snapshot(
+        self,
+        circuit: _Circuit,
+        now: float,
+        counts: bool = False,
+        config: CircuitConfig | None = None,
+    ) -> Snapshot:
+        failures = calls = in_flight = None
+        if counts:
+            window = (config or circuit.config).failure_window
+            failures = policy.failures_in_window(circuit.failures, now, window)
+            calls = policy.calls_in_window(circuit.calls, now, window)
+            leases = [*circuit.leases.values(), *circuit.permits.values()]
+            in_flight = sum(1 for expiry in leases if expiry > now)
+        return Snapshot(
+            state=circuit.state,
+            generation=circuit.generation,
+            now=now,
+            until=circuit.until,
+            opened_at=circuit.opened_at,
+            forced=circuit.forced,
+            reason=circuit.reason,
+            suspect=circuit.suspect,
+            failures=failures,
+            calls=calls,
+            in_flight=in_flight,
+        )
+
+    def _admit(
+        self,
+        circuit: _Circuit,
+        now: float,
+        kind: TicketKind,
+        bucket: int,
+        transition: Transition | None = None,
+    ) -> Admission:
+        ticket = Ticket(circuit.generation, kind, bucket, self.origin)
+        return Admission(self._snapshot(circuit, now), ticket=ticket, transition=transition)
+
+    def _deny(
+        self,
+        circuit: _Circuit,
+        now: float,
+        denial: Denial,
+        until: float | None,
+        transition: Transition | None = None,
+    ) -> Admission:
+        return Admission(
+            self._snapshot(circuit, now), denial=denial, until=until, transition=transition
+        )

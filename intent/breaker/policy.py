@@ -1,0 +1,91 @@
+"""The breaker's rules as plain functions of their inputs: no clock, no store.
+
+The in-memory store applies them directly; the Redis store's Lua scripts
+(``intent/breaker/lua``) apply the same rules, and the contract tests run one test body over
+both stores to keep them in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from intent.breaker.config import CircuitConfig
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+STATES = (CLOSED, OPEN, HALF_OPEN)
+
+# Calls in the window are counted in this many buckets: exact counts per call would cost
+# one sorted-set member per call (megabytes for a busy breaker), buckets cost a few fields.
+# The count covers the last (N-1)/N to N/N of the window, so it never counts a call older
+# than the window. Failures are few (the breaker trips on them), so they are kept exactly.
+WINDOW_BUCKETS = 20
+
+
+def bucket_width(window: float) -> float:
+    return window / WINDOW_BUCKETS
+
+
+def bucket_index(now: float, window: float) -> int:
+    """The bucket a call made at ``now`` is counted in."""
+    return math.floor(now / bucket_width(window))
+
+
+def oldest_live_bucket(now: float, window: float) -> int:
+    """The oldest bucket still counted at ``now``."""
+    return bucket_index(now, window) - WINDOW_BUCKETS + 1
+
+
+def calls_in_window(buckets: Mapping[int, int], now: float, window: float) -> int:
+    oldest = oldest_live_bucket(now, window)
+    return sum(count for index, count in buckets.items() if index >= oldest)
+
+
+def failures_in_window(failure_times: Iterable[float], now: float, window: float) -> int:
+    """Failures strictly younger than the window."""
+    return sum(1 for moment in failure_times if moment > now - window)
+
+
+def should_trip(failures: int, calls: int, config: CircuitConfig) -> bool:
+    """The guide's rule: enough failures in the window, and enough calls to judge by."""
+    return failures >= config.failure_threshold and calls >= config.min_throughput
+
+
+def must_throttle(failures: int, calls: int, in_flight: int, config: CircuitConfig) -> bool:
+    """Refuse a call while failures are pending, if the calls already in flight would trip
+    the breaker by themselves should they fail too.
+
+    This is what bounds the calls a fleet sends to a dead service: every admitted call is
+    in flight until its outcome is known, so failures + in flight never pass the threshold
+    (once the throughput minimum is met), whatever the number of processes.
+    """
+    return failures + in_flight >= config.failure_threshold and calls >= config.min_throughput
+
+
+def clean_calls_count(now: float, suspect_since: float, config: CircuitConfig) -> bool:
+    """Whether calls admitted before failures began still count as in flight.
+
+    Their successes are not reported (that is what keeps a healthy call at one round trip),
+    so a finished one looks in flight until its slot calls again. They are presumed settled
+    ``throttle_wait`` after the first failure: a dead service fails them well within it, and
+    a call waiting on the throttle is never refused because of an idle process's lease.
+    """
+    return now < suspect_since + config.throttle_wait
+
+
+def trials_close(successes: int, config: CircuitConfig) -> bool:
+    return successes >= config.success_threshold
+
+
+def trip_reason(failures: int, calls: int, config: CircuitConfig) -> str:
+    return f"{failures} failures in the last {config.failure_window:g} s ({calls} calls)"
+
+
+def close_reason(successes: int) -> str:
+    return f"{successes} trial call{'s' if successes != 1 else ''} succeeded"
+
+
+RECOVERY_REASON = "recovery timeout elapsed"
+TRIAL_FAILED_REASON = "trial call failed"

@@ -1,0 +1,241 @@
+"""The store contract, one test body over every store: the Lua scripts on a real Redis and the
+in-memory store must make the same decisions (short timeouts, real time)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pybreaker
+import pytest
+import redis
+
+from intent.breaker import (
+    Action,
+    BreakerStore,
+    CircuitBreaker,
+    CircuitConfig,
+    CircuitOpenError,
+    Denial,
+    MemoryStore,
+    Outcome,
+    RedisStore,
+    Ticket,
+    TicketKind,
+)
+
+pytestmark = pytest.mark.integration
+
+CONFIG = CircuitConfig(
+    failure_threshold=3,
+    min_throughput=3,
+    recovery_timeout=0.3,
+    half_open_timeout=0.3,
+    failure_window=0.6,
+    throttle_wait=0.2,
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[BreakerStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    request.getfixturevalue("redis_client")  # removes the service's keys around the test
+    redis_store = RedisStore.from_url(request.getfixturevalue("redis_url"))
+    yield redis_store
+    redis_store.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"contract-{uuid.uuid4().hex[:8]}"
+
+
+def admit(store: BreakerStore, name: str, slot: str, config: CircuitConfig = CONFIG) -> Ticket:
+    admission = store.acquire(name, slot, config)
+    assert admission.ticket is not None, admission
+    return admission.ticket
+
+
+def fail(store: BreakerStore, name: str, slot: str, config: CircuitConfig = CONFIG) -> None:
+    store.report(name, slot, admit(store, name, slot, config), Outcome.FAILURE, config)
+
+
+def test_trips_once_and_ignores_outcomes_from_before_the_trip(
+    store: BreakerStore, name: str
+) -> None:
+    slots = [f"p{i}" for i in range(6)]
+    tickets = [admit(store, name, slot) for slot in slots]
+    reports = [
+        store.report(name, slot, ticket, Outcome.FAILURE, CONFIG)
+        for slot, ticket in zip(slots, tickets, strict=True)
+    ]
+    transitions = [r.transition for r in reports if r.transition]
+    assert len(transitions) == 1
+    assert (transitions[0].old_state, transitions[0].new_state) == ("closed", "open")
+    assert transitions[0].reason == "3 failures in the last 0.6 s (6 calls)"
+    assert [r.applied for r in reports] == [True, True, True, False, False, False]
+    snapshot = store.snapshot(name, CONFIG)
+    assert snapshot.generation == 1
+    assert snapshot.until is not None and snapshot.opened_at is not None
+    assert snapshot.until == pytest.approx(snapshot.opened_at + CONFIG.recovery_timeout)
+    refused = store.acquire(name, "late", CONFIG)
+    assert (refused.denial, refused.until) == (Denial.OPEN, snapshot.until)
+
+
+def test_half_open_admits_a_limited_number_of_trials_with_leases(
+    store: BreakerStore, name: str
+) -> None:
+    config = CircuitConfig(
+        failure_threshold=1, min_throughput=1, recovery_timeout=0.2, half_open_timeout=0.3,
+        half_open_max_calls=2,
+    )  # fmt: skip
+    fail(store, name, "a", config)
+    time.sleep(0.25)
+    first = store.acquire(name, "a", config)
+    assert first.transition is not None and first.transition.new_state == "half-open"
+    assert admit(store, name, "b", config).kind is TicketKind.TRIAL
+    refused = store.acquire(name, "c", config)
+    assert refused.denial is Denial.HALF_OPEN_FULL
+    assert refused.until == pytest.approx(refused.snapshot.now + 0.3, abs=0.05)
+    time.sleep(0.35)  # both trials' workers died: their leases lapse
+    assert admit(store, name, "c", config).kind is TicketKind.TRIAL
+
+
+def test_trial_success_closes_and_trial_failure_reopens(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=1, min_throughput=1, recovery_timeout=0.2)
+    fail(store, name, "a", config)
+    time.sleep(0.25)
+    trial = admit(store, name, "a", config)
+    report = store.report(name, "a", trial, Outcome.FAILURE, config)
+    assert report.transition is not None
+    assert (report.transition.old_state, report.transition.reason) == (
+        "half-open", "trial call failed",
+    )  # fmt: skip
+    time.sleep(0.25)
+    trial = admit(store, name, "b", config)
+    report = store.report(name, "b", trial, Outcome.SUCCESS, config)
+    assert report.transition is not None
+    assert (report.transition.new_state, report.transition.reason) == (
+        "closed", "1 trial call succeeded",
+    )  # fmt: skip
+    assert report.snapshot.generation == 5  # open, half-open, open, half-open, closed
+
+
+def test_old_failures_leave_the_window(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=3, min_throughput=1, failure_window=0.4)
+    fail(store, name, "a", config)
+    fail(store, name, "a", config)
+    time.sleep(0.45)
+    fail(store, name, "a", config)
+    snapshot = store.snapshot(name, config)
+    assert (snapshot.state, snapshot.failures) == ("closed", 1)
+
+
+def test_below_the_minimum_throughput_it_never_trips(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=2, min_throughput=8, failure_window=30)
+    for _ in range(7):
+        fail(store, name, "a", config)
+    snapshot = store.snapshot(name, config)
+    assert (snapshot.state, snapshot.failures, snapshot.calls) == ("closed", 7, 7)
+
+
+def test_excluded_outcomes_are_uncounted(store: BreakerStore, name: str) -> None:
+    for _ in range(4):
+        ticket = admit(store, name, "a")
+        store.report(name, "a", ticket, Outcome.EXCLUDED, CONFIG)
+    snapshot = store.snapshot(name, CONFIG)
+    assert (snapshot.state, snapshot.failures, snapshot.calls) == ("closed", 0, 0)
+
+
+def test_throttle_bounds_failures_plus_calls_in_flight(store: BreakerStore, name: str) -> None:
+    first, _second = admit(store, name, "a"), admit(store, name, "b")
+    store.report(name, "a", first, Outcome.FAILURE, CONFIG)
+    permit = admit(store, name, "c")
+    assert permit.kind is TicketKind.PERMIT
+    throttled = store.acquire(name, "d", CONFIG)
+    assert throttled.denial is Denial.THROTTLED
+    # b, in flight before the failure, counts for throttle_wait after it
+    assert throttled.until == pytest.approx(throttled.snapshot.now + 0.2, abs=0.05)
+    store.report(name, "c", permit, Outcome.SUCCESS, CONFIG)
+    assert admit(store, name, "d").kind is TicketKind.CALL
+
+
+def test_an_idle_processs_lease_holds_the_throttle_only_briefly(
+    store: BreakerStore, name: str
+) -> None:
+    admit(store, name, "idle")  # it succeeded; successes are not reported
+    fail(store, name, "a")
+    assert admit(store, name, "a").kind is TicketKind.PERMIT
+    assert store.acquire(name, "b", CONFIG).denial is Denial.THROTTLED
+    time.sleep(0.25)
+    assert admit(store, name, "b").kind is TicketKind.PERMIT
+    assert store.snapshot(name, CONFIG).in_flight == 3  # the idle lease has not lapsed
+
+
+def test_generation_guard_against_a_reset_mid_call(store: BreakerStore, name: str) -> None:
+    slow = admit(store, name, "slow")
+    store.transition(name, Action.RESET, "operator", CONFIG)
+    assert not store.report(name, "slow", slow, Outcome.FAILURE, CONFIG).applied
+    assert store.snapshot(name, CONFIG).failures == 0
+
+
+def test_forced_states_hold_until_reset(store: BreakerStore, name: str) -> None:
+    report = store.transition(name, Action.FORCE_OPEN, "forced open: maintenance", CONFIG)
+    assert report.transition is not None
+    assert (report.snapshot.state, report.snapshot.forced) == ("open", "open")
+    time.sleep(0.35)  # longer than the recovery timeout: still refused
+    assert store.acquire(name, "a", CONFIG).denial is Denial.FORCED_OPEN
+    store.transition(name, Action.FORCE_CLOSED, "forced closed: incident", CONFIG)
+    for _ in range(5):
+        fail(store, name, "a")
+    snapshot = store.snapshot(name, CONFIG)
+    assert (snapshot.state, snapshot.forced, snapshot.failures) == ("closed", "closed", 0)
+    assert snapshot.reason == "forced closed: incident"
+    store.transition(name, Action.RESET, "reset", CONFIG)
+    assert store.snapshot(name, CONFIG).forced is None
+    assert name in store.names()
+
+
+def test_breaker_with_listeners_over_each_store(store: BreakerStore, name: str) -> None:
+    changes: list[tuple[str, str]] = []
+
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: object, old_state: object, new_state: object) -> None:
+            changes.append((old_state.name, new_state.name))  # type: ignore[attr-defined]
+
+    config = CircuitConfig(failure_threshold=2, min_throughput=2, recovery_timeout=0.2)
+    breaker = CircuitBreaker(name, config, store=store, listeners=[Listener()])
+
+    def down() -> None:
+        raise ConnectionError("refused")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(down)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: 1)
+    time.sleep(0.25)
+    assert breaker.call(lambda: 1) == 1
+    assert changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
+def test_redis_keys_share_the_hash_tag_and_window_data_expires(
+    redis_client: redis.Redis, redis_url: str, name: str
+) -> None:
+    store = RedisStore.from_url(redis_url)
+    admit(store, name, "in-flight")
+    fail(store, name, "a")
+    keys = sorted(redis_client.scan_iter(match=f"*cb:{name}*"))
+    tag = f"{{intent:cb:{name}}}"
+    assert keys == sorted(f"{tag}:{part}" for part in ("calls", "failures", "leases", "state"))
+    for key in keys:
+        ttl = redis_client.pttl(key)
+        if key.endswith(":state"):
+            assert ttl == -1  # durable: forced states must survive idleness
+        else:
+            assert 0 < ttl <= 2000, (key, ttl)
+    assert redis_client.sismember("intent:cb:names", name)
+    store.close()

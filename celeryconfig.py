@@ -31,7 +31,6 @@ result_expires = _settings.result_expires
 # redelivered after visibility_timeout; settings refuse a value below the longest
 # countdown plus the hard time limit, so a scheduled retry never runs twice.
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
-result_backend_transport_options = {"socket_timeout": 10, "retry_policy": {"timeout": 5.0}}
 broker_connection_retry_on_startup = True
 
 task_default_queue = "intent"

@@ -4,7 +4,7 @@ Starts its own Redis (embedded unless INTENT_REDIS_URL is set), the reference se
 (no injected latency) and one prefork worker; both workloads run on that same worker,
 alternating rounds, and each rate is the median of its rounds.
 
-    python bench/pipeline.py [--n 300] [--rounds 3] [--concurrency 4] [--json]
+    python bench/pipeline.py [--n 200] [--rounds 5] [--concurrency 4] [--json]
 """
 
 from __future__ import annotations
@@ -52,10 +52,14 @@ def pipeline_round(n: int, tag: str) -> float:
 
     started = time.perf_counter()
     analyses = [
-        submit({
-            "request_id": f"bench-{tag}-{i}", "client_id": "bench",
-            "context_id": f"ctx-bench-{i % 50}", "pattern_id": ("checkout", "support")[i % 2],
-        })  # fmt: skip
+        submit(
+            {
+                "request_id": f"bench-{tag}-{i}",
+                "client_id": "bench",
+                "context_id": f"ctx-bench-{i % 50}",
+                "pattern_id": ("checkout", "support")[i % 2],
+            }
+        )
         for i in range(n)
     ]
     for analysis in analyses:
@@ -66,8 +70,8 @@ def pipeline_round(n: int, tag: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300, help="analyses (and chains) per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=200, help="analyses (and chains) per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4, help="worker pool processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -78,8 +82,9 @@ def main() -> int:
     bare: list[float] = []
     full: list[float] = []
     with Stack(concurrency=args.concurrency):
-        bare_round(20, payload)  # warm up connections and pool processes
-        pipeline_round(20, uuid.uuid4().hex[:8])
+        # Warm up connections, pool processes and Redis before anything is measured.
+        bare_round(args.n // 2, payload)
+        pipeline_round(args.n // 2, uuid.uuid4().hex[:8])
         for _ in range(args.rounds):
             bare.append(bare_round(args.n, payload))
             full.append(pipeline_round(args.n, uuid.uuid4().hex[:8]))
@@ -96,10 +101,14 @@ def main() -> int:
     print(f"machine          {machine()}")
     print(f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of "
           f"{args.n}")  # fmt: skip
-    print(f"bare chain       {bare_rate:8.1f} chains/s    rounds: "
-          + ", ".join(f"{r:.1f}" for r in bare))
-    print(f"full pipeline    {full_rate:8.1f} analyses/s  rounds: "
-          + ", ".join(f"{r:.1f}" for r in full))
+    print(
+        f"bare chain       {bare_rate:8.1f} chains/s    rounds: "
+        + ", ".join(f"{r:.1f}" for r in bare)
+    )
+    print(
+        f"full pipeline    {full_rate:8.1f} analyses/s  rounds: "
+        + ", ".join(f"{r:.1f}" for r in full)
+    )
     print(f"ratio            {figures['ratio']:.3f}  (full pipeline / bare chain)")
     return 0
 

@@ -7,6 +7,7 @@ so ``import intent.cli`` pulls in no Celery.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import Any
 
+from intent import circuits_cli
 from intent.settings import SettingsError
 
 
@@ -34,17 +36,15 @@ def _cmd_redis(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedRedis(port=args.port) as server:
         print(f"INTENT_REDIS_URL={server.url}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", "intent",
             "-P", args.pool, "-c", str(args.concurrency), "--loglevel", args.loglevel]  # fmt: skip
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, argv)  # noqa: S606  # become the worker: signals reach Celery
     return 0  # pragma: no cover - execv does not return
 
 
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--context-port", type=int, default=8001)
     ref.add_argument("--prediction-port", type=int, default=8002)
     ref.set_defaults(func=_cmd_reference)
+
+    circuits_cli.add_parser(sub)
 
     red = sub.add_parser("redis", help="run an embedded Valkey server in the foreground")
     red.add_argument("--port", type=int, default=None)

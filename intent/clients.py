@@ -176,9 +176,7 @@ class PredictionServiceClient(ServiceClient):
 class ServiceClients:
     """The pair of clients one process uses; ``guard_for(service)`` wraps each call."""
 
-    def __init__(
-        self, settings: Settings, guard_for: Callable[[str], Guard[Any]] | None = None
-    ):
+    def __init__(self, settings: Settings, guard_for: Callable[[str], Guard[Any]] | None = None):
         def guard(service: str) -> Guard[Any] | None:
             return guard_for(service) if guard_for else None
 

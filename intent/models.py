@@ -32,8 +32,13 @@ class IntentRequest(_Model):
     context_id: Identifier | None = None
     data: dict[str, Any] | None = None
     pattern_id: Identifier
-    signals: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], SignalValue],
-                       Field(max_length=64)] | None = None
+    signals: (
+        Annotated[
+            dict[Annotated[str, StringConstraints(max_length=64)], SignalValue],
+            Field(max_length=64),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_context_source(self) -> IntentRequest:

@@ -60,9 +60,14 @@ def decide(
         events.append(IntentEvent.CONTEXT_CHANGED)
     if detected is not None and before is None:
         events.append(IntentEvent.PATTERN_DETECTED)
-    elif detected is not None and previous is not None and (
-        detected.label != before
-        or abs(detected.confidence - (previous.confidence or 0.0)) >= rules.update_delta - _EPSILON
+    elif (
+        detected is not None
+        and previous is not None
+        and (
+            detected.label != before
+            or abs(detected.confidence - (previous.confidence or 0.0))
+            >= rules.update_delta - _EPSILON
+        )
     ):
         events.append(IntentEvent.PATTERN_UPDATED)
     if live:

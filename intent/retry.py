@@ -52,7 +52,10 @@ class Backoff:
         return base * (1.0 - self.jitter * rand())
 
     def countdown(
-        self, retry: int, retry_after: float | None, cap: float,
+        self,
+        retry: int,
+        retry_after: float | None,
+        cap: float,
         rand: Callable[[], float] = random.random,
     ) -> float:
         """The delay to use: the schedule's, or longer when the service asked (Retry-After)."""
@@ -63,9 +66,7 @@ class Backoff:
 
     def schedule(self) -> list[tuple[float, float]]:
         """The (shortest, longest) wait of every retry, in order."""
-        return [
-            (self.base(n) * (1.0 - self.jitter), self.base(n)) for n in range(self.max_retries)
-        ]
+        return [(self.base(n) * (1.0 - self.jitter), self.base(n)) for n in range(self.max_retries)]
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -101,7 +101,5 @@ class PipelineTask(Task):
         payload = current.with_deferral(step, delay).model_dump(mode="json")
         raise self.retry(args=(payload,), countdown=delay, max_retries=None)
 
-    def on_failure(
-        self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         log.error("task %s[%s] failed: %s", self.name, task_id, exc)

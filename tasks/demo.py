@@ -150,9 +150,7 @@ def run(concurrency: int = 4) -> int:
         for context_id in CONTEXTS[:3]:
             context.bump_context(context_id)
         prediction.clear_faults()
-        rows += _run_round(
-            submit, "round 2 (three contexts changed upstream)", _requests(2)
-        )
+        rows += _run_round(submit, "round 2 (three contexts changed upstream)", _requests(2))
         rows += _run_round(submit, "round 3 (a web app resubmits round 2)", _requests(2)[:2])
         elapsed = time.monotonic() - started
         stream_length = int(get_runtime().redis.xlen(get_runtime().keys.events_stream))

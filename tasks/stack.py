@@ -67,7 +67,9 @@ class WorkerProcess:
         if logfile:
             args += ["--logfile", logfile]
         self.process = subprocess.Popen(
-            args, env={**os.environ, **(env or {})}, start_new_session=True,
+            args,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
 

@@ -43,8 +43,15 @@ class InvalidInput(Exception):
         self.message = message
 
 
-def _number(body: dict[str, Any], name: str, default: float | None, *,
-            low: float, high: float, nullable: bool = False) -> float | None:
+def _number(
+    body: dict[str, Any],
+    name: str,
+    default: float | None,
+    *,
+    low: float,
+    high: float,
+    nullable: bool = False,
+) -> float | None:
     value = body.get(name, default)
     if value is None and nullable:
         return None
@@ -56,9 +63,15 @@ def _number(body: dict[str, Any], name: str, default: float | None, *,
     return float(value)
 
 
-def _integer(body: dict[str, Any], name: str, default: int | None, *,
-             low: int | None = None, high: int | None = None,
-             nullable: bool = False) -> int | None:
+def _integer(
+    body: dict[str, Any],
+    name: str,
+    default: int | None,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    nullable: bool = False,
+) -> int | None:
     value = body.get(name, default)
     if value is None and nullable:
         return None
@@ -203,8 +216,7 @@ class ServiceState:
 
     def log_arrival(self, method: str, path: str, arrived: float) -> dict[str, Any]:
         """Append a log entry (status None until answered); returns it for log_status."""
-        entry: dict[str, Any] = {"method": method, "path": path, "time": arrived,
-                                 "status": None}
+        entry: dict[str, Any] = {"method": method, "path": path, "time": arrived, "status": None}
         with self._lock:
             self._log.append(entry)
         return entry
@@ -248,8 +260,9 @@ class _JSONRequest(Request):
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(payload), status=status, headers=headers,
-                    mimetype="application/json")
+    return Response(
+        json.dumps(payload), status=status, headers=headers, mimetype="application/json"
+    )
 
 
 def _invalid(exc: InvalidInput) -> Response:
@@ -273,16 +286,18 @@ def _format_seconds(value: float) -> str:
 
 def _check_identifier(value: Any, field: str) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise InvalidInput(field, "must be 1-128 characters of A-Z a-z 0-9 . _ - "
-                                  "starting with a letter or digit")
+        raise InvalidInput(
+            field, "must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
+        )
     return value
 
 
 class ServiceApp:
     """One service: routes, fault injection and request logging around the handlers."""
 
-    def __init__(self, state: ServiceState, rules: list[Rule],
-                 handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self, state: ServiceState, rules: list[Rule], handlers: dict[str, Handler]
+    ) -> None:
         self.state = state
         admin_rules = [
             Rule("/_admin/faults", methods=["GET", "PUT", "DELETE"], endpoint="admin_faults"),
@@ -299,8 +314,7 @@ class ServiceApp:
             **handlers,
         }
 
-    def __call__(self, environ: WSGIEnvironment,
-                 start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _JSONRequest(environ)
         return self.dispatch(request)(environ, start_response)
 
@@ -363,8 +377,9 @@ class ServiceApp:
 
     def _health(self, request: Request) -> Response:
         state = self.state
-        return _json({"status": "ok", "version": state.version, "api": state.api,
-                      "service": state.name})
+        return _json(
+            {"status": "ok", "version": state.version, "api": state.api, "service": state.name}
+        )
 
     def _admin_faults(self, request: Request) -> Response:
         if request.method == "GET":
@@ -416,8 +431,9 @@ def make_context_app(state: ServiceState) -> ServiceApp:
         Rule("/api/v1/context", methods=["POST"], endpoint="analyze_context"),
         Rule("/_admin/contexts/<context_id>/bump", methods=["POST"], endpoint="bump"),
     ]
-    return ServiceApp(state, rules, {"get_context": get_context,
-                                     "analyze_context": analyze_context, "bump": bump})
+    return ServiceApp(
+        state, rules, {"get_context": get_context, "analyze_context": analyze_context, "bump": bump}
+    )
 
 
 def make_prediction_app(state: ServiceState) -> ServiceApp:

@@ -57,18 +57,29 @@ class ReferenceServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # Bind here rather than in werkzeug: its server prints and calls sys.exit(1) when
         # the port is taken, where a library should raise OSError.
-        listener = socket.create_server((self.host, self.port), family=family,
-                                        backlog=_LISTEN_BACKLOG)
+        listener = socket.create_server(
+            (self.host, self.port), family=family, backlog=_LISTEN_BACKLOG
+        )
         try:
-            server = make_server(self.host, self.port, self.app, threaded=True,
-                                 request_handler=_QuietHandler, fd=listener.fileno())
+            server = make_server(
+                self.host,
+                self.port,
+                self.app,
+                threaded=True,
+                request_handler=_QuietHandler,
+                fd=listener.fileno(),
+            )
         finally:
             listener.close()  # the server holds its own duplicate of the descriptor
         self._server = server
         self.port = server.port
         self.url = f"http://{_url_host(self.host)}:{self.port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"reference-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"reference-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -86,21 +97,27 @@ class ReferenceServer:
     def __enter__(self) -> ReferenceServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
 class ReferenceServices:
     """The Context Service and the Prediction Service, each on its own port."""
 
-    def __init__(self, host: str = "127.0.0.1", context_port: int = 0,
-                 prediction_port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", context_port: int = 0, prediction_port: int = 0
+    ) -> None:
         self.context_state = ServiceState("context")
         self.prediction_state = ServiceState("prediction")
         self.context = ReferenceServer(make_context_app(self.context_state), host, context_port)
-        self.prediction = ReferenceServer(make_prediction_app(self.prediction_state), host,
-                                          prediction_port)
+        self.prediction = ReferenceServer(
+            make_prediction_app(self.prediction_state), host, prediction_port
+        )
 
     @property
     def context_url(self) -> str:
@@ -126,8 +143,12 @@ class ReferenceServices:
     def __enter__(self) -> ReferenceServices:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -154,15 +175,17 @@ def run_forever(host: str, context_port: int, prediction_port: int) -> None:
 class ReferenceControl:
     """A client of one reference service's admin routes."""
 
-    def __init__(self, base_url: str, timeout: float = 5.0,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 5.0, session: requests.Session | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self.session.request(method, self.base_url + path, json=body,
-                                        timeout=self.timeout)
+        response = self.session.request(
+            method, self.base_url + path, json=body, timeout=self.timeout
+        )
         response.raise_for_status()
         return response.json()
 

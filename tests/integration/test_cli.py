@@ -73,3 +73,30 @@ def test_a_bad_setting_stops_the_command_naming_the_variable(redis_url: str) -> 
     )  # fmt: skip
     assert out.returncode == 2
     assert "INTENT_CIRCUIT_FAILURE_THRESHOLD" in out.stderr
+
+
+def test_circuits_lists_and_forces_breakers(redis_url: str, redis_client: object) -> None:
+    def intent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "intent.cli", "circuits", *args],
+            capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
+        )  # fmt: skip
+
+    opened = intent("open", "context-service", "--reason", "maintenance", "--json")
+    assert opened.returncode == 0, opened.stderr
+    (status,) = json.loads(opened.stdout)
+    assert status["state"] == "open" and "maintenance" in status["reason"]
+    assert status["forced"]
+
+    listing = intent()
+    assert "context-service" in listing.stdout and "maintenance" in listing.stdout
+
+    closed = intent("close", "context-service", "--json")
+    assert json.loads(closed.stdout)[0]["forced"]
+    reset = intent("reset", "context-service", "--json")
+    (after,) = json.loads(reset.stdout)
+    assert after["state"] == "closed" and not after["forced"]
+    assert after["generation"] > status["generation"]
+
+    missing = intent("reset")
+    assert missing.returncode == 2 and "NAME" in missing.stderr

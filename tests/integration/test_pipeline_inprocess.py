@@ -90,7 +90,9 @@ def test_resubmitting_a_request_id_runs_nothing_twice(
     assert again.duplicate and again.id == first.id
     assert again.get(timeout=5) == first_result
     assert by_name == {
-        "request_id": payload["request_id"], "status": "duplicate", "analysis_id": first.id
+        "request_id": payload["request_id"],
+        "status": "duplicate",
+        "analysis_id": first.id,
     }
     assert len(context_service.requests_log()) == 1
     assert len(stream_events(clean, payload["request_id"])) == len(first_result.events)

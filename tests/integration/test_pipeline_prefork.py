@@ -3,6 +3,7 @@ loss, concurrency."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -30,7 +31,7 @@ OVERHEAD = 0.35
 
 def arrival_gaps(control: ReferenceControl) -> list[float]:
     times = [r["time"] for r in control.requests_log()]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_retries_follow_the_backoff_schedule(

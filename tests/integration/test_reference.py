@@ -78,13 +78,13 @@ def test_context_is_deterministic(services: ReferenceServices, ctx: ReferenceCon
     assert body["context_id"] == "user-1"
     assert body["version"] == 1
     assert body["updated_at"].endswith("Z")
-    assert set(body["attributes"]) == {"segment", "sessions", "cart_value", "region",
-                                       "last_page"}
+    assert set(body["attributes"]) == {"segment", "sessions", "cart_value", "region", "last_page"}
     assert get(f"{services.context_url}/api/v1/context/user-2").json() != body
 
 
-def test_bumped_context_has_new_attributes(services: ReferenceServices,
-                                           ctx: ReferenceControl) -> None:
+def test_bumped_context_has_new_attributes(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
     url = f"{services.context_url}/api/v1/context/bump-me"
     before = get(url).json()
     assert ctx.bump_context("bump-me") == 2
@@ -114,8 +114,7 @@ def test_missing_context_is_404(services: ReferenceServices, ctx: ReferenceContr
     assert response.json() == {"error": "context not found", "context_id": "missing-42"}
 
 
-def test_predictions_are_deterministic(services: ReferenceServices,
-                                       pred: ReferenceControl) -> None:
+def test_predictions_are_deterministic(services: ReferenceServices, pred: ReferenceControl) -> None:
     url = f"{services.prediction_url}/api/v1/predict"
     context = context_for("user-1", 1)
     first = post(url, {"pattern_id": "checkout", "context": context})
@@ -138,8 +137,10 @@ def test_predictions_are_deterministic(services: ReferenceServices,
 
 
 def test_prediction_spread() -> None:
-    tops = [predictions_for("p", context_for(f"c{i}", 1))["predictions"][0]["confidence"]
-            for i in range(600)]
+    tops = [
+        predictions_for("p", context_for(f"c{i}", 1))["predictions"][0]["confidence"]
+        for i in range(600)
+    ]
     assert min(tops) >= 0.3 and max(tops) <= 0.95
     # About two thirds of contexts reach the detection threshold.
     assert 0.58 <= sum(top >= 0.6 for top in tops) / len(tops) <= 0.75
@@ -190,8 +191,9 @@ def test_unknown_route_and_wrong_method(services: ReferenceServices) -> None:
     assert wrong.json()["error"] == "method not allowed"
 
 
-def test_health_and_version(services: ReferenceServices, ctx: ReferenceControl,
-                            pred: ReferenceControl) -> None:
+def test_health_and_version(
+    services: ReferenceServices, ctx: ReferenceControl, pred: ReferenceControl
+) -> None:
     for base in (services.context_url, services.prediction_url):
         body = get(f"{base}/health").json()
         assert (body["status"], body["version"], body["api"]) == ("ok", "1.0.0", "v1")
@@ -204,8 +206,9 @@ def test_health_and_version(services: ReferenceServices, ctx: ReferenceControl,
 # -- faults -----------------------------------------------------------------------------
 
 
-def test_status_with_count_faults_exactly_n(services: ReferenceServices,
-                                            ctx: ReferenceControl) -> None:
+def test_status_with_count_faults_exactly_n(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
     config = ctx.set_faults(status=503, count=2)
     assert config["remaining"] == 2
     url = f"{services.context_url}/api/v1/context/user-1"
@@ -214,8 +217,9 @@ def test_status_with_count_faults_exactly_n(services: ReferenceServices,
     assert ctx.faults()["remaining"] == 0
 
 
-def test_count_is_exact_under_concurrency(services: ReferenceServices,
-                                          pred: ReferenceControl) -> None:
+def test_count_is_exact_under_concurrency(
+    services: ReferenceServices, pred: ReferenceControl
+) -> None:
     pred.set_faults(status=500, count=5)
     url = f"{services.prediction_url}/api/v1/predict"
     body = {"pattern_id": "p", "context": {"a": 1}}
@@ -233,8 +237,9 @@ def test_injected_error_body(services: ReferenceServices, ctx: ReferenceControl)
     assert "Retry-After" not in response.headers
 
 
-def test_error_rate_is_reproducible_with_a_seed(services: ReferenceServices,
-                                                ctx: ReferenceControl) -> None:
+def test_error_rate_is_reproducible_with_a_seed(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
     url = f"{services.context_url}/api/v1/context/user-1"
 
     def run(seed: int) -> list[int]:
@@ -268,8 +273,9 @@ def test_down_drops_the_connection(services: ReferenceServices, ctx: ReferenceCo
     assert [entry["status"] for entry in ctx.requests_log()] == [None, 200]
 
 
-def test_health_is_faulted_only_when_asked(services: ReferenceServices,
-                                           ctx: ReferenceControl) -> None:
+def test_health_is_faulted_only_when_asked(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
     ctx.set_faults(down=True)
     assert get(f"{services.context_url}/health").status_code == 200
     ctx.set_faults(down=True, include_health=True)
@@ -277,8 +283,9 @@ def test_health_is_faulted_only_when_asked(services: ReferenceServices,
         get(f"{services.context_url}/health")
 
 
-def test_match_restricts_the_faulted_paths(services: ReferenceServices,
-                                           ctx: ReferenceControl) -> None:
+def test_match_restricts_the_faulted_paths(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
     ctx.set_faults(status=500, match="/api/v1/context/")
     assert get(f"{services.context_url}/api/v1/context/user-1").status_code == 500
     assert post(f"{services.context_url}/api/v1/context", {"data": {"a": 1}}).status_code == 200
@@ -293,8 +300,7 @@ def test_retry_after_header(services: ReferenceServices, ctx: ReferenceControl) 
     assert get(url).headers["Retry-After"] == "0.5"
 
 
-def test_admin_routes_are_never_faulted(services: ReferenceServices,
-                                        ctx: ReferenceControl) -> None:
+def test_admin_routes_are_never_faulted(services: ReferenceServices, ctx: ReferenceControl) -> None:
     ctx.set_faults(down=True, latency_ms=500, match="/")
     started = time.perf_counter()
     assert ctx.faults()["down"] is True
@@ -321,10 +327,10 @@ def test_admin_routes_are_never_faulted(services: ReferenceServices,
         ([], "body"),
     ],
 )
-def test_invalid_fault_bodies_are_422(services: ReferenceServices, ctx: ReferenceControl,
-                                      body: Any, field: str) -> None:
-    response = requests.put(f"{services.context_url}/_admin/faults", json=body,
-                            timeout=TIMEOUT)
+def test_invalid_fault_bodies_are_422(
+    services: ReferenceServices, ctx: ReferenceControl, body: Any, field: str
+) -> None:
+    response = requests.put(f"{services.context_url}/_admin/faults", json=body, timeout=TIMEOUT)
     assert response.status_code == 422
     assert response.json()["field"] == field
     assert ctx.faults()["down"] is False  # the previous configuration stands

@@ -46,8 +46,7 @@ def test_sixteen_processes_detect_one_pattern_once(redis_client: redis.Redis) ->
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(16), ctx.Queue()
     procs = [
-        ctx.Process(target=_detect_in_process, args=(url, f"r{i}", barrier, out))
-        for i in range(16)
+        ctx.Process(target=_detect_in_process, args=(url, f"r{i}", barrier, out)) for i in range(16)
     ]
     for p in procs:
         p.start()
@@ -77,7 +76,9 @@ def test_updates_and_context_changes_across_analyses(redis_client: redis.Redis) 
     detector.detect("r1", "ctx-1", "p1", predictions("buy", 0.7), "h1")
     moved = detector.detect("r2", "ctx-1", "p1", predictions("buy", 0.85), "h2")
     assert moved.events == [
-        IntentEvent.CONTEXT_CHANGED, IntentEvent.PATTERN_UPDATED, IntentEvent.PREDICTION_RECEIVED
+        IntentEvent.CONTEXT_CHANGED,
+        IntentEvent.PATTERN_UPDATED,
+        IntentEvent.PREDICTION_RECEIVED,
     ]
     assert redis_client.ttl(KEYS.pattern_state("ctx-1", "p1")) == -1  # durable state
     assert 0 < redis_client.ttl(KEYS.pattern_decision("ctx-1", "p1", "r2")) <= 60
@@ -89,7 +90,10 @@ def _result() -> IntentResult:
     from intent.models import PatternResult
 
     pattern = PatternResult(
-        label="buy", confidence=0.9, context_hash="h", decided_at="2026-01-01T00:00:00Z",
+        label="buy",
+        confidence=0.9,
+        context_hash="h",
+        decided_at="2026-01-01T00:00:00Z",
         events=[IntentEvent.PATTERN_DETECTED, IntentEvent.PREDICTION_RECEIVED],
     )
     return IntentResult(

@@ -10,12 +10,17 @@ from intent.settings import Settings, SettingsError, load_settings
 def test_defaults_are_the_integration_guides() -> None:
     s = Settings()
     assert (s.context_connect_timeout, s.context_read_timeout, s.context_write_timeout) == (
-        5.0, 10.0, 10.0,
+        5.0,
+        10.0,
+        10.0,
     )
     assert (s.rate_limit_get_context, s.rate_limit_analyze_context) == (1000, 500)
     assert (
-        s.circuit_failure_threshold, s.circuit_recovery_timeout, s.circuit_half_open_timeout,
-        s.circuit_failure_window, s.circuit_min_throughput,
+        s.circuit_failure_threshold,
+        s.circuit_recovery_timeout,
+        s.circuit_half_open_timeout,
+        s.circuit_failure_window,
+        s.circuit_min_throughput,
     ) == (5, 60, 30, 120, 5)
     assert (s.retry_max, s.retry_initial_delay, s.retry_max_delay) == (3, 1.0, 10.0)
     assert (s.rate_limit_window, s.max_requests_per_window) == (60, 100)

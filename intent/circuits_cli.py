@@ -1,0 +1,85 @@
+"""``intent circuits``: list the shared breakers, and reset, force open or force closed one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from intent.breaker import BreakerStatus, CircuitAdmin, RedisStore, StoreError
+from intent.settings import get_settings
+
+
+def _when(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "-"
+    stamp = time.strftime("%H:%M:%S", time.gmtime(epoch))
+    return f"{stamp} ({epoch - now:+.1f} s)"
+
+
+def _table(statuses: list[BreakerStatus]) -> str:
+    if not statuses:
+        return "no circuit breakers have been used yet"
+    head = f"{'breaker':<22} {'state':<10} {'failures':>8} {'calls':>6} {'gen':>4}  " \
+           f"{'opened at':<22} {'until':<22} forced / reason"  # fmt: skip
+    lines = [head]
+    for s in statuses:
+        forced = s.reason or "-"
+        lines.append(
+            f"{s.name:<22} {s.state:<10} {s.failures:>8} {s.calls:>6} {s.generation:>4}  "
+            f"{_when(s.opened_at, s.now):<22} {_when(s.until, s.now):<22} {forced}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    # The shared store itself, without the in-memory fallback: an operator must see the
+    # fleet's state or an error, never this process's private view.
+    settings = get_settings()
+    store = RedisStore.from_url(
+        settings.require_redis_url(), prefix=settings.key_prefix,
+        socket_timeout=settings.redis_socket_timeout,
+    )  # fmt: skip
+    try:
+        return _act(CircuitAdmin(store), args)
+    except StoreError as exc:
+        print(f"intent circuits: the shared breaker state is unreachable: {exc}", file=sys.stderr)
+        return 1
+
+
+def _act(admin: CircuitAdmin, args: argparse.Namespace) -> int:
+    reason = args.reason or f"{args.action} by operator"
+    if args.action == "list":
+        statuses = admin.list()
+    elif args.action == "reset":
+        statuses = [admin.reset(args.name, reason)]
+    elif args.action == "open":
+        statuses = [admin.force_open(args.name, reason)]
+    else:
+        statuses = [admin.force_closed(args.name, reason)]
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        print(_table(statuses))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "circuits",
+        help="list circuit breakers; reset, force open or force closed one",
+        description="intent circuits [list] | reset NAME | open NAME | close NAME",
+    )
+    parser.add_argument("action", nargs="?", default="list",
+                        choices=["list", "reset", "open", "close"])  # fmt: skip
+    parser.add_argument("name", nargs="?", help="breaker name, e.g. context-service")
+    parser.add_argument("--reason", help="why (logged, and shown in the listing)")
+    parser.add_argument("--json", action="store_true")
+
+    def checked(args: argparse.Namespace) -> int:
+        if args.action != "list" and not args.name:
+            parser.error(f"`intent circuits {args.action}` needs a breaker NAME")
+        return run(args)
+
+    parser.set_defaults(func=checked)

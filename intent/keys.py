@@ -28,6 +28,28 @@ class Keys:
         the stream so the publish script can touch both in one slot."""
         return f"{{{self.events_stream}}}:seen:{event_id}"
 
+    @property
+    def dead_letters(self) -> str:
+        """Events a consumer gave up on, with the error: a stream (MAXLEN ~ events_maxlen)."""
+        return f"{self.prefix}events:dead"
+
+    def event_handled(self, group: str, event_id: str) -> str:
+        """A handler's "done" mark for one event in one consumer group
+        (TTL settings.event_dedup_ttl)."""
+        return f"{self.prefix}handled:{group}:{event_id}"
+
+    # -- caches -------------------------------------------------------------------
+    def context_cache(self, context_id: str) -> str:
+        """A context as last fetched: JSON with its fetch time. Fresh for
+        settings.context_cache_ttl, kept (stale, for fallbacks) for context_cache_stale_ttl,
+        the key's TTL."""
+        return f"{self.prefix}ctx:{context_id}"
+
+    def last_predictions(self, context_id: str, pattern_id: str) -> str:
+        """Last live predictions per (context, pattern), the prediction fallback
+        (TTL settings.context_cache_stale_ttl)."""
+        return f"{self.prefix}preds:{context_id}:{pattern_id}"
+
     # -- pattern state --------------------------------------------------------------
     def _pattern_tag(self, context_id: str, pattern_id: str) -> str:
         return f"{{{self.prefix}pattern:{context_id}:{pattern_id}}}"

@@ -13,6 +13,7 @@ from functools import cached_property
 import redis
 
 from intent.breaker import BreakerStore, CircuitBreaker, CircuitConfig, store_from_settings
+from intent.cache import ContextCache
 from intent.clients import ServiceClients
 from intent.events import EventPublisher
 from intent.keys import Keys
@@ -64,6 +65,11 @@ class Runtime:
     def clients(self) -> ServiceClients:
         # Every downstream call goes through its service's breaker.
         return ServiceClients(self.settings, guard_for=lambda service: self.breaker(service).call)
+
+    @cached_property
+    def context_cache(self) -> ContextCache:
+        s = self.settings
+        return ContextCache(self.redis, self.keys, s.context_cache_ttl, s.context_cache_stale_ttl)
 
     @cached_property
     def detector(self) -> PatternDetector:

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     rate_limit_window: PositiveInt = 60
     max_requests_per_window: PositiveInt = 100
 
+    # Caches: a context is fresh for context_cache_ttl seconds and served stale (marked
+    # degraded) up to context_cache_stale_ttl when its service is unavailable.
+    context_cache_ttl: PositiveInt = 300
+    context_cache_stale_ttl: PositiveInt = 24 * 3600
+
     # Pattern detection
     detection_threshold: Ratio = 0.6
     update_delta: Ratio = 0.1

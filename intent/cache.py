@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -28,7 +29,7 @@ class ContextCache:
         self.stale_ttl = max(stale_ttl, ttl)
 
     def get(self, context_id: str, now: float | None = None) -> CachedContext | None:
-        raw = self.client.get(self.keys.context_cache(context_id))
+        raw = cast("bytes | None", self.client.get(self.keys.context_cache(context_id)))
         if raw is None:
             return None
         entry = json.loads(raw)

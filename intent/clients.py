@@ -16,7 +16,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from intent.errors import ServiceRequestError, ServiceUnavailableError
+from intent.errors import IncompatibleServiceError, ServiceRequestError, ServiceUnavailableError
 from intent.settings import Settings
 
 log = logging.getLogger("intent.clients")
@@ -42,6 +42,21 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def compatible(reported: str, required: str) -> bool:
+    """Semver compatibility: same major version, and not older than ``required``."""
+
+    def parts(version: str) -> tuple[int, int, int] | None:
+        core = version.strip().lstrip("v").split("-", 1)[0].split("+", 1)[0]
+        numbers = core.split(".")
+        if not 1 <= len(numbers) <= 3 or not all(n.isdigit() for n in numbers):
+            return None
+        major, minor, patch = (*map(int, numbers), 0, 0)[:3]
+        return major, minor, patch
+
+    have, need = parts(reported), parts(required)
+    return have is not None and need is not None and have[0] == need[0] and have >= need
+
+
 def _detail(response: requests.Response) -> str:
     try:
         body = response.json()
@@ -65,7 +80,11 @@ class ServiceClient:
         pool_size: int = 10,
         guard: Guard[Any] | None = None,
         trust_env: bool = False,
+        limiter: Callable[[str], None] | None = None,
     ):
+        # Order of every call: the shared rate limit (by endpoint name), then the guard
+        # (circuit breaker), then HTTP. A limit refusal never reaches the breaker.
+        self.limiter = limiter
         self.trust_env = trust_env
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
@@ -92,7 +111,12 @@ class ServiceClient:
     def close(self) -> None:
         self.session.close()
 
-    def _request(self, method: str, path: str, json: Any = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, json: Any = None, endpoint: str | None = None
+    ) -> dict[str, Any]:
+        if self.limiter is not None and endpoint is not None:
+            self.limiter(endpoint)
+
         def send() -> dict[str, Any]:
             return self._send(method, path, json)
 
@@ -153,15 +177,52 @@ class ServiceClient:
 class ContextServiceClient(ServiceClient):
     service = "context-service"
 
-    def __init__(self, base_url: str, api_version: str = "v1", **kwargs: Any):
+    def __init__(
+        self,
+        base_url: str,
+        api_version: str = "v1",
+        required_version: str | None = None,
+        version_check_interval: float = 60.0,
+        **kwargs: Any,
+    ):
         super().__init__(base_url, **kwargs)
         self.api = f"/api/{api_version}"
+        self.required_version = required_version
+        self.version_check_interval = version_check_interval
+        self._version_checked_at: float | None = None
+        self._version_ok = False
+        self._version_reported = ""
 
     def get_context(self, context_id: str) -> dict[str, Any]:
-        return self._request("GET", f"{self.api}/context/{quote(context_id, safe='')}")
+        self.ensure_compatible()
+        path = f"{self.api}/context/{quote(context_id, safe='')}"
+        return self._request("GET", path, endpoint="get_context")
 
     def analyze_context(self, data: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", f"{self.api}/context", json={"data": data})
+        self.ensure_compatible()
+        return self._request(
+            "POST", f"{self.api}/context", json={"data": data}, endpoint="analyze_context"
+        )
+
+    def ensure_compatible(self) -> None:
+        """Refuse to call a service whose /health version is not compatible with the
+        required one; the verdict is kept for ``version_check_interval`` seconds."""
+        if self.required_version is None:
+            return
+        now = time.monotonic()
+        if self._version_checked_at is None or now - self._version_checked_at >= (
+            self.version_check_interval
+        ):
+            reported = str(self.health().get("version", ""))
+            self._version_ok = compatible(reported, self.required_version)
+            self._version_reported = reported
+            self._version_checked_at = now
+        if not self._version_ok:
+            raise IncompatibleServiceError(
+                self.service,
+                f"incompatible version {self._version_reported or '(none)'}: "
+                f"requires {self.required_version} (same major, not older)",
+            )
 
 
 class PredictionServiceClient(ServiceClient):
@@ -169,14 +230,23 @@ class PredictionServiceClient(ServiceClient):
 
     def get_predictions(self, pattern_id: str, context: dict[str, Any]) -> dict[str, Any]:
         return self._request(
-            "POST", "/api/v1/predict", json={"pattern_id": pattern_id, "context": context}
+            "POST",
+            "/api/v1/predict",
+            json={"pattern_id": pattern_id, "context": context},
+            endpoint="predict",
         )
 
 
 class ServiceClients:
-    """The pair of clients one process uses; ``guard_for(service)`` wraps each call."""
+    """The pair of clients one process uses; ``guard_for(service)`` wraps each call and
+    ``limiter(endpoint)`` counts it against the shared rate limits first."""
 
-    def __init__(self, settings: Settings, guard_for: Callable[[str], Guard[Any]] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        guard_for: Callable[[str], Guard[Any]] | None = None,
+        limiter: Callable[[str], None] | None = None,
+    ):
         def guard(service: str) -> Guard[Any] | None:
             return guard_for(service) if guard_for else None
 
@@ -188,6 +258,9 @@ class ServiceClients:
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(ContextServiceClient.service),
+            limiter=limiter,
+            required_version=settings.required_context_service_version,
+            version_check_interval=settings.version_check_interval,
         )
         self.prediction = PredictionServiceClient(
             settings.prediction_service_url,
@@ -196,6 +269,7 @@ class ServiceClients:
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(PredictionServiceClient.service),
+            limiter=limiter,
         )
 
     def close(self) -> None:

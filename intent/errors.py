@@ -73,6 +73,13 @@ class ServiceUnavailableError(ServiceError):
         return f"Service {self.service} is unavailable: {self.reason}"
 
 
+class IncompatibleServiceError(ServiceUnavailableError):
+    """The service answers, but with an API version this service cannot use: it is not
+    called, and waiting will not help (not retried; a stale cache entry may serve)."""
+
+    transient = False
+
+
 class ServiceRequestError(ServiceError):
     """Permanent: the service refused the request (4xx other than 429) or answered
     something that is not its API. Not retried; does not trip the breaker."""

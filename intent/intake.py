@@ -1,8 +1,19 @@
-"""Intake of an analysis: who owns a request_id, so a resubmission does not run it twice."""
+"""Intake of an analysis: the per-client limit, the default deadline, and who owns a
+request_id, so a resubmission does not run it twice."""
 
 from __future__ import annotations
 
+from intent.models import IntentRequest
+from intent.pipeline import with_deadline
+from intent.ratelimit import INTAKE
 from intent.runtime import Runtime
+
+
+def admit(rt: Runtime, request: IntentRequest) -> IntentRequest:
+    """Count the analysis against its client's intake limit (raises RateLimitExceeded with
+    ``retry_after``) and give it its default deadline."""
+    rt.rate_limits.hit(INTAKE, request.client_id)
+    return with_deadline(request, rt.settings.analysis_deadline)
 
 
 def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> str | None:

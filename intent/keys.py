@@ -38,6 +38,13 @@ class Keys:
         (TTL settings.event_dedup_ttl)."""
         return f"{self.prefix}handled:{group}:{event_id}"
 
+    # -- rate limits ------------------------------------------------------------------
+    @property
+    def rate_limits(self) -> str:
+        """Prefix of the ``limits`` library's moving-window lists (each with a TTL of its
+        period): ``intent:rl:LIMITER/<name>/<identifier>/...``."""
+        return f"{self.prefix}rl"
+
     # -- caches -------------------------------------------------------------------
     def context_cache(self, context_id: str) -> str:
         """A context as last fetched: JSON with its fetch time. Fresh for
@@ -45,17 +52,13 @@ class Keys:
         the key's TTL."""
         return f"{self.prefix}ctx:{context_id}"
 
-    def last_predictions(self, context_id: str, pattern_id: str) -> str:
-        """Last live predictions per (context, pattern), the prediction fallback
-        (TTL settings.context_cache_stale_ttl)."""
-        return f"{self.prefix}preds:{context_id}:{pattern_id}"
-
     # -- pattern state --------------------------------------------------------------
     def _pattern_tag(self, context_id: str, pattern_id: str) -> str:
         return f"{{{self.prefix}pattern:{context_id}:{pattern_id}}}"
 
     def pattern_state(self, context_id: str, pattern_id: str) -> str:
-        """Durable: the last detection per (context, pattern). No TTL."""
+        """Durable: the last detection per (context, pattern), and the last live predictions
+        (the prediction fallback). No TTL."""
         return f"{self._pattern_tag(context_id, pattern_id)}:state"
 
     def pattern_decision(self, context_id: str, pattern_id: str, request_id: str) -> str:

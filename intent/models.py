@@ -32,6 +32,9 @@ class IntentRequest(_Model):
     context_id: Identifier | None = None
     data: dict[str, Any] | None = None
     pattern_id: Identifier
+    # Epoch seconds after which the analysis stops with status "expired" (submit() sets
+    # now + INTENT_ANALYSIS_DEADLINE when absent).
+    deadline: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     signals: (
         Annotated[
             dict[Annotated[str, StringConstraints(max_length=64)], SignalValue],
@@ -131,12 +134,25 @@ class IntentResult(_Model):
     deferred_seconds: float = 0.0
     degraded: bool = False
     degraded_reasons: list[str] = Field(default_factory=list)
-    status: str = "running"
+    fallbacks: list[str] = Field(default_factory=list)  # "context", "predictions"
+    status: str = "running"  # running, completed, expired
+    expired_at: str | None = None  # the step that found the deadline passed
 
     def with_retries(self, step: str, count: int) -> IntentResult:
         if not count:
             return self
         return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+    def degrade(self, fallback: str, reason: str, **update: object) -> IntentResult:
+        """This result, with ``fallback`` used instead of a live answer because of ``reason``."""
+        return self.model_copy(
+            update={
+                **update,
+                "degraded": True,
+                "degraded_reasons": [*self.degraded_reasons, f"{fallback}: {reason}"],
+                "fallbacks": [*self.fallbacks, fallback],
+            }
+        )
 
     def with_deferral(self, step: str, seconds: float) -> IntentResult:
         return self.model_copy(

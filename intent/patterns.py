@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -110,9 +110,20 @@ class PatternDetector:
         self.max_attempts = max_attempts
         self._commit = scripts.register(client, "pattern_commit")
 
+    def last_predictions(self, context_id: str, pattern_id: str) -> PredictionSet | None:
+        """The last live predictions seen for (context, pattern), if any."""
+        raw = cast(
+            "bytes | None",
+            self.client.hget(self.keys.pattern_state(context_id, pattern_id), "predictions"),
+        )
+        return PredictionSet.model_validate_json(raw) if raw else None
+
     def read(self, context_id: str, pattern_id: str) -> tuple[PatternState | None, int]:
         """The current state and its version (0 when there is none)."""
-        raw = self.client.hgetall(self.keys.pattern_state(context_id, pattern_id))
+        raw = cast(
+            "dict[bytes, bytes]",
+            self.client.hgetall(self.keys.pattern_state(context_id, pattern_id)),
+        )
         return _parse_state(raw)
 
     def detect(
@@ -138,9 +149,11 @@ class PatternDetector:
                 previous, predictions, context_hash, live, self.rules, utcnow_iso()
             )
             decision = result.model_dump_json()
+            fields = _state_fields(state)
+            if live:  # remembered as the fallback for when the service is unavailable
+                fields += ["predictions", predictions.model_dump_json()]
             outcome, payload = self._commit(
-                keys=[state_key, memo_key],
-                args=[version, decision, self.memo_ttl, *_state_fields(state)],
+                keys=[state_key, memo_key], args=[version, decision, self.memo_ttl, *fields]
             )
             if _text(outcome) in ("ok", "memo"):
                 return PatternResult.model_validate_json(payload)

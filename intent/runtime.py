@@ -18,6 +18,7 @@ from intent.clients import ServiceClients
 from intent.events import EventPublisher
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
+from intent.ratelimit import RateLimits
 from intent.settings import Settings, get_settings
 
 
@@ -62,9 +63,18 @@ class Runtime:
         return self.breakers[service]
 
     @cached_property
+    def rate_limits(self) -> RateLimits:
+        return RateLimits(self.settings, self.keys)
+
+    @cached_property
     def clients(self) -> ServiceClients:
-        # Every downstream call goes through its service's breaker.
-        return ServiceClients(self.settings, guard_for=lambda service: self.breaker(service).call)
+        # Every downstream call: its endpoint's shared rate limit, then its service's
+        # breaker, then HTTP.
+        return ServiceClients(
+            self.settings,
+            guard_for=lambda service: self.breaker(service).call,
+            limiter=self.rate_limits.hit,
+        )
 
     @cached_property
     def context_cache(self) -> ContextCache:

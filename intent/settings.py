@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     prediction_service_url: str = "http://127.0.0.1:8002"
     required_context_service_version: str = "1.0.0"
     context_api_version: str = "v1"
+    version_check_interval: PositiveFloat = 60.0  # how long a /health version verdict holds
     context_connect_timeout: PositiveFloat = 5.0
     context_read_timeout: PositiveFloat = 10.0
     # requests/urllib3 bound a request's send by the connect timeout and take no separate
@@ -78,16 +79,23 @@ class Settings(BaseSettings):
     circuit_redis_socket_timeout: PositiveFloat = 0.25
     circuit_redis_probe_interval: PositiveFloat = 5.0  # retry Redis this often when down
     circuit_fallback_log_interval: PositiveFloat = 30.0  # "using memory" warning, at most
-    # A step meeting an open breaker re-schedules itself for the breaker's `until` plus up
-    # to circuit_defer_jitter seconds, waiting at most circuit_max_deferral s in all.
-    circuit_max_deferral: PositiveFloat = 600.0
-    circuit_defer_jitter: Annotated[float, Field(ge=0)] = 1.0
+    # A step meeting an open breaker or a downstream rate limit re-schedules itself for
+    # the moment it will be admitted plus up to defer_jitter seconds, waiting at most
+    # max_deferral seconds in all (a deferral is not a retry).
+    max_deferral: PositiveFloat = 600.0
+    defer_jitter: Annotated[float, Field(ge=0)] = 1.0
 
     # Context service rate limits (requests per minute) and intake limit per client
     rate_limit_get_context: PositiveInt = 1000
     rate_limit_analyze_context: PositiveInt = 500
+    rate_limit_predict: PositiveInt = 1000
+    downstream_rate_period: PositiveInt = 60  # the downstream limits are per this many s
     rate_limit_window: PositiveInt = 60
     max_requests_per_window: PositiveInt = 100
+
+    # Deadlines: an analysis not finished this many seconds after submission stops with
+    # status "expired" at its next step instead of calling downstream late.
+    analysis_deadline: PositiveFloat = 300.0
 
     # Caches: a context is fresh for context_cache_ttl seconds and served stale (marked
     # degraded) up to context_cache_stale_ttl when its service is unavailable.
@@ -144,7 +152,8 @@ class Settings(BaseSettings):
         return max(
             self.retry_max_delay,
             self.retry_after_max,
-            self.circuit_recovery_timeout + self.circuit_defer_jitter,
+            self.circuit_recovery_timeout + self.defer_jitter,
+            self.downstream_rate_period + self.defer_jitter,
         )
 
     @property

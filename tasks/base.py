@@ -1,9 +1,12 @@
 """How a task meets the domain's errors.
 
 - transient errors are retried on the backoff schedule, at most ``retry_max`` times;
-- an open circuit breaker re-schedules the step for the moment the breaker will admit a
-  trial call (plus jitter), without spending a retry, up to ``circuit_max_deferral``
-  seconds in all; then the analysis fails with ``CircuitOpenError``;
+  when they are spent, the step's fallback answers if it can (stale context, last
+  predictions), else the analysis fails with ``RetriesExhaustedError``;
+- an open circuit breaker: the fallback answers if it can; else, like a downstream rate
+  limit, the step re-schedules itself for the moment it will be admitted (plus jitter),
+  without spending a retry, up to ``max_deferral`` seconds in all (then it fails with
+  the breaker's or limit's error), or stops as ``expired`` if that is past its deadline;
 - everything else fails the task at once (and with it the rest of the chain).
 
 Celery's own ``autoretry_for`` + ``retry_backoff`` is not used: it truncates delays to
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import redis
 from celery import Task
@@ -26,12 +29,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from intent.errors import (
     CircuitOpenError,
     IntentError,
+    RateLimitExceeded,
     RetriesExhaustedError,
     ServiceError,
     ServiceUnavailableError,
 )
 from intent.models import IntentResult
+from intent.pipeline import FALLBACKS
 from intent.retry import Backoff
+from intent.runtime import get_runtime
 from intent.settings import Settings, get_settings
 
 log = logging.getLogger("intent.tasks")
@@ -45,29 +51,51 @@ def _as_domain_error(step: str, exc: Exception) -> Exception:
     return exc
 
 
-def deferral_delay(exc: CircuitOpenError, settings: Settings, now: float) -> float:
-    """Seconds until the breaker admits a trial call, plus jitter to spread the fleet."""
-    until = exc.until if exc.until is not None else now + settings.circuit_recovery_timeout
-    wait = min(max(0.0, until - now), settings.circuit_recovery_timeout)
-    return wait + random.uniform(0.0, settings.circuit_defer_jitter)
+def deferral_delay(
+    exc: CircuitOpenError | RateLimitExceeded, settings: Settings, now: float
+) -> float:
+    """Seconds until the breaker or the limit admits a call, plus jitter to spread the fleet."""
+    if isinstance(exc, RateLimitExceeded):
+        wait = min(max(0.0, exc.retry_after), float(settings.downstream_rate_period))
+    else:
+        until = exc.until if exc.until is not None else now + settings.circuit_recovery_timeout
+        wait = min(max(0.0, until - now), settings.circuit_recovery_timeout)
+    return wait + random.uniform(0.0, settings.defer_jitter)
 
 
 class PipelineTask(Task):
-    """Base of the pipeline's tasks: maps domain errors onto retry, deferral or failure."""
+    """Base of the pipeline's tasks: maps domain errors onto retry, deferral, fallback or
+    failure."""
 
     abstract = True
     typing = True
 
-    def fail_or_retry(self, step: str, exc: Exception, current: IntentResult) -> NoReturn:
+    def recover(self, step: str, exc: Exception, current: IntentResult) -> IntentResult:
+        """Answer a failed step: a fallback result to continue with, or raise the retry,
+        deferral or failure it calls for."""
         settings = get_settings()
         exc = _as_domain_error(step, exc)
-        if isinstance(exc, CircuitOpenError):
-            self._defer(step, exc, current, settings)
+        fallback = FALLBACKS.get(step)
+        if isinstance(exc, CircuitOpenError | RateLimitExceeded):
+            if isinstance(exc, CircuitOpenError) and fallback is not None:
+                degraded = fallback(get_runtime(), current, exc)
+                if degraded is not None:
+                    return degraded
+            return self._defer(step, exc, current, settings)
         if not (isinstance(exc, IntentError) and exc.transient):
+            # Permanent. An incompatible service is not called: its fallback may serve.
+            if isinstance(exc, ServiceUnavailableError) and fallback is not None:
+                degraded = fallback(get_runtime(), current, exc)
+                if degraded is not None:
+                    return degraded
             raise exc
         # request.retries counts every re-run of this step, deferrals included.
         spent = self.request.retries - current.deferrals.get(step, 0)
         if spent >= settings.retry_max:
+            if fallback is not None:
+                degraded = fallback(get_runtime(), current, exc)
+                if degraded is not None:
+                    return degraded
             service = exc.service if isinstance(exc, ServiceError) else step
             raise RetriesExhaustedError(
                 service, f"{step} failed after {spent} retries", str(exc)
@@ -84,13 +112,21 @@ class PipelineTask(Task):
         raise self.retry(args=(payload,), exc=exc, countdown=countdown, max_retries=None)
 
     def _defer(
-        self, step: str, exc: CircuitOpenError, current: IntentResult, settings: Settings
-    ) -> NoReturn:
-        delay = deferral_delay(exc, settings, time.time())
-        if current.deferred_seconds + delay > settings.circuit_max_deferral:
+        self,
+        step: str,
+        exc: CircuitOpenError | RateLimitExceeded,
+        current: IntentResult,
+        settings: Settings,
+    ) -> IntentResult:
+        now = time.time()
+        delay = deferral_delay(exc, settings, now)
+        deadline = current.request.deadline
+        if deadline is not None and now + delay > deadline:
+            # Waiting would only reach the step after its deadline.
+            return current.model_copy(update={"status": "expired", "expired_at": step})
+        if current.deferred_seconds + delay > settings.max_deferral:
             log.error(
-                "%s gives up after waiting %.1f s for the %s breaker",
-                step, current.deferred_seconds, exc.service,
+                "%s gives up after waiting %.1f s: %s", step, current.deferred_seconds, exc,
                 extra={"step": step, "task_id": self.request.id},
             )  # fmt: skip
             raise exc

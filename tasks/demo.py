@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from intent.errors import IntentError
 from intent.models import IntentResult
@@ -149,11 +149,14 @@ def run(concurrency: int = 4) -> int:
         rows = _run_round(submit, "round 1", _requests(1))
         for context_id in CONTEXTS[:3]:
             context.bump_context(context_id)
+            # What a context_changed consumer does when the Context Service announces it.
+            get_runtime().context_cache.invalidate(context_id)
         prediction.clear_faults()
         rows += _run_round(submit, "round 2 (three contexts changed upstream)", _requests(2))
         rows += _run_round(submit, "round 3 (a web app resubmits round 2)", _requests(2)[:2])
         elapsed = time.monotonic() - started
-        stream_length = int(get_runtime().redis.xlen(get_runtime().keys.events_stream))
+        rt = get_runtime()
+        stream_length = int(cast("int", rt.redis.xlen(rt.keys.events_stream)))
         ok = _summary(rows, elapsed, stream_length)
     print("\nstopped: worker, reference services" + (", Redis" if stack.redis else ""))
     return 0 if ok else 1

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task, chain
 
 from intent import pipeline as steps
-from intent.intake import claim_request
+from intent.intake import admit, claim_request
 from intent.models import IntentRequest, IntentResult
 from intent.runtime import get_runtime
 from intent.settings import get_settings
@@ -16,23 +16,23 @@ from tasks.app import app
 from tasks.base import PipelineTask
 
 
-def _step_task(name: str, step: steps.Step) -> Task:
+def _step_task(name: str) -> Task:
     @app.task(bind=True, base=PipelineTask, name=f"intent.{name}")
     def run(self: PipelineTask, payload: Any) -> dict[str, Any]:
         result = parse_result(payload, get_settings().max_payload_bytes)
         try:
-            out = step(get_runtime(), result)
+            out = steps.run_step(get_runtime(), name, result)
         except Exception as exc:
-            self.fail_or_retry(name, exc, result)
+            out = self.recover(name, exc, result)
         return out.model_dump(mode="json")
 
     return run
 
 
-fetch_context = _step_task("fetch_context", steps.fetch_context)
-predict = _step_task("predict", steps.predict)
-detect_pattern = _step_task("detect_pattern", steps.detect_pattern)
-emit_events = _step_task("emit_events", steps.emit_events)
+fetch_context = _step_task("fetch_context")
+predict = _step_task("predict")
+detect_pattern = _step_task("detect_pattern")
+emit_events = _step_task("emit_events")
 STEP_TASKS = (fetch_context, predict, detect_pattern, emit_events)
 
 
@@ -53,8 +53,10 @@ def analysis_chain(request: IntentRequest, analysis_id: str) -> Any:
 @app.task(bind=True, base=PipelineTask, name="intent.analyze")
 def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
     """Entry point by name: validate a plain-dict request, then become the chain."""
-    parsed = parse_request(request, get_settings().max_payload_bytes)
-    owner = claim_request(get_runtime(), parsed.request_id, self.request.id)
+    rt = get_runtime()
+    # Over the client's intake limit: fails with RateLimitExceeded(retry_after), no retry.
+    parsed = admit(rt, parse_request(request, get_settings().max_payload_bytes))
+    owner = claim_request(rt, parsed.request_id, self.request.id)
     if owner is not None and owner != self.request.id:
         return {"request_id": parsed.request_id, "status": "duplicate", "analysis_id": owner}
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to

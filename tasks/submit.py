@@ -8,7 +8,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from intent.intake import claim_request, release_request
+from intent.intake import admit, claim_request, release_request
 from intent.models import IntentRequest, IntentResult
 from intent.runtime import get_runtime
 from intent.settings import get_settings
@@ -44,12 +44,13 @@ class Analysis:
 def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
     """Validate ``request`` and enqueue its analysis, once per request_id.
 
-    Raises :class:`intent.errors.ValidationError` naming the bad field; nothing is
-    enqueued then.
+    Raises :class:`intent.errors.ValidationError` naming the bad field, or
+    :class:`intent.errors.RateLimitExceeded` (with ``retry_after``) when the client is over
+    its intake limit; nothing is enqueued then.
     """
     payload = request.model_dump(mode="json") if isinstance(request, IntentRequest) else request
-    parsed = parse_request(payload, get_settings().max_payload_bytes)
     rt = get_runtime()
+    parsed = admit(rt, parse_request(payload, get_settings().max_payload_bytes))
     owner = claim_request(rt, parsed.request_id, parsed.request_id)
     if owner is not None:
         return Analysis(parsed.request_id, AsyncResult(owner, app=app), duplicate=True)

@@ -8,6 +8,7 @@ stopped at the end, so a Redis that belongs to someone else is never touched.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -33,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Let Celery's finished AsyncResults unsubscribe while their Redis is still there.
+    gc.collect()
     if _embedded is not None:
         _embedded.close()
 

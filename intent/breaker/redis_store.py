@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -309,7 +309,7 @@ class RedisStore(BreakerStore):
 
     def names(self) -> list[str]:
         members = self._guard(lambda: self.client.smembers(self._keys.breaker_registry))
-        return sorted(_text(member) for member in members)
+        return sorted(_text(member) for member in cast("set[bytes | str]", members))
 
     def close(self) -> None:
         if self._runner is not None:

@@ -23,7 +23,13 @@ FAST_RETRY_ENV = {
     "INTENT_RETRY_INITIAL_DELAY": "0.2",
     "INTENT_RETRY_MAX_DELAY": "2",
     "INTENT_RETRY_JITTER": "0.25",
+    "INTENT_VERSION_CHECK_INTERVAL": "0.3",
 }
+
+
+def api_calls(control: ReferenceControl) -> list[dict[str, object]]:
+    """The API requests a reference service received (its /health checks left out)."""
+    return [r for r in control.requests_log() if str(r["path"]).startswith("/api/")]
 
 
 @pytest.fixture(scope="session")

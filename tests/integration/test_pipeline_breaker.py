@@ -12,11 +12,11 @@ import redis
 
 from intent.breaker import CircuitAdmin
 from intent.errors import CircuitOpenError
-from intent.reference import ReferenceControl, ReferenceServices
+from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.stack import WorkerProcess
-from tests.integration.conftest import FAST_RETRY_ENV
+from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("breaker_worker")]
@@ -27,8 +27,8 @@ BREAKER_ENV = {
     "INTENT_CIRCUIT_FAILURE_THRESHOLD": str(THRESHOLD),
     "INTENT_CIRCUIT_MIN_THROUGHPUT": str(THRESHOLD),
     "INTENT_CIRCUIT_RECOVERY_TIMEOUT": "2",
-    "INTENT_CIRCUIT_DEFER_JITTER": "0.2",
-    "INTENT_CIRCUIT_MAX_DEFERRAL": "5",
+    "INTENT_DEFER_JITTER": "0.2",
+    "INTENT_MAX_DEFERRAL": "5",
 }
 
 
@@ -64,7 +64,7 @@ def test_a_dead_service_gets_at_most_threshold_calls_then_analyses_complete(
     ]
     _wait_for_state(admin, "context-service", "open", timeout=10)
     time.sleep(1.0)  # every process has met the open breaker by now; none calls
-    calls_while_down = len(context_service.requests_log())
+    calls_while_down = len(api_calls(context_service))
     print(f"calls while down: {calls_while_down}")
     assert 1 <= calls_while_down <= THRESHOLD
 
@@ -92,6 +92,6 @@ def test_an_analysis_gives_up_with_circuit_open_after_the_deferral_cap(
 
     assert info.value.service == "context-service"
     assert 3.0 <= waited <= 10.0  # deferred (2 s + jitter each) until past the 5 s cap
-    assert context_service.requests_log() == []  # rejections never reached the service
+    assert api_calls(context_service) == []  # rejections never reached the service
     status = admin.status("context-service")
     assert status.failures == 0  # and never counted as downstream failures

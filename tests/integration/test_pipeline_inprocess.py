@@ -17,6 +17,7 @@ from intent.reference import ReferenceControl
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
+from tests.integration.conftest import api_calls
 from tests.unit.test_validation import MALFORMED
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
@@ -53,8 +54,8 @@ def test_submit_runs_the_four_steps_and_publishes_events(
     published = stream_events(clean, payload["request_id"])
     assert [e.id for e in published] == [e.id for e in result.events]
     assert all(e.source == "intent_service" and e.pattern_id == "checkout" for e in published)
-    assert [r["path"] for r in context_service.requests_log()] == ["/api/v1/context/ctx-42"]
-    assert len(prediction_service.requests_log()) == 1
+    assert [r["path"] for r in api_calls(context_service)] == ["/api/v1/context/ctx-42"]
+    assert len(api_calls(prediction_service)) == 1
 
 
 def test_analyze_by_task_name_with_a_plain_dict(clean: redis.Redis) -> None:
@@ -94,7 +95,7 @@ def test_resubmitting_a_request_id_runs_nothing_twice(
         "status": "duplicate",
         "analysis_id": first.id,
     }
-    assert len(context_service.requests_log()) == 1
+    assert len(api_calls(context_service)) == 1
     assert len(stream_events(clean, payload["request_id"])) == len(first_result.events)
 
 
@@ -109,7 +110,7 @@ def test_malformed_payload_by_name_fails_once_naming_the_field(
         result.get(timeout=15)
     assert info.value.field == field or field == "request"
     assert result.state == "FAILURE"
-    assert context_service.requests_log() == []  # nothing called downstream, nothing retried
+    assert api_calls(context_service) == []  # nothing called downstream, nothing retried
 
 
 def test_malformed_payload_is_refused_by_submit_before_enqueueing(clean: redis.Redis) -> None:
@@ -139,7 +140,7 @@ def test_a_missing_context_fails_permanently_without_retry(
     with pytest.raises(ServiceRequestError) as info:
         analysis.get(timeout=15)
     assert info.value.status == 404
-    assert len(context_service.requests_log()) == 1
+    assert len(api_calls(context_service)) == 1
 
 
 def test_a_rejected_prediction_request_is_not_retried(
@@ -149,7 +150,7 @@ def test_a_rejected_prediction_request_is_not_retried(
     with pytest.raises(ServiceRequestError) as info:
         submit(request()).get(timeout=15)
     assert info.value.status == 422
-    assert len(prediction_service.requests_log()) == 1
+    assert len(api_calls(prediction_service)) == 1
 
 
 def test_event_payloads_follow_the_seed_schema(clean: redis.Redis) -> None:

@@ -19,6 +19,7 @@ from intent.reference.data import context_for, predictions_for
 from tasks import submit
 from tasks.app import app
 from tasks.stack import WorkerProcess
+from tests.integration.conftest import api_calls
 from tests.integration.test_pipeline_inprocess import request, stream_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
@@ -30,7 +31,7 @@ OVERHEAD = 0.35
 
 
 def arrival_gaps(control: ReferenceControl) -> list[float]:
-    times = [r["time"] for r in control.requests_log()]
+    times = [r["time"] for r in api_calls(control)]
     return [b - a for a, b in itertools.pairwise(times)]
 
 
@@ -70,7 +71,7 @@ def test_exhausted_retries_fail_the_analysis_with_the_cause(
 
     assert info.value.service == "context-service"
     assert "HTTP 503" in (info.value.cause or "")
-    assert len(context_service.requests_log()) == 4  # the call and three retries
+    assert len(api_calls(context_service)) == 4  # the call and three retries
     assert stream_events(clean, payload["request_id"]) == []
 
 
@@ -83,7 +84,7 @@ def test_permanent_errors_are_not_retried(
         submit(request()).get(timeout=15)
     assert info.value.status == status
     time.sleep(0.5)  # a retry, had one been scheduled, would be due by now
-    assert len(context_service.requests_log()) == 1
+    assert len(api_calls(context_service)) == 1
 
 
 def _running_pid(worker: WorkerProcess, task_id: str, timeout: float = 10.0) -> int:

@@ -8,7 +8,7 @@ from intent.errors import CircuitOpenError
 from intent.settings import Settings
 from tasks.base import deferral_delay
 
-SETTINGS = Settings(circuit_recovery_timeout=60, circuit_defer_jitter=1.0)
+SETTINGS = Settings(circuit_recovery_timeout=60, defer_jitter=1.0)
 
 
 def test_waits_until_the_breaker_admits_a_trial_plus_jitter() -> None:

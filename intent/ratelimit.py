@@ -9,7 +9,7 @@ costs one more read, to name the moment a hit will be admitted again.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -110,7 +110,7 @@ class RateLimits:
         except KeyError:
             raise KeyError(f"no rate limit named {name!r}; known: {sorted(self.limits)}") from None
 
-    def __iter__(self) -> Iterable[SharedRateLimit]:
+    def __iter__(self) -> Iterator[SharedRateLimit]:
         return iter(self.limits.values())
 
     def hit(self, name: str, identifier: str = "") -> None:

@@ -100,3 +100,27 @@ def test_circuits_lists_and_forces_breakers(redis_url: str, redis_client: object
 
     missing = intent("reset")
     assert missing.returncode == 2 and "NAME" in missing.stderr
+
+
+def test_ratelimits_shows_and_resets_the_current_rate(redis_url: str, redis_client: object) -> None:
+    from intent.keys import Keys
+    from intent.ratelimit import RateLimits
+    from intent.settings import load_settings
+
+    limits = RateLimits(load_settings(redis_url=redis_url), Keys())
+    for _ in range(3):
+        limits.hit("intake", "web-cli")
+
+    def intent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "intent.cli", "ratelimits", *args],
+            capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
+        )  # fmt: skip
+
+    shown = {s["name"]: s for s in json.loads(intent("--id", "web-cli", "--json").stdout)}
+    assert shown["intake"]["current"] == 3 and shown["intake"]["amount"] == 100
+    assert shown["get_context"]["amount"] == 1000 and shown["analyze_context"]["amount"] == 500
+    assert "intake" in intent("--id", "web-cli").stdout
+    after = json.loads(intent("reset", "intake", "--id", "web-cli", "--json").stdout)
+    assert {s["name"]: s["current"] for s in after}["intake"] == 0
+    assert intent("reset", "nope").returncode == 2

@@ -96,6 +96,19 @@ class WorkerProcess:
         _stop(self.process)
 
 
+@contextlib.contextmanager
+def running_worker(
+    concurrency: int = 2, env: Mapping[str, str] | None = None, loglevel: str = "WARNING"
+) -> Iterator[WorkerProcess]:
+    """A prefork worker subprocess that answers pings, stopped on exit."""
+    worker = WorkerProcess(concurrency, env=env, loglevel=loglevel)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
 class Stack:
     """Redis + reference services + worker, as a context manager.
 

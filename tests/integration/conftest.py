@@ -15,7 +15,7 @@ import redis
 
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import reset_runtime
-from tasks.stack import WorkerProcess
+from tasks.stack import WorkerProcess, running_worker
 
 # Retries on a short schedule (0.2 s, 0.4 s, 0.8 s, jitter 25 %) so tests stay quick; the
 # production schedule is checked as numbers in tests/unit/test_retry.py.
@@ -83,9 +83,5 @@ def inprocess_worker(reference: ReferenceServices) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def prefork_worker(reference: ReferenceServices) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(concurrency=2, env=FAST_RETRY_ENV, loglevel="INFO")
-    try:
-        worker.wait_ready()
+    with running_worker(concurrency=2, env=FAST_RETRY_ENV, loglevel="INFO") as worker:
         yield worker
-    finally:
-        worker.stop()

@@ -15,7 +15,7 @@ from intent.errors import CircuitOpenError
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
 from tasks import submit
-from tasks.stack import WorkerProcess
+from tasks.stack import WorkerProcess, running_worker
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
 
@@ -34,12 +34,8 @@ BREAKER_ENV = {
 
 @pytest.fixture(scope="module")
 def breaker_worker(reference: ReferenceServices) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(concurrency=4, env=BREAKER_ENV, loglevel="INFO")
-    try:
-        worker.wait_ready()
+    with running_worker(concurrency=4, env=BREAKER_ENV, loglevel="INFO") as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

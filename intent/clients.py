@@ -9,14 +9,19 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from intent.errors import IncompatibleServiceError, ServiceRequestError, ServiceUnavailableError
+from intent.errors import (
+    IncompatibleServiceError,
+    ServiceError,
+    ServiceRequestError,
+    ServiceUnavailableError,
+)
 from intent.settings import Settings
 
 log = logging.getLogger("intent.clients")
@@ -24,6 +29,10 @@ log = logging.getLogger("intent.clients")
 T = TypeVar("T")
 # A guard wraps each HTTP call (the circuit breaker plugs in here): guard(send) -> result.
 Guard = Callable[[Callable[[], T]], T]
+# One answer of a bulk call: the item's JSON object, or the error that item met.
+BulkItem = dict[str, Any] | ServiceError
+# How a service says it has no such route: 404, or 405 when another route has the path.
+_NO_BULK_STATUSES = frozenset({404, 405})
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -173,6 +182,78 @@ class ServiceClient:
     def health(self) -> dict[str, Any]:
         return self._send("GET", "/health", None)
 
+    # -- bulk calls -------------------------------------------------------------------
+
+    # Set on an instance once its service answered that a bulk route does not exist.
+    _bulk_missing: frozenset[str] = frozenset()
+
+    def _bulk(
+        self,
+        path: str,
+        body: dict[str, Any],
+        answers: str,
+        count: int,
+        endpoint: str,
+        singles: Sequence[Callable[[], dict[str, Any]]],
+    ) -> list[BulkItem]:
+        """POST ``body`` to the bulk route ``path`` and return its ``answers`` list, one per
+        item, in order; without a bulk route (or for a body too large for it), make the
+        ``singles`` calls instead. Transient failures of the call itself raise."""
+        if path not in self._bulk_missing:
+            try:
+                answer = self._request("POST", path, json=body, endpoint=endpoint)
+            except ServiceRequestError as exc:
+                if exc.status == 413:  # this batch is too large for it: one by one this time
+                    log.info("%s refused a bulk body as too large; single calls", self.service)
+                elif exc.status in _NO_BULK_STATUSES:
+                    self._bulk_missing = self._bulk_missing | {path}
+                    log.warning(
+                        "%s has no bulk route POST %s (HTTP %d): using single calls",
+                        self.service, path, exc.status,
+                    )  # fmt: skip
+                else:
+                    raise
+            else:
+                return self._bulk_items(path, answer, answers, count)
+        return [self._single(call) for call in singles]
+
+    @staticmethod
+    def _single(call: Callable[[], dict[str, Any]]) -> BulkItem:
+        """One call of a fallen-back batch: a permanent refusal is that item's answer."""
+        try:
+            return call()
+        except ServiceRequestError as exc:
+            return exc
+
+    def _bulk_items(
+        self, path: str, answer: dict[str, Any], answers: str, count: int
+    ) -> list[BulkItem]:
+        items = answer.get(answers)
+        if not isinstance(items, list) or len(items) != count:
+            raise ServiceRequestError(
+                self.service, 200, f"POST {path}: expected a list of {count} {answers}"
+            )
+        return [self._bulk_item(path, index, item) for index, item in enumerate(items)]
+
+    def _bulk_item(self, path: str, index: int, item: Any) -> BulkItem:
+        if not isinstance(item, dict):
+            return ServiceRequestError(self.service, 200, f"POST {path}[{index}]: not an object")
+        error = item.get("error")
+        if error is None:
+            return item
+        status = error.get("status") if isinstance(error, dict) else None
+        detail = error.get("detail") if isinstance(error, dict) else error
+        field = error.get("field") if isinstance(error, dict) else None
+        if field:
+            detail = f"{field}: {detail}"
+        text = f"POST {path}[{index}]: {detail}"[:300]
+        if not isinstance(status, int) or isinstance(status, bool):
+            return ServiceRequestError(self.service, 200, f"{text} (an error without a status)")
+        if status >= 500 or status == 429:
+            # The service could not answer this item now; asking again may help.
+            return ServiceUnavailableError(self.service, f"HTTP {status} on {text}")
+        return ServiceRequestError(self.service, status, text)
+
 
 class ContextServiceClient(ServiceClient):
     service = "context-service"
@@ -203,6 +284,30 @@ class ContextServiceClient(ServiceClient):
         return self._request(
             "POST", f"{self.api}/context", json={"data": data}, endpoint="analyze_context"
         )
+
+    def get_contexts(self, context_ids: Sequence[str]) -> list[BulkItem]:
+        """The contexts of ``context_ids`` in one bulk call (single calls when the service
+        has no bulk route): per id, its context or its error (e.g. 404), in order."""
+        self.ensure_compatible()
+        ids = list(context_ids)
+        if not ids:
+            return []
+        singles = [lambda context_id=context_id: self.get_context(context_id) for context_id in ids]
+        items = self._bulk(
+            f"{self.api}/context/batch",
+            {"context_ids": ids},
+            "contexts",
+            len(ids),
+            "get_context",
+            singles,
+        )
+        for index, (context_id, item) in enumerate(zip(ids, items, strict=True)):
+            if isinstance(item, dict) and item.get("context_id") != context_id:
+                # Answers are matched to ids by position: a shuffled answer is not the API.
+                items[index] = ServiceRequestError(
+                    self.service, 200, f"bulk answer {index} is not context {context_id}"
+                )
+        return items
 
     def ensure_compatible(self) -> None:
         """Refuse to call a service whose /health version is not compatible with the
@@ -235,6 +340,21 @@ class PredictionServiceClient(ServiceClient):
             json={"pattern_id": pattern_id, "context": context},
             endpoint="predict",
         )
+
+    def get_predictions_batch(
+        self, requests: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[BulkItem]:
+        """Predictions for each ``(pattern_id, context)`` in one bulk call (single calls when
+        the service has no bulk route): per request, its prediction set or its error."""
+        pairs = list(requests)
+        if not pairs:
+            return []
+        singles = [
+            lambda pattern_id=pattern_id, context=context: self.get_predictions(pattern_id, context)
+            for pattern_id, context in pairs
+        ]
+        body = {"requests": [{"pattern_id": p, "context": c} for p, c in pairs]}
+        return self._bulk("/api/v1/predict/batch", body, "results", len(pairs), "predict", singles)
 
 
 class ServiceClients:

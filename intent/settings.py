@@ -108,10 +108,28 @@ class Settings(BaseSettings):
 
     # Input limits
     max_payload_bytes: Annotated[int, Field(ge=256)] = 65536
+    batch_max_size: PositiveInt = 100  # requests one intent.analyze_batch takes
 
     # Events
     events_maxlen: PositiveInt = 100_000
     event_dedup_ttl: PositiveInt = 7 * 24 * 3600
+
+    # Event consumers (`intent events consume`, intent/consumer/). Times in seconds.
+    consumer_batch_size: PositiveInt = 100  # entries per read (XREADGROUP COUNT)
+    consumer_block: PositiveFloat = 1.0  # longest wait of a read; bounds an idle stop's delay
+    consumer_max_deliveries: PositiveInt = 5  # then a failing event goes to the dead letters
+    # A failed event is delivered again after retry_backoff, doubling per delivery up to
+    # retry_backoff_max (drawn down by up to retry_jitter); keep the max under claim_idle.
+    consumer_retry_backoff: PositiveFloat = 1.0
+    consumer_retry_backoff_max: PositiveFloat = 30.0
+    # Pending entries idle this long are taken over by another consumer (XAUTOCLAIM): it
+    # must exceed the longest handler run. Also the lease of the idempotency helper.
+    consumer_claim_idle: PositiveFloat = 60.0
+    # An entry of an unknown type: "ack" (log a warning) or "dead_letter".
+    consumer_unknown_type: str = Field(default="ack", pattern=r"^(ack|dead_letter)$")
+    # After SIGTERM/SIGINT the event in hand is always finished; events already read are
+    # handled too for this long, then left for other consumers.
+    consumer_shutdown_grace: Annotated[float, Field(ge=0)] = 5.0
 
     # Tasks
     task_soft_time_limit: PositiveFloat = 30.0

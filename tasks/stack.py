@@ -62,7 +62,7 @@ class WorkerProcess:
         args = [
             sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
             "-P", pool, "-c", str(concurrency), "-n", self.name, "-Q", "intent",
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--quiet",
         ]  # fmt: skip
         if logfile:
             args += ["--logfile", logfile]

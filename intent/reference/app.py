@@ -1,5 +1,6 @@
-"""WSGI apps of the reference Context and Prediction services (API v1), with admin routes
-for fault injection, a request log, context revisions and the reported version."""
+"""WSGI apps of the reference Context and Prediction services (API v1, with bulk routes),
+with admin routes for fault injection, a request log, context revisions, the reported
+version and a switch that hides the bulk routes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_FAULT_STATUS = 503
 MAX_LOG_ENTRIES = 10_000
+# Items in one bulk request; a larger batch is a client bug (422), not a slow answer.
+MAX_BULK_ITEMS = 1000
 _MAX_LATENCY_MS = 600_000.0
 
 Handler = Callable[..., Response]
@@ -159,6 +162,7 @@ class ServiceState:
         self._rng = random.Random(0)
         self._log: deque[dict[str, Any]] = deque(maxlen=MAX_LOG_ENTRIES)
         self._revisions: dict[str, int] = {}
+        self._bulk_enabled = True
 
     # -- faults -------------------------------------------------------------------------
 
@@ -253,6 +257,17 @@ class ServiceState:
         with self._lock:
             self.version = version
 
+    # -- bulk routes --------------------------------------------------------------------
+
+    @property
+    def bulk_enabled(self) -> bool:
+        return self._bulk_enabled
+
+    def set_bulk(self, enabled: bool) -> None:
+        """Serve the bulk routes, or answer them 404 like a service that has none."""
+        with self._lock:
+            self._bulk_enabled = enabled
+
 
 class _JSONRequest(Request):
     # Bodies here are small JSON documents; anything larger is a client bug (413).
@@ -303,6 +318,7 @@ class ServiceApp:
             Rule("/_admin/faults", methods=["GET", "PUT", "DELETE"], endpoint="admin_faults"),
             Rule("/_admin/requests", methods=["GET", "DELETE"], endpoint="admin_requests"),
             Rule("/_admin/version", methods=["GET", "PUT"], endpoint="admin_version"),
+            Rule("/_admin/bulk", methods=["GET", "PUT"], endpoint="admin_bulk"),
             Rule("/health", methods=["GET"], endpoint="health"),
         ]
         self.url_map = Map([*admin_rules, *rules])
@@ -310,6 +326,7 @@ class ServiceApp:
             "admin_faults": self._admin_faults,
             "admin_requests": self._admin_requests,
             "admin_version": self._admin_version,
+            "admin_bulk": self._admin_bulk,
             "health": self._health,
             **handlers,
         }
@@ -404,9 +421,40 @@ class ServiceApp:
             self.state.set_version(version)
         return _json({"version": self.state.version})
 
+    def _admin_bulk(self, request: Request) -> Response:
+        if request.method == "PUT":
+            body = _read_json(request, "enabled")
+            enabled = body.get("enabled") if isinstance(body, dict) else None
+            if not isinstance(enabled, bool):
+                raise InvalidInput("enabled", "must be true or false")
+            self.state.set_bulk(enabled)
+        return _json({"enabled": self.state.bulk_enabled})
+
+
+def _require_bulk(state: ServiceState) -> None:
+    # Disabled, a bulk route answers exactly as an unknown route does.
+    if not state.bulk_enabled:
+        raise NotFound()
+
+
+def _bulk_list(body: Any, name: str) -> list[Any]:
+    """The list of items under ``name`` in a bulk request body (1..MAX_BULK_ITEMS)."""
+    items = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK_ITEMS:
+        raise InvalidInput(name, f"must be a list of 1 to {MAX_BULK_ITEMS} items")
+    return items
+
+
+def _item_error(status: int, detail: str, field: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"status": status, "detail": detail}
+    if field is not None:
+        error["field"] = field
+    return error
+
 
 def make_context_app(state: ServiceState) -> ServiceApp:
-    """The Context Service: GET /api/v1/context/<id>, POST /api/v1/context."""
+    """The Context Service: GET /api/v1/context/<id>, POST /api/v1/context, and
+    POST /api/v1/context/batch (many ids, one answer per id, in order)."""
 
     def get_context(request: Request, context_id: str) -> Response:
         _check_identifier(context_id, "context_id")
@@ -414,6 +462,20 @@ def make_context_app(state: ServiceState) -> ServiceApp:
         if context_id.startswith("missing"):
             return _json({"error": "context not found", "context_id": context_id}, 404)
         return _json(context_for(context_id, state.revision(context_id)))
+
+    def one_of_batch(context_id: Any) -> dict[str, Any]:
+        try:
+            _check_identifier(context_id, "context_id")
+        except InvalidInput as exc:
+            return {"context_id": context_id, "error": _item_error(422, exc.message, exc.field)}
+        if context_id.startswith("missing"):
+            return {"context_id": context_id, "error": _item_error(404, "context not found")}
+        return context_for(context_id, state.revision(context_id))
+
+    def get_contexts(request: Request) -> Response:
+        _require_bulk(state)
+        context_ids = _bulk_list(_read_json(request, "context_ids"), "context_ids")
+        return _json({"contexts": [one_of_batch(context_id) for context_id in context_ids]})
 
     def analyze_context(request: Request) -> Response:
         body = _read_json(request, "data")
@@ -427,20 +489,26 @@ def make_context_app(state: ServiceState) -> ServiceApp:
         return _json({"context_id": context_id, "version": state.bump(context_id)})
 
     rules = [
+        Rule("/api/v1/context/batch", methods=["POST"], endpoint="get_contexts"),
         Rule("/api/v1/context/<context_id>", methods=["GET"], endpoint="get_context"),
         Rule("/api/v1/context", methods=["POST"], endpoint="analyze_context"),
         Rule("/_admin/contexts/<context_id>/bump", methods=["POST"], endpoint="bump"),
     ]
-    return ServiceApp(
-        state, rules, {"get_context": get_context, "analyze_context": analyze_context, "bump": bump}
-    )
+    handlers: dict[str, Handler] = {
+        "get_context": get_context,
+        "get_contexts": get_contexts,
+        "analyze_context": analyze_context,
+        "bump": bump,
+    }
+    return ServiceApp(state, rules, handlers)
 
 
 def make_prediction_app(state: ServiceState) -> ServiceApp:
-    """The Prediction Service: POST /api/v1/predict."""
+    """The Prediction Service: POST /api/v1/predict, and POST /api/v1/predict/batch (many
+    requests, one answer per request, in order)."""
 
-    def predict(request: Request) -> Response:
-        body = _read_json(request, "body")
+    def answer(body: Any) -> dict[str, Any]:
+        """The predictions for one request body; raises InvalidInput naming the field."""
         if not isinstance(body, dict):
             raise InvalidInput("body", "must be a JSON object")
         if "pattern_id" not in body:
@@ -449,7 +517,24 @@ def make_prediction_app(state: ServiceState) -> ServiceApp:
         context = body.get("context")
         if not isinstance(context, dict):
             raise InvalidInput("context", "is required and must be a JSON object")
-        return _json(predictions_for(pattern_id, context))
+        return predictions_for(pattern_id, context)
 
-    rules = [Rule("/api/v1/predict", methods=["POST"], endpoint="predict")]
-    return ServiceApp(state, rules, {"predict": predict})
+    def predict(request: Request) -> Response:
+        return _json(answer(_read_json(request, "body")))
+
+    def one_of_batch(body: Any) -> dict[str, Any]:
+        try:
+            return answer(body)
+        except InvalidInput as exc:
+            return {"error": _item_error(422, exc.message, exc.field)}
+
+    def predict_batch(request: Request) -> Response:
+        _require_bulk(state)
+        bodies = _bulk_list(_read_json(request, "requests"), "requests")
+        return _json({"results": [one_of_batch(body) for body in bodies]})
+
+    rules = [
+        Rule("/api/v1/predict", methods=["POST"], endpoint="predict"),
+        Rule("/api/v1/predict/batch", methods=["POST"], endpoint="predict_batch"),
+    ]
+    return ServiceApp(state, rules, {"predict": predict, "predict_batch": predict_batch})

@@ -215,5 +215,12 @@ class ReferenceControl:
     def set_version(self, version: str) -> None:
         self._call("PUT", "/_admin/version", {"version": version})
 
+    def set_bulk(self, enabled: bool) -> None:
+        """Serve the bulk routes, or hide them (they answer 404 like unknown routes)."""
+        self._call("PUT", "/_admin/bulk", {"enabled": enabled})
+
+    def bulk_enabled(self) -> bool:
+        return bool(self._call("GET", "/_admin/bulk")["enabled"])
+
     def close(self) -> None:
         self.session.close()

@@ -1,5 +1,5 @@
 """The reference Context and Prediction services over real HTTP: deterministic answers,
-input validation, the admin routes and every kind of injected fault."""
+bulk routes, input validation, the admin routes and every kind of injected fault."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from intent.reference import (
     ServiceState,
     make_context_app,
 )
+from intent.reference.app import MAX_BULK_ITEMS
 from intent.reference.data import LABELS, context_for, predictions_for
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,7 @@ def _reset(control: ReferenceControl) -> None:
     control.clear_faults()
     control.clear_requests()
     control.set_version("1.0.0")
+    control.set_bulk(True)
 
 
 def get(url: str) -> requests.Response:
@@ -144,6 +146,115 @@ def test_prediction_spread() -> None:
     assert min(tops) >= 0.3 and max(tops) <= 0.95
     # About two thirds of contexts reach the detection threshold.
     assert 0.58 <= sum(top >= 0.6 for top in tops) / len(tops) <= 0.75
+
+
+# -- bulk routes --------------------------------------------------------------------------
+
+
+def test_bulk_contexts_answer_each_id_in_order(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
+    ctx.bump_context("bulk-2")
+    ids = ["bulk-1", "missing-7", "bulk-2", "-bad", "bulk-1"]
+    response = post(f"{services.context_url}/api/v1/context/batch", {"context_ids": ids})
+    assert response.status_code == 200
+    contexts = response.json()["contexts"]
+    single = f"{services.context_url}/api/v1/context/"
+    assert contexts[0] == get(single + "bulk-1").json() == contexts[4]
+    assert contexts[2] == get(single + "bulk-2").json()
+    assert contexts[2]["version"] == 2
+    assert contexts[1] == {
+        "context_id": "missing-7",
+        "error": {"status": 404, "detail": "context not found"},
+    }
+    assert contexts[3]["context_id"] == "-bad"
+    assert contexts[3]["error"]["status"] == 422
+    assert contexts[3]["error"]["field"] == "context_id"
+
+
+def test_bulk_predictions_answer_each_request_in_order(
+    services: ReferenceServices, pred: ReferenceControl
+) -> None:
+    good = [
+        {"pattern_id": "checkout", "context": context_for("user-1", 1)},
+        {"pattern_id": "support", "context": context_for("user-2", 3)},
+    ]
+    bad = [{"pattern_id": "bad id!", "context": {}}, {"pattern_id": "p"}, "not an object"]
+    requests_ = [good[0], bad[0], good[1], bad[1], bad[2]]
+    response = post(f"{services.prediction_url}/api/v1/predict/batch", {"requests": requests_})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    single = f"{services.prediction_url}/api/v1/predict"
+    assert results[0] == post(single, good[0]).json()
+    assert results[2] == post(single, good[1]).json()
+    errors = [results[1]["error"], results[3]["error"], results[4]["error"]]
+    assert [e["status"] for e in errors] == [422, 422, 422]
+    assert [e["field"] for e in errors] == ["pattern_id", "context", "body"]
+    assert all(e["detail"] for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "raw", "field"),
+    [
+        ("/api/v1/context/batch", {}, None, "context_ids"),
+        ("/api/v1/context/batch", {"context_ids": []}, None, "context_ids"),
+        ("/api/v1/context/batch", {"context_ids": "a"}, None, "context_ids"),
+        ("/api/v1/context/batch", {"context_ids": ["a"] * (MAX_BULK_ITEMS + 1)}, None,
+         "context_ids"),
+        ("/api/v1/context/batch", None, "{", "context_ids"),
+        ("/api/v1/predict/batch", {"requests": {}}, None, "requests"),
+        ("/api/v1/predict/batch", [], None, "requests"),
+        ("/api/v1/predict/batch", None, "nope", "requests"),
+    ],
+)  # fmt: skip
+def test_invalid_bulk_bodies_are_422_naming_the_field(
+    services: ReferenceServices, path: str, body: Any, raw: str | None, field: str
+) -> None:
+    base = services.context_url if "context" in path else services.prediction_url
+    response = post(base + path, body, raw)
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+
+
+def test_a_fault_applies_to_the_bulk_request_as_a_whole(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
+    url = f"{services.context_url}/api/v1/context/batch"
+    ctx.set_faults(status=503, count=1, retry_after=1)
+    failed = post(url, {"context_ids": ["a", "b", "c"]})
+    assert (failed.status_code, failed.headers["Retry-After"]) == (503, "1")
+    assert ctx.faults()["remaining"] == 0  # counted once for three ids
+    assert len(post(url, {"context_ids": ["a", "b", "c"]}).json()["contexts"]) == 3
+    assert [(e["path"], e["status"]) for e in ctx.requests_log()] == [
+        ("/api/v1/context/batch", 503),
+        ("/api/v1/context/batch", 200),
+    ]
+
+
+def test_bulk_routes_can_be_switched_off(
+    services: ReferenceServices, ctx: ReferenceControl, pred: ReferenceControl
+) -> None:
+    assert ctx.bulk_enabled() and pred.bulk_enabled()
+    ctx.set_bulk(False)
+    pred.set_bulk(False)
+    assert not ctx.bulk_enabled()
+    contexts = post(f"{services.context_url}/api/v1/context/batch", {"context_ids": ["a"]})
+    predictions = post(
+        f"{services.prediction_url}/api/v1/predict/batch",
+        {"requests": [{"pattern_id": "p", "context": {}}]},
+    )
+    unknown = post(f"{services.prediction_url}/api/v1/unknown", {})
+    for response in (contexts, predictions):
+        # Exactly what a route that does not exist answers.
+        assert response.status_code == 404
+        assert response.json() == {"error": "not found", "path": response.request.path_url}
+    assert unknown.json()["error"] == "not found"
+    # The single routes are untouched, and GET of a context named "batch" still works.
+    assert get(f"{services.context_url}/api/v1/context/batch").json()["context_id"] == "batch"
+    ctx.set_bulk(True)
+    assert post(f"{services.context_url}/api/v1/context/batch", {"context_ids": ["a"]}).ok
+    bad = requests.put(f"{services.context_url}/_admin/bulk", json={"enabled": 1}, timeout=5)
+    assert (bad.status_code, bad.json()["field"]) == (422, "enabled")
 
 
 # -- validation, routing ----------------------------------------------------------------

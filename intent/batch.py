@@ -1,0 +1,364 @@
+"""Batches of analyses: the steps of ``intent.analyze_batch`` over a :class:`BatchResult`,
+with one bulk call per service per step and every error kept on its own item."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from intent.errors import (
+    RateLimitExceeded,
+    ServiceRequestError,
+    ServiceUnavailableError,
+    ValidationError,
+)
+from intent.events import build_events
+from intent.intake import admit
+from intent.models import Context, IntentResult, PredictionSet
+from intent.patterns import DetectionConflict
+from intent.pipeline import FALLBACKS, detect_pattern, expire_if_late
+from intent.runtime import Runtime
+from intent.validation import parse_request
+
+ItemStatus = Literal["running", "completed", "failed", "expired"]
+BatchStep = Callable[[Runtime, "BatchResult"], "BatchResult"]
+
+# What each step adds to an item's result: an item still lacking it is pending there.
+_STEP_OUTPUT = {"fetch_context": "context", "predict": "predictions", "detect_pattern": "pattern"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ItemError(_Model):
+    """Why one item failed: the error's type and message, and the fields it carries."""
+
+    type: str
+    message: str
+    field: str | None = None  # ValidationError: the offending field
+    service: str | None = None  # a service's errors and the breaker's
+    status: int | None = None  # ServiceRequestError: the HTTP status
+    retry_after: float | None = None  # RateLimitExceeded, ServiceUnavailableError
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ItemError:
+        service = getattr(exc, "service", None)
+        retry_after = getattr(exc, "retry_after", None)
+        return cls(
+            type=type(exc).__name__,
+            message=str(exc),
+            field=exc.field if isinstance(exc, ValidationError) else None,
+            service=service if isinstance(service, str) else None,
+            status=exc.status if isinstance(exc, ServiceRequestError) else None,
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
+
+
+class BatchItem(_Model):
+    """One request of a batch. ``result`` is None only for a request that failed
+    validation; a failed item keeps whatever its result had reached."""
+
+    index: int
+    request_id: str | None
+    status: ItemStatus = "running"
+    result: IntentResult | None = None
+    error: ItemError | None = None
+
+    def advance(self, result: IntentResult) -> BatchItem:
+        """This item with its result moved on (completed or expired, as the result says)."""
+        status: ItemStatus = "running"
+        if result.status == "completed":
+            status = "completed"
+        elif result.status == "expired":
+            status = "expired"
+        return self.model_copy(update={"result": result, "status": status})
+
+    def fail(self, exc: BaseException) -> BatchItem:
+        return self.model_copy(update={"status": "failed", "error": ItemError.from_exception(exc)})
+
+
+class BatchResult(_Model):
+    """A batch as it moves down the chain; ``status`` is ``completed`` once no item runs."""
+
+    batch_id: str
+    items: list[BatchItem]
+    status: Literal["running", "completed"] = "running"
+    retries: dict[str, int] = Field(default_factory=dict)  # of the batch's own calls, per step
+    deferrals: dict[str, int] = Field(default_factory=dict)  # waits for a breaker or a limit
+    deferred_seconds: float = 0.0
+
+    def by_status(self, status: ItemStatus) -> list[BatchItem]:
+        return [item for item in self.items if item.status == status]
+
+    def with_items(self, changes: dict[int, BatchItem]) -> BatchResult:
+        """This batch with the items at the given indexes replaced."""
+        items = [changes.get(item.index, item) for item in self.items]
+        running = any(item.status == "running" for item in items)
+        return self.model_copy(
+            update={"items": items, "status": "running" if running else "completed"}
+        )
+
+    def with_retries(self, step: str, count: int) -> BatchResult:
+        return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+    def with_deferral(self, step: str, seconds: float) -> BatchResult:
+        return self.model_copy(
+            update={
+                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
+                "deferred_seconds": self.deferred_seconds + seconds,
+            }
+        )
+
+
+# -- intake ------------------------------------------------------------------------------
+
+
+def parse_requests(requests: Any, max_size: int, max_bytes: int) -> list[Any]:
+    """The raw requests of a batch (a list, or a JSON text of one) of 1 to ``max_size``
+    items; anything else is refused as a whole with ``ValidationError("requests", ...)``."""
+    if isinstance(requests, bytes | bytearray):
+        try:
+            requests = requests.decode()
+        except UnicodeDecodeError:
+            raise ValidationError("requests", "is not UTF-8 text") from None
+    if isinstance(requests, str):
+        if len(requests) > max_bytes * max_size:
+            raise ValidationError("requests", f"is larger than {max_size} requests can be")
+        try:
+            requests = json.loads(requests)
+        except json.JSONDecodeError as exc:
+            raise ValidationError("requests", f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(requests, list | tuple):
+        raise ValidationError(
+            "requests", f"must be a list of requests, not {type(requests).__name__}"
+        )
+    if not requests:
+        raise ValidationError("requests", "must hold at least one request")
+    if len(requests) > max_size:
+        raise ValidationError(
+            "requests", f"holds {len(requests)} requests; a batch takes at most {max_size}"
+        )
+    return list(requests)
+
+
+def start_batch(rt: Runtime, requests: Any, batch_id: str, max_size: int) -> BatchResult:
+    """Validate and admit each request: a bad one (or one over its client's intake limit)
+    fails alone with its error, the others start running."""
+    max_bytes = rt.settings.max_payload_bytes
+    first_index: dict[str, int] = {}
+    items: list[BatchItem] = []
+    for index, payload in enumerate(parse_requests(requests, max_size, max_bytes)):
+        given = payload.get("request_id") if isinstance(payload, dict) else None
+        item = BatchItem(index=index, request_id=given if isinstance(given, str) else None)
+        try:
+            request = parse_request(payload, max_bytes)
+            first = first_index.setdefault(request.request_id, index)
+            if first != index:
+                # Its events and decision are keyed by request_id: it would be item `first`.
+                raise ValidationError("request_id", f"repeats the request_id of item {first}")
+            request = admit(rt, request)
+        except (ValidationError, RateLimitExceeded) as exc:
+            items.append(item.fail(exc))
+            continue
+        items.append(
+            item.model_copy(
+                update={"request_id": request.request_id, "result": IntentResult(request=request)}
+            )
+        )
+    # with_items settles the status: a batch of nothing but bad requests is already done.
+    return BatchResult(batch_id=batch_id, items=items).with_items({})
+
+
+# -- the steps ---------------------------------------------------------------------------
+
+
+def pending(step: str, batch: BatchResult) -> list[BatchItem]:
+    """The items ``step`` still has to do: running, and lacking the step's output."""
+    output = _STEP_OUTPUT.get(step)
+    return [
+        item
+        for item in batch.items
+        if item.status == "running"
+        and item.result is not None
+        and (output is None or getattr(item.result, output) is None)
+    ]
+
+
+def _result(item: BatchItem) -> IntentResult:
+    assert item.result is not None, "a running item has a result"
+    return item.result
+
+
+def _parse(model: type[Context] | type[PredictionSet], service: str, body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValueError as exc:
+        # The service answered with something that is not its API: not retryable.
+        raise ServiceRequestError(service, 200, f"unexpected response: {exc}") from None
+
+
+def fetch_contexts(rt: Runtime, batch: BatchResult) -> BatchResult:
+    """Each pending item's context: a fresh cache entry, else one bulk call for all the
+    context ids (each id asked once), and one call per item with inline data."""
+    client = rt.clients.context
+    changes: dict[int, BatchItem] = {}
+    waiting: dict[str, list[BatchItem]] = {}
+    inline: list[BatchItem] = []
+    for item in pending("fetch_context", batch):
+        context_id = _result(item).request.context_id
+        if context_id is None:
+            inline.append(item)
+        else:
+            waiting.setdefault(context_id, []).append(item)
+    for context_id in list(waiting):
+        cached = rt.context_cache.get(context_id)
+        if cached is not None and cached.fresh:
+            for item in waiting.pop(context_id):
+                changes[item.index] = _with_context(item, cached.context)
+    transient: list[ServiceUnavailableError] = []
+    answers = client.get_contexts(list(waiting)) if waiting else []
+    for items, answer in zip(waiting.values(), answers, strict=True):
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            context = _parse(Context, client.service, answer)
+        except ServiceUnavailableError as exc:
+            transient.append(exc)
+            continue
+        except ServiceRequestError as exc:
+            changes.update((item.index, item.fail(exc)) for item in items)
+            continue
+        # Cached at once: a retry of this step after a later failure finds it fresh.
+        rt.context_cache.put(context)
+        changes.update((item.index, _with_context(item, context)) for item in items)
+    for item in inline:
+        data = _result(item).request.data
+        assert data is not None, "a request has a context_id or data"
+        try:
+            body = client.analyze_context(data)
+            context = _parse(Context, client.service, body)
+        except ServiceRequestError as exc:
+            changes[item.index] = item.fail(exc)
+            continue
+        rt.context_cache.put(context)
+        changes[item.index] = _with_context(item, context)
+    if transient:
+        raise transient[0]  # the step is retried; what was fetched is in the cache
+    return batch.with_items(changes)
+
+
+def _with_context(item: BatchItem, context: Context) -> BatchItem:
+    return item.advance(_result(item).model_copy(update={"context": context}))
+
+
+def predict(rt: Runtime, batch: BatchResult) -> BatchResult:
+    """Predictions for every pending item, in one bulk call."""
+    client = rt.clients.prediction
+    todo = pending("predict", batch)
+    requests = []
+    for item in todo:
+        context = _result(item).context
+        assert context is not None, "predict needs the context step's output"
+        requests.append((_result(item).request.pattern_id, context.model_dump()))
+    answers = client.get_predictions_batch(requests) if requests else []
+    changes: dict[int, BatchItem] = {}
+    for item, answer in zip(todo, answers, strict=True):
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            predictions = _parse(PredictionSet, client.service, answer)
+        except ServiceRequestError as exc:
+            changes[item.index] = item.fail(exc)
+            continue
+        # ServiceUnavailableError propagates: the whole step is retried.
+        changes[item.index] = item.advance(
+            _result(item).model_copy(update={"predictions": predictions})
+        )
+    return batch.with_items(changes)
+
+
+def detect_patterns(rt: Runtime, batch: BatchResult) -> BatchResult:
+    """Detection for each pending item, in item order (two items of one context and
+    pattern are decided one after the other, as two single analyses would be)."""
+    changes: dict[int, BatchItem] = {}
+    for item in pending("detect_pattern", batch):
+        try:
+            changes[item.index] = item.advance(detect_pattern(rt, _result(item)))
+        except DetectionConflict as exc:
+            changes[item.index] = item.fail(exc)
+    return batch.with_items(changes)
+
+
+def emit_events(rt: Runtime, batch: BatchResult) -> BatchResult:
+    """Every pending item's events in one publish (each event id at most once, as for a
+    single analysis); each item completes."""
+    todo = pending("emit_events", batch)
+    per_item = [build_events(_result(item)) for item in todo]
+    added = rt.publisher.publish([event for events in per_item for event in events])
+    changes: dict[int, BatchItem] = {}
+    offset = 0
+    for item, events in zip(todo, per_item, strict=True):
+        published = sum(1 for stream_id in added[offset : offset + len(events)] if stream_id)
+        offset += len(events)
+        result = _result(item).model_copy(
+            update={"events": events, "published": published, "status": "completed"}
+        )
+        changes[item.index] = item.advance(result)
+    return batch.with_items(changes)
+
+
+BATCH_STEPS: tuple[tuple[str, BatchStep], ...] = (
+    ("fetch_context", fetch_contexts),
+    ("predict", predict),
+    ("detect_pattern", detect_patterns),
+    ("emit_events", emit_events),
+)
+BATCH_STEP_FUNCTIONS: dict[str, BatchStep] = dict(BATCH_STEPS)
+
+
+def run_batch_step(
+    rt: Runtime, name: str, batch: BatchResult, now: float | None = None
+) -> BatchResult:
+    """One step for the batch's pending items; an item past its deadline stops as
+    ``expired`` first, and nothing is called for it."""
+    batch = expire_pending(name, batch, time.time() if now is None else now)
+    if not pending(name, batch):
+        return batch
+    return BATCH_STEP_FUNCTIONS[name](rt, batch)
+
+
+# -- when a step fails as a whole ---------------------------------------------------------
+
+
+def expire_pending(step: str, batch: BatchResult, at: float) -> BatchResult:
+    """The pending items whose deadline falls before ``at`` marked expired at ``step``."""
+    changes: dict[int, BatchItem] = {}
+    for item in pending(step, batch):
+        late = expire_if_late(step, _result(item), at)
+        if late is not None:
+            changes[item.index] = item.advance(late)
+    return batch.with_items(changes)
+
+
+def fallback_pending(rt: Runtime, step: str, batch: BatchResult, exc: Exception) -> BatchResult:
+    """The step's fallback (stale context, last predictions) for each pending item that
+    has one; the others stay pending."""
+    fallback = FALLBACKS.get(step)
+    if fallback is None:
+        return batch
+    changes: dict[int, BatchItem] = {}
+    for item in pending(step, batch):
+        degraded = fallback(rt, _result(item), exc)
+        if degraded is not None:
+            changes[item.index] = item.advance(degraded)
+    return batch.with_items(changes)
+
+
+def fail_pending(step: str, batch: BatchResult, exc: BaseException) -> BatchResult:
+    """Every item still pending at ``step`` failed with ``exc``."""
+    return batch.with_items({item.index: item.fail(exc) for item in pending(step, batch)})

@@ -60,9 +60,9 @@ class WorkerProcess:
     ):
         self.name = f"intent-{uuid.uuid4().hex[:8]}@localhost"
         args = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            sys.executable, "-m", "celery", "-A", "tasks.app", "--quiet", "worker",
             "-P", pool, "-c", str(concurrency), "-n", self.name, "-Q", "intent",
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--quiet",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if logfile:
             args += ["--logfile", logfile]

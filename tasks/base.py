@@ -109,7 +109,9 @@ class PipelineTask(Task):
             extra={"step": step, "task_id": self.request.id, "countdown": countdown},
         )  # fmt: skip
         payload = current.with_retries(step, spent + 1).model_dump(mode="json")
-        raise self.retry(args=(payload,), exc=exc, countdown=countdown, max_retries=None)
+        raise self.retry(
+            args=(payload,), exc=exc, countdown=countdown, max_retries=None, **self._shown(current)
+        )
 
     def _defer(
         self,
@@ -135,7 +137,12 @@ class PipelineTask(Task):
             extra={"step": step, "task_id": self.request.id, "countdown": delay},
         )  # fmt: skip
         payload = current.with_deferral(step, delay).model_dump(mode="json")
-        raise self.retry(args=(payload,), countdown=delay, max_retries=None)
+        raise self.retry(args=(payload,), countdown=delay, max_retries=None, **self._shown(current))
+
+    @staticmethod
+    def _shown(current: IntentResult) -> dict[str, str]:
+        # Keep the re-sent message's repr short too (see tasks.pipeline.analysis_chain).
+        return {"argsrepr": f"(<analysis {current.request.request_id}>,)", "kwargsrepr": "{}"}
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         log.error("task %s[%s] failed: %s", self.name, task_id, exc)

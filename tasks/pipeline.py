@@ -36,17 +36,24 @@ emit_events = _step_task("emit_events")
 STEP_TASKS = (fetch_context, predict, detect_pattern, emit_events)
 
 
+def args_repr(request_id: str) -> str:
+    return f"(<analysis {request_id}>,)"
+
+
 def analysis_chain(request: IntentRequest, analysis_id: str) -> Any:
     """The four steps with stable ids: the last one's is ``analysis_id`` (the analysis
     result), the others are ``{request_id}.{step}``."""
     payload = IntentResult(request=request).model_dump(mode="json")
     rid = request.request_id
+    # A short argsrepr for logs, events and Flower: Celery would otherwise saferepr the
+    # whole analysis (context, predictions) at every hop, a measurable cost per task.
+    shown = {"argsrepr": args_repr(rid), "kwargsrepr": "{}"}
     first, second, third, last = STEP_TASKS
     return chain(
-        first.signature((payload,), task_id=f"{rid}.fetch_context"),
-        second.signature(task_id=f"{rid}.predict"),
-        third.signature(task_id=f"{rid}.detect_pattern"),
-        last.signature(task_id=analysis_id),
+        first.signature((payload,), task_id=f"{rid}.fetch_context", **shown),
+        second.signature(task_id=f"{rid}.predict", **shown),
+        third.signature(task_id=f"{rid}.detect_pattern", **shown),
+        last.signature(task_id=analysis_id, **shown),
     )
 
 

@@ -1,0 +1,75 @@
+"""Replay: deliver a consumer group the events after a given id again (XGROUP SETID)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from intent.keys import Keys
+
+_STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+
+
+class ReplayError(ValueError):
+    """The replay cannot be done as asked (no such group, an id ahead of the group...)."""
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    group: str
+    from_id: str
+    previous_last_id: str  # where the group was
+    events: int  # entries after from_id, up to where the group was: delivered again
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _as_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def group_info(client: redis.Redis, keys: Keys, group: str) -> dict[str, object] | None:
+    try:
+        groups = cast(list[dict[str, Any]], client.xinfo_groups(keys.events_stream))
+    except redis.ResponseError:  # no such stream
+        return None
+    for info in groups:
+        if _text(info["name"]) == group:
+            return dict(info)
+    return None
+
+
+def replay(client: redis.Redis, keys: Keys, group: str, from_id: str) -> ReplayResult:
+    """Rewind ``group`` so its consumers receive every entry after ``from_id`` again.
+
+    Only backwards: an id ahead of the group's last delivered entry would skip events. The
+    group's pending entries stay pending (a consumer reading them again takes them over).
+    Entries trimmed from the stream (MAXLEN) cannot be replayed.
+    """
+    if not _STREAM_ID.match(from_id):
+        raise ReplayError(f"--from {from_id!r} is not a stream id (e.g. 1700000000000-0 or 0)")
+    info = group_info(client, keys, group)
+    if info is None:
+        raise ReplayError(f"no consumer group {group!r} on {keys.events_stream}")
+    last = _text(info["last-delivered-id"])
+    if _as_tuple(from_id) > _as_tuple(last):
+        raise ReplayError(
+            f"{from_id} is after the group's last delivered entry {last}: "
+            "a replay only goes back (it would skip events)"
+        )
+    events = 0
+    cursor = f"({from_id}"
+    while True:
+        rows = cast(list[Any], client.xrange(keys.events_stream, cursor, last, count=1000))
+        events += len(rows)
+        if len(rows) < 1000:
+            break
+        cursor = "(" + _text(rows[-1][0])
+    client.xgroup_setid(keys.events_stream, group, from_id)
+    return ReplayResult(group=group, from_id=from_id, previous_last_id=last, events=events)

@@ -1,0 +1,803 @@
+"""The consumer runner: one consumer of a group on ``intent:events``, at least once.
+
+An entry is acknowledged only after its handlers returned. A failed entry stays pending
+and is claimed back (XCLAIM) after a backoff that grows with its deliveries, up to
+``max_deliveries``, then moved to the dead letters. Entries another consumer left idle
+longer than ``claim_idle`` are taken over (XAUTOCLAIM). A stop finishes the event in hand.
+
+Hot path: each read asks for up to ``batch_size`` entries and carries the previous batch's
+XACKs; it is sent before the batch just received is handled (read-ahead), so Redis
+prepares the next batch while Python runs the handlers and a batch costs one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from types import FrameType
+from typing import Any, cast
+
+import redis
+from redis.connection import Connection
+
+from intent.consumer import deadletter
+from intent.consumer.config import ConsumerConfig, gives_up, retry_delay
+from intent.consumer.entries import (
+    StreamEntry,
+    describe_error,
+    entries_from_reply,
+    is_unknown_type,
+    parse_entries,
+)
+from intent.consumer.handler import (
+    Delivery,
+    EventHandler,
+    RejectEvent,
+    RetryLater,
+    _current_delivery,
+)
+from intent.keys import Keys
+from intent.models import Event
+from intent.settings import Settings, get_settings
+
+logger = logging.getLogger("intent.events")
+
+Clock = Callable[[], float]
+# XAUTOCLAIM's reply: next cursor, claimed entries (fields None if deleted), deleted ids.
+AutoClaimReply = tuple[str, list[tuple[str, "dict[str, str] | None"]], list[str]]
+PendingRows = list[dict[str, Any]]  # XPENDING's extended form, as redis-py parses it
+
+
+@dataclass
+class ConsumerStats:
+    """What one run did, entry by entry."""
+
+    handled: int = 0  # handlers returned; acknowledged
+    skipped: int = 0  # acknowledged without a handler (no handler for its type, unknown type)
+    failures: int = 0  # deliveries whose handler raised
+    deferrals: int = 0  # RetryLater: delivered again after its delay, not counted as a failure
+    retries: int = 0  # failed entries claimed back for another delivery
+    claimed: int = 0  # entries taken over from consumers that left them idle
+    dead_lettered: int = 0
+    released: int = 0  # left pending at shutdown, marked for others to take at once
+    trimmed: int = 0  # pending entries the stream had trimmed (MAXLEN) before they were handled
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _Retry:
+    due: float  # clock time of the next delivery
+    deliveries: int  # deliveries so far
+    min_idle: float  # the entry has been idle at least this long once due (XCLAIM's guard)
+    deferred: bool = False  # a RetryLater: the next delivery is not counted
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _StreamReader:
+    """A connection that only reads: ``[XACK] XREADGROUP`` requests, at most one outstanding,
+    so a read can be sent before the batch in hand is handled."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, clock: Clock):
+        self._pool = client.connection_pool
+        self._connection: Connection | None = None
+        self._read = ("XREADGROUP", "GROUP", group, consumer, "COUNT")
+        self._streams = ("STREAMS", stream, ">")
+        self._ack = ("XACK", stream, group)
+        self._clock = clock
+        self.outstanding = False
+        self.sent_at = 0.0
+        self._acks_in_flight: list[str] = []
+
+    def send(self, acks: list[str], count: int, block_ms: int) -> None:
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        connection = self._connection
+        commands: list[tuple[str | int, ...]] = []
+        if acks:
+            commands.append((*self._ack, *acks))
+        commands.append((*self._read, count, "BLOCK", block_ms, *self._streams))
+        self._acks_in_flight = acks
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except BaseException:
+            self._drop()
+            raise
+        self.outstanding = True
+        self.sent_at = self._clock()
+
+    def receive(self) -> list[StreamEntry]:
+        """The entries of the outstanding read (waits for them; at most BLOCK)."""
+        connection = self._connection
+        assert connection is not None and self.outstanding
+        error: redis.ResponseError | None = None
+        reply: Any = None
+        try:
+            # Both replies are read even when the first is an error: the connection must
+            # stay in step with its requests.
+            if self._acks_in_flight:
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:
+                    error = exc
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError as exc:
+                error = exc
+        except BaseException:
+            self._drop()
+            raise
+        self.outstanding = False
+        self._acks_in_flight = []
+        if error is not None:
+            raise error
+        return entries_from_reply(reply)
+
+    def _drop(self) -> None:
+        self.outstanding = False
+        if self._connection is not None:
+            self._connection.disconnect()
+
+    def reset(self) -> list[str]:
+        """Drop the connection and any reply still due on it; returns the acks whose outcome
+        is unknown (sending them again is harmless)."""
+        self._drop()
+        unconfirmed, self._acks_in_flight = self._acks_in_flight, []
+        return unconfirmed
+
+    def close(self) -> None:
+        if self._connection is not None:
+            if self.outstanding:
+                self.reset()
+            self._pool.release(self._connection)
+            self._connection = None
+
+
+class EventConsumer:
+    """Runs ``handler`` over ``intent:events`` as one consumer of ``config.group``.
+
+    ``client`` must decode responses (``decode_responses=True``) and have a socket timeout
+    longer than ``config.block``; :meth:`from_settings` builds such a client.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        handler: EventHandler,
+        config: ConsumerConfig,
+        *,
+        dead_letter_maxlen: int = 100_000,
+        clock: Clock = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ):
+        if not client.get_encoder().decode_responses:
+            raise ValueError("EventConsumer needs a client with decode_responses=True")
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if timeout is not None and timeout <= config.block:
+            raise ValueError(
+                f"the client's socket_timeout ({timeout} s) must exceed the read block "
+                f"({config.block} s), or every idle read fails"
+            )
+        self.client = client
+        self.keys = keys
+        self.handler = handler
+        self.config = config
+        self.dead_letters = deadletter.DeadLetters(client, keys, dead_letter_maxlen)
+        self.stats = ConsumerStats()
+        self._clock = clock
+        self._rand = rand
+        self._stream = keys.events_stream
+        self._reader = _StreamReader(client, self._stream, config.group, config.consumer, clock)
+        self._delivery = Delivery(config.group, config.consumer)
+        self._log = {"group": config.group, "consumer": config.consumer}
+        self._acks: list[str] = []
+        self._retries: dict[str, _Retry] = {}
+        self._next_retry = math.inf
+        self._next_claim = 0.0  # look for stale entries at once on start
+        self._claim_cursor = "0-0"
+        self._held: list[StreamEntry] = []  # read but not started when the grace ran out
+        self._stop_at: float | None = None
+        self._wake = threading.Event()
+        self._needs_recovery = True
+        self._group_lost = False
+        self._remaining: int | None = None
+        self._last_batch_seconds = 0.0
+
+    @classmethod
+    def from_settings(
+        cls,
+        handler: EventHandler,
+        group: str,
+        consumer: str | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: object,
+    ) -> EventConsumer:
+        """A consumer configured by ``INTENT_*`` settings, on its own Redis client."""
+        settings = settings or get_settings()
+        config = ConsumerConfig.from_settings(settings, group, consumer, **overrides)
+        client = redis.Redis.from_url(
+            settings.require_redis_url(),
+            decode_responses=True,
+            socket_timeout=config.block + settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_socket_timeout,
+            health_check_interval=30,
+        )
+        return cls(
+            client,
+            Keys(settings.key_prefix),
+            handler,
+            config,
+            dead_letter_maxlen=settings.events_maxlen,
+        )
+
+    # -- control ------------------------------------------------------------------------
+    def ensure_group(self, start_id: str | None = None) -> bool:
+        """Create the group (and the stream) unless it exists; True if it was created."""
+        try:
+            self.client.xgroup_create(
+                self._stream, self.config.group, id=start_id or self.config.start_id, mkstream=True
+            )
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        logger.info("created consumer group %s", self.config.group, extra=self._log)
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to stop: the event in hand is finished and acknowledged first (safe
+        from any thread or a signal handler)."""
+        if self._stop_at is None:
+            self._stop_at = self._clock()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def close(self) -> None:
+        self._reader.close()
+        self.client.close()
+
+    def run(
+        self, *, install_signal_handlers: bool = True, max_events: int | None = None
+    ) -> ConsumerStats:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT, when called from the main thread
+        with ``install_signal_handlers``), or until ``max_events`` new entries were read and
+        handled. Returns what it did."""
+        restore = self._install_signal_handlers() if install_signal_handlers else None
+        token = _current_delivery.set(self._delivery)
+        self._remaining = max_events
+        clean = False
+        try:
+            self.ensure_group()
+            logger.info(
+                "consuming %s as %s/%s", self._stream, self.config.group, self.config.consumer,
+                extra=self._log,
+            )  # fmt: skip
+            self._loop()
+            clean = True
+        finally:
+            self._shutdown(clean)
+            _current_delivery.reset(token)
+            if restore is not None:
+                restore()
+        return self.stats
+
+    # -- the loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        failures = 0
+        while not self.stopping:
+            try:
+                if not self._step():
+                    return
+                failures = 0
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                self._acks.extend(self._reader.reset())
+                self._needs_recovery = True
+                wait = min(5.0, 0.1 * 2 ** min(failures, 6))
+                logger.warning(
+                    "Redis unavailable (%s); retrying in %.1f s", exc, wait, extra=self._log
+                )
+                self._wake.wait(wait)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("consumer group vanished; creating it again", extra=self._log)
+                self._acks.clear()  # a new group has no pending entries to acknowledge
+                self._retries.clear()
+                self._next_retry = math.inf
+                self._reader.reset()
+                self._group_lost = self._needs_recovery = True
+
+    def _step(self) -> bool:
+        """One read and the handling of its batch (plus any retries and takeovers due);
+        False once ``max_events`` were taken and handled."""
+        if self._needs_recovery:
+            if self._group_lost:
+                self.ensure_group()
+                self._group_lost = False
+            self._recover()
+        reader = self._reader
+        if not reader.outstanding:
+            self._maintain()
+            if self.stopping:
+                return True
+            count = self._read_count()
+            if count == 0:
+                if self._remaining == 0:
+                    return False
+                # Too many failed events wait for a retry: read nothing new until some are due.
+                self._wake.wait(max(0.0, self._next_timer() - self._clock()))
+                return True
+            reader.send(self._take_acks(), count, self._block_ms())
+        entries = reader.receive()
+        if not entries:
+            return True
+        delivered_after = reader.sent_at
+        if self._remaining is not None:
+            self._remaining -= len(entries)
+        if self._read_ahead():
+            reader.send(self._take_acks(), self._read_count(), self._block_ms())
+        self._handle(entries, None, delivered_after)
+        return True
+
+    def _read_count(self) -> int:
+        if len(self._retries) >= self.config.max_retrying:
+            return 0
+        if self._remaining is None:
+            return self.config.batch_size
+        return max(0, min(self.config.batch_size, self._remaining))
+
+    def _read_ahead(self) -> bool:
+        # Only while batches are quick: entries read ahead wait for the batch in hand, and
+        # must not sit long enough for another consumer to take them over. Never past a due
+        # timer either, or retries and takeovers would wait behind reads.
+        return (
+            not self.stopping
+            and self._last_batch_seconds < self.config.claim_idle / 10
+            and self._clock() < self._next_timer()
+            and self._read_count() > 0
+        )
+
+    def _next_timer(self) -> float:
+        return min(self._next_retry, self._next_claim)
+
+    def _block_ms(self) -> int:
+        wait = min(self.config.block, self._next_timer() - self._clock())
+        return max(1, int(wait * 1000))
+
+    def _take_acks(self) -> list[str]:
+        # Emptied in place: _handle appends to this very list while a batch runs.
+        acks = self._acks.copy()
+        self._acks.clear()
+        return acks
+
+    def _flush_acks(self) -> None:
+        acks = self._take_acks()
+        if acks:
+            try:
+                self.client.xack(self._stream, self.config.group, *acks)
+            except redis.RedisError:
+                self._acks[:0] = acks
+                raise
+
+    # -- handling -----------------------------------------------------------------------
+    def _handle(
+        self,
+        entries: Sequence[StreamEntry],
+        deliveries: Mapping[str, int] | None,
+        delivered_after: float,
+    ) -> None:
+        clock = self._clock
+        started = clock()
+        results = parse_entries([fields for _, fields in entries])
+        handlers = self.handler.by_type
+        delivery = self._delivery
+        stats = self.stats
+        acks = self._acks
+        grace = self.config.shutdown_grace
+        renew_at = delivered_after + self.config.lease_renewal
+        held_since = started
+        lost: set[str] = set()
+        index = handled = 0
+        try:
+            for index, (entry_id, fields) in enumerate(entries):
+                if self._stop_at is not None and clock() - self._stop_at >= grace:
+                    self._held.extend(entries[index:])
+                    break
+                if clock() >= renew_at:
+                    lost |= self._renew([e for e, _ in entries[index:]], held_since)
+                    held_since = clock()
+                    renew_at = held_since + self.config.lease_renewal
+                if lost and entry_id in lost:
+                    continue
+                count = deliveries.get(entry_id, 1) if deliveries else 1
+                item = results[index]
+                if isinstance(item, Event):
+                    fns = handlers.get(item.type)
+                    if fns is None:
+                        acks.append(entry_id)  # this group has no interest in the type
+                        stats.skipped += 1
+                        continue
+                    delivery.entry_id = entry_id
+                    delivery.deliveries = count
+                    try:
+                        for fn in fns:
+                            fn(item)
+                    except RejectEvent as exc:
+                        self._reject(entry_id, fields, item, exc, count)
+                    except RetryLater as exc:
+                        self._defer(entry_id, item, exc, count)
+                    except Exception as exc:
+                        self._failed(entry_id, fields, item, exc, count)
+                    else:
+                        acks.append(entry_id)
+                        handled += 1
+                else:
+                    self._unparsed(entry_id, fields, item, count)
+        except (KeyboardInterrupt, SystemExit):
+            # Stopped at once (a second signal): the rest of the batch, the event in hand
+            # included, is released at shutdown for others to take over without waiting.
+            self._held.extend(entries[index:])
+            raise
+        finally:
+            stats.handled += handled
+        self._last_batch_seconds = clock() - started
+
+    def _extra(self, entry_id: str, event: Event | None, deliveries: int) -> dict[str, Any]:
+        return {
+            **self._log,
+            "stream_id": entry_id,
+            "event_id": event.id if event is not None else None,
+            "event_type": event.type.value if event is not None else None,
+            "deliveries": deliveries,
+        }
+
+    def _failed(
+        self, entry_id: str, fields: dict[str, str], event: Event, exc: Exception, deliveries: int
+    ) -> None:
+        """The handler raised: deliver again after the backoff, or give up."""
+        self.stats.failures += 1
+        extra = self._extra(entry_id, event, deliveries)
+        error = f"{type(exc).__name__}: {exc}"
+        if gives_up(self.config, deliveries):
+            logger.error(
+                "handler failed on delivery %d of %d, dead-lettering: %s",
+                deliveries, self.config.max_deliveries, error, extra=extra, exc_info=exc,
+            )  # fmt: skip
+            self._dead_letter(entry_id, fields, deadletter.FAILED, error, deliveries)
+            return
+        wait = retry_delay(self.config, deliveries, self._rand)
+        logger.warning(
+            "handler failed on delivery %d of %d, retrying in %.2f s: %s",
+            deliveries, self.config.max_deliveries, wait, error, extra=extra, exc_info=exc,
+        )  # fmt: skip
+        self._schedule(entry_id, deliveries, wait, min_idle=wait)
+
+    def _defer(self, entry_id: str, event: Event, exc: RetryLater, deliveries: int) -> None:
+        self.stats.deferrals += 1
+        logger.info(
+            "handler deferred the event by %.2f s: %s",
+            exc.delay,
+            exc.reason,
+            extra=self._extra(entry_id, event, deliveries),
+        )
+        self._schedule(entry_id, deliveries, exc.delay, min_idle=exc.delay, deferred=True)
+
+    def _reject(
+        self, entry_id: str, fields: dict[str, str], event: Event, exc: RejectEvent, deliveries: int
+    ) -> None:
+        error = str(exc) or "rejected by its handler"
+        logger.error(
+            "handler rejected the event, dead-lettering: %s",
+            error,
+            extra=self._extra(entry_id, event, deliveries),
+        )
+        self._dead_letter(entry_id, fields, deadletter.REJECTED, error, deliveries)
+
+    def _unparsed(
+        self, entry_id: str, fields: dict[str, str], exc: Exception, deliveries: int
+    ) -> None:
+        extra = self._extra(entry_id, None, deliveries)
+        if is_unknown_type(fields):
+            event_type = fields.get("type")
+            extra["event_type"] = event_type
+            extra["event_id"] = fields.get("id")
+            if self.config.unknown_type == "ack":
+                logger.warning(
+                    "unknown event type %r: acknowledged unhandled", event_type, extra=extra
+                )
+                self._acks.append(entry_id)
+                self.stats.skipped += 1
+                return
+            logger.error("unknown event type %r: dead-lettering", event_type, extra=extra)
+            error = f"unknown event type {event_type!r}"
+            self._dead_letter(entry_id, fields, deadletter.UNKNOWN_TYPE, error, deliveries)
+            return
+        reason = describe_error(exc)
+        logger.error("malformed entry, dead-lettering: %s", reason, extra=extra)
+        self._dead_letter(entry_id, fields, deadletter.MALFORMED, reason, deliveries)
+
+    def _dead_letter(
+        self, entry_id: str, fields: dict[str, str], reason: str, error: str, deliveries: int
+    ) -> None:
+        letter = deadletter.dead_letter_fields(
+            fields,
+            reason=reason,
+            error=error,
+            group=self.config.group,
+            consumer=self.config.consumer,
+            deliveries=deliveries,
+            original_id=entry_id,
+        )
+        # One MULTI/EXEC: the entry is never both dead-lettered and still pending, nor
+        # acknowledged without its dead letter.
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.keys.dead_letters, letter, maxlen=self.dead_letters.maxlen, approximate=True)  # type: ignore[arg-type]
+        pipe.xack(self._stream, self.config.group, entry_id)
+        pipe.execute()
+        self._retries.pop(entry_id, None)
+        self.stats.dead_lettered += 1
+
+    # -- retries, takeovers, leases -----------------------------------------------------
+    def _schedule(
+        self,
+        entry_id: str,
+        deliveries: int,
+        wait: float,
+        *,
+        min_idle: float,
+        deferred: bool = False,
+    ) -> None:
+        due = self._clock() + wait
+        self._retries[entry_id] = _Retry(due, deliveries, min_idle, deferred)
+        self._next_retry = min(self._next_retry, due)
+
+    def _maintain(self) -> None:
+        now = self._clock()
+        if self._retries and now >= self._next_retry:
+            self._retry_due(now)
+        if now >= self._next_claim:
+            self._claim_stale(now)
+
+    def _retry_due(self, now: float) -> None:
+        due = [(e, r) for e, r in self._retries.items() if r.due <= now][: self.config.batch_size]
+        for entry_id, _ in due:
+            del self._retries[entry_id]
+        self._next_retry = min((r.due for r in self._retries.values()), default=math.inf)
+        group, consumer = self.config.group, self.config.consumer
+        # The guard (min idle) skips an entry someone else claimed since: its idle time was
+        # reset then. 90 %: server milliseconds against this process's clock.
+        min_idle_ms = int(min(r.min_idle for _, r in due) * 900)
+        retried: list[Any] = [entry_id for entry_id, retry in due if not retry.deferred]
+        deferred: list[Any] = [entry_id for entry_id, retry in due if retry.deferred]
+        entries: list[StreamEntry] = []
+        if retried:
+            claimed = cast(
+                list[tuple[str, "dict[str, str] | None"]],
+                self.client.xclaim(self._stream, group, consumer, min_idle_ms, retried),
+            )
+            entries += [(e, f) for e, f in claimed if f is not None]
+            self.stats.retries += len(entries)
+        if deferred:
+            # JUSTID: a deferral is not a delivery, so the count stays; the fields follow.
+            kept = self.client.xclaim(
+                self._stream, group, consumer, min_idle_ms, deferred, justid=True
+            )
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in cast(list[str], kept):
+                pipe.xrange(self._stream, entry_id, entry_id)
+            entries += [rows[0] for rows in pipe.execute() if rows]
+        if not entries:
+            return
+        deliveries = {
+            entry_id: retry.deliveries + (0 if retry.deferred else 1) for entry_id, retry in due
+        }
+        self._handle(sorted(entries, key=lambda e: _id_order(e[0])), deliveries, now)
+
+    def _claim_stale(self, now: float) -> None:
+        # Our own handled entries must not look stale to ourselves.
+        self._flush_acks()
+        cursor, claimed, deleted = cast(
+            AutoClaimReply,
+            self.client.xautoclaim(
+                self._stream,
+                self.config.group,
+                self.config.consumer,
+                int(self.config.claim_idle * 1000),
+                start_id=self._claim_cursor,
+                count=self.config.batch_size,
+            ),
+        )
+        self._claim_cursor = cursor
+        # A cursor not back at 0-0 means more of the pending list is left to look at.
+        self._next_claim = now if cursor != "0-0" else now + self.config.claim_interval
+        if deleted:
+            self.stats.trimmed += len(deleted)
+            logger.warning(
+                "%d pending entries were trimmed from the stream before being handled",
+                len(deleted),
+                extra=self._log,
+            )
+        entries = [(e, f) for e, f in claimed if f is not None]
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(
+                self._stream, self.config.group, entry_id, entry_id, 1, self.config.consumer
+            )
+        deliveries = {
+            entry_id: int(rows[0]["times_delivered"]) if rows else 1
+            for (entry_id, _), rows in zip(entries, pipe.execute(), strict=True)
+        }
+        for entry_id, _ in entries:
+            self._retries.pop(entry_id, None)  # our own, idle that long: handle it now
+        self.stats.claimed += len(entries)
+        logger.info(
+            "took over %d entries idle for over %.1f s",
+            len(entries),
+            self.config.claim_idle,
+            extra=self._log,
+        )
+        live: list[StreamEntry] = []
+        for entry_id, fields in entries:
+            if deliveries[entry_id] > self.config.max_deliveries:
+                # Delivered that often with no outcome: whoever had it died handling it.
+                # Running it again could take down this consumer too.
+                error = (
+                    f"delivered {deliveries[entry_id] - 1} times without being acknowledged "
+                    "(its consumers died or stalled while handling it)"
+                )
+                logger.error(
+                    "abandoned entry, dead-lettering: %s",
+                    error,
+                    extra=self._extra(entry_id, None, deliveries[entry_id]),
+                )
+                self._dead_letter(
+                    entry_id, fields, deadletter.ABANDONED, error, deliveries[entry_id]
+                )
+            else:
+                live.append((entry_id, fields))
+        if live:
+            self._handle(live, deliveries, now)
+
+    def _renew(self, entry_ids: list[Any], held_since: float) -> set[str]:
+        """Reset the idle time of entries still ours (XCLAIM JUSTID, which does not count a
+        delivery); returns those another consumer took over meanwhile."""
+        min_idle_ms = int(max(0.0, self._clock() - held_since) * 900)
+        pipe = self.client.pipeline(transaction=False)
+        acks = self._take_acks()
+        if acks:
+            pipe.xack(self._stream, self.config.group, *acks)
+        pipe.xclaim(
+            self._stream,
+            self.config.group,
+            self.config.consumer,
+            min_idle_ms,
+            entry_ids,
+            justid=True,
+        )
+        try:
+            kept = set(pipe.execute()[-1])
+        except redis.RedisError:
+            self._acks[:0] = acks
+            raise
+        lost = set(entry_ids) - kept
+        if lost:
+            logger.warning(
+                "%d entries of a slow batch were taken over by another consumer",
+                len(lost),
+                extra=self._log,
+            )
+        return lost
+
+    def _recover(self) -> None:
+        """Schedule this consumer's own pending entries (from a previous run under the same
+        name, or replies lost with a connection) as retries after their backoff."""
+        self._flush_acks()
+        start = "-"
+        while True:
+            rows = cast(
+                PendingRows,
+                self.client.xpending_range(
+                    self._stream, self.config.group, start, "+", 1000, self.config.consumer
+                ),
+            )
+            for row in rows:
+                entry_id = row["message_id"]
+                if entry_id in self._retries:
+                    continue
+                deliveries = int(row["times_delivered"])
+                idle = int(row["time_since_delivered"]) / 1000
+                wait = retry_delay(self.config, deliveries, self._rand)
+                self._schedule(entry_id, deliveries, max(0.0, wait - idle), min_idle=wait)
+            if len(rows) < 1000:
+                break
+            start = "(" + rows[-1]["message_id"]
+        self._needs_recovery = False
+
+    # -- stopping -----------------------------------------------------------------------
+    def _install_signal_handlers(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self.stopping:
+                # A second signal: stop now; the event in hand stays pending for redelivery.
+                raise KeyboardInterrupt
+            logger.info(
+                "%s: finishing the event in hand, then stopping",
+                signal.Signals(signum).name,
+                extra=self._log,
+            )
+            self.stop()
+
+        for sig in signals:
+            signal.signal(sig, on_signal)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _shutdown(self, clean: bool) -> None:
+        try:
+            if self._reader.outstanding:
+                if clean:
+                    # Entries read ahead are ours now: handle them within the grace period.
+                    entries = self._reader.receive()
+                    if entries:
+                        self._handle(entries, None, self._reader.sent_at)
+                else:
+                    self._acks.extend(self._reader.reset())
+            self._flush_acks()
+            self._release()
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not finish cleanly (%s): pending entries will be taken over after "
+                "%.1f s idle",
+                exc,
+                self.config.claim_idle,
+                extra=self._log,
+            )
+        finally:
+            self._reader.close()
+        logger.info("stopped: %s", self.stats.as_dict(), extra=self._log)
+
+    def _release(self) -> None:
+        """Mark entries this consumer will not handle as idle, so others take them over at
+        their next look rather than after ``claim_idle``; a waiting retry keeps its backoff."""
+        claim_idle_ms = int(self.config.claim_idle * 1000)
+        now = self._clock()
+        pipe = self.client.pipeline(transaction=False)
+        group, consumer = self.config.group, self.config.consumer
+        held: list[Any] = [entry_id for entry_id, _ in self._held]
+        if held:
+            pipe.xclaim(self._stream, group, consumer, 0, held, idle=claim_idle_ms, justid=True)
+        for entry_id, retry in self._retries.items():
+            idle = max(0, claim_idle_ms - int(max(0.0, retry.due - now) * 1000))
+            pipe.xclaim(self._stream, group, consumer, 0, [entry_id], idle=idle, justid=True)
+        if held or self._retries:
+            pipe.execute()
+        self.stats.released += len(held) + len(self._retries)
+        self._held = []
+        self._retries.clear()

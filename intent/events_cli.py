@@ -1,0 +1,265 @@
+"""``intent events``: tail the event stream, consume it in a group, replay it, and list or
+requeue dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any, cast
+
+import redis
+
+from intent.consumer import (
+    DeadLetter,
+    DeadLetters,
+    EventConsumer,
+    EventHandler,
+    ReplayError,
+    register_builtin_handlers,
+    replay,
+)
+from intent.consumer.entries import describe_error, parse_entry
+from intent.keys import Keys
+from intent.models import Event
+from intent.settings import Settings, get_settings
+
+# Extra fields the consumer logs with, shown after the message by `consume`.
+_LOG_FIELDS = ("group", "consumer", "stream_id", "event_id", "event_type", "deliveries")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = " ".join(
+            f"{name}={getattr(record, name)}"
+            for name in _LOG_FIELDS
+            if getattr(record, name, None) is not None
+        )
+        return f"{text}  [{extra}]" if extra else text
+
+
+def _client(settings: Settings, timeout: float | None = None) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.require_redis_url(),
+        decode_responses=True,
+        socket_timeout=timeout or settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"intent events: {message}", file=sys.stderr)
+    return 1
+
+
+# -- tail -----------------------------------------------------------------------------------
+def _event_line(stream_id: str, event: Event) -> str:
+    data = json.dumps(event.data, separators=(",", ":"), sort_keys=True)
+    return (
+        f"{stream_id}  {event.timestamp}  {event.type.value:<19}  pattern={event.pattern_id}  "
+        f"request={event.request_id}  id={event.id}  {data}"
+    )
+
+
+def _tail_line(stream_id: str, fields: dict[str, str], as_json: bool) -> str:
+    parsed = parse_entry(fields)
+    if isinstance(parsed, Event):
+        if as_json:
+            return json.dumps({"stream_id": stream_id, **parsed.model_dump(mode="json")})
+        return _event_line(stream_id, parsed)
+    reason = describe_error(parsed)
+    if as_json:
+        return json.dumps({"stream_id": stream_id, "malformed": reason, "fields": fields})
+    return f"{stream_id}  malformed ({reason})  {json.dumps(fields, separators=(',', ':'))}"
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    keys = Keys(settings.key_prefix)
+    block = 1.0
+    client = _client(settings, timeout=block + settings.redis_socket_timeout)
+    stream = keys.events_stream
+    last = args.from_id
+    if last == "$":
+        # Resolve "$" once: reading "$" again after an empty wait would skip what was added
+        # between two reads.
+        newest = cast(list[Any], client.xrevrange(stream, "+", "-", count=1))
+        last = newest[0][0] if newest else "0-0"
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            want = 100 if args.count is None else min(100, args.count - shown)
+            reply = cast(
+                list[Any], client.xread({stream: last}, count=want, block=int(block * 1000))
+            )
+            for stream_id, fields in reply[0][1] if reply else []:
+                print(_tail_line(stream_id, fields, args.json), flush=True)
+                last = stream_id
+                shown += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a tail ends
+    except BrokenPipeError:  # `intent events tail | head`
+        pass
+    return 0
+
+
+# -- consume --------------------------------------------------------------------------------
+def _load_registrar(spec: str) -> Callable[[EventHandler], Any]:
+    module, _, attribute = spec.partition(":")
+    if not module or not attribute:
+        raise SystemExit(f"intent events consume: --handlers {spec!r} is not MODULE:FUNCTION")
+    registrar = getattr(import_module(module), attribute, None)
+    if not callable(registrar):
+        raise SystemExit(f"intent events consume: {spec} is not a function")
+    return cast(Callable[[EventHandler], Any], registrar)
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    handler = EventHandler()
+    if not args.no_builtin:
+        register_builtin_handlers(handler)
+    for spec in args.handlers:
+        _load_registrar(spec)(handler)
+    log_handler = logging.StreamHandler()
+    log_handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    events_logger = logging.getLogger("intent.events")
+    events_logger.addHandler(log_handler)
+    events_logger.setLevel(args.log_level)
+    events_logger.propagate = False
+    consumer = EventConsumer.from_settings(
+        handler, args.group, args.consumer, start_id=args.start_id or "$"
+    )
+    try:
+        stats = consumer.run(max_events=args.max_events)
+    except redis.RedisError as exc:
+        return _fail(f"Redis error: {exc}")
+    finally:
+        consumer.close()
+    print(
+        json.dumps({"group": args.group, "consumer": consumer.config.consumer, **stats.as_dict()})
+    )
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------
+def _cmd_replay(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    try:
+        result = replay(_client(settings), Keys(settings.key_prefix), args.group, args.from_id)
+    except ReplayError as exc:
+        return _fail(str(exc))
+    print(
+        f"group {result.group}: rewound from {result.previous_last_id} to {result.from_id}; "
+        f"{result.events} events will be delivered again"
+    )
+    return 0
+
+
+# -- dead letters ---------------------------------------------------------------------------
+def _dead_line(letter: DeadLetter) -> str:
+    fields = letter.fields
+    return (
+        f"{letter.dead_id}  {letter.dead_at}  {letter.reason:<12}  group={letter.group}  "
+        f"consumer={letter.consumer}  deliveries={letter.deliveries}  "
+        f"original={letter.original_id}  type={fields.get('type', '-')}  "
+        f"id={fields.get('id', '-')}\n    error: {letter.error}"
+    )
+
+
+def _cmd_dead(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    letters = DeadLetters(_client(settings), Keys(settings.key_prefix), settings.events_maxlen)
+    if args.dead_action == "list":
+        if args.ids or args.all:
+            return _fail("`dead list` takes no ids; use --count")
+        listed = letters.list(count=args.count)
+        if args.json:
+            print(json.dumps([letter.as_dict() for letter in listed], indent=2))
+        elif not listed:
+            print("no dead letters")
+        else:
+            for letter in listed:
+                print(_dead_line(letter))
+            total = letters.count()
+            if total > len(listed):
+                print(f"... {total - len(listed)} more (use --count)")
+        return 0
+    if args.all == bool(args.ids):
+        return _fail("`dead requeue` takes dead-letter ids or --all (not both)")
+    if args.all:
+        print(f"requeued {letters.requeue_all()} dead letters")
+        return 0
+    missing = 0
+    for dead_id in args.ids:
+        new_id = letters.requeue(dead_id)
+        if new_id is None:
+            missing += 1
+            print(f"{dead_id}: no such dead letter", file=sys.stderr)
+        else:
+            print(f"requeued {dead_id} as {new_id}")
+    return 1 if missing else 0
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except redis.RedisError as exc:
+            return _fail(f"Redis error: {exc}")
+
+    return run
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    events = sub.add_parser(
+        "events",
+        help="tail, consume or replay the event stream; list or requeue dead letters",
+        description="intent events tail | consume | replay | dead",
+    )
+    actions = events.add_subparsers(dest="events_action", required=True)
+
+    tail = actions.add_parser("tail", help="follow the stream (Ctrl-C to stop)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument(
+        "--from", dest="from_id", default="$",
+        help="show the entries after this stream id (0: from the start; default: new ones)",
+    )  # fmt: skip
+    tail.add_argument("--count", type=int, default=None, help="exit after N events")
+    tail.set_defaults(func=_guarded(_cmd_tail))
+
+    consume = actions.add_parser("consume", help="run a consumer of a group until SIGTERM/Ctrl-C")
+    consume.add_argument("--group", required=True)
+    consume.add_argument("--consumer", help="this consumer's name (default: host-pid)")
+    consume.add_argument(
+        "--handlers", action="append", default=[], metavar="MODULE:FUNCTION",
+        help="a function that registers handlers on the EventHandler it is given (repeatable)",
+    )  # fmt: skip
+    consume.add_argument(
+        "--no-builtin", action="store_true",
+        help="do not register the built-in handlers (context_changed invalidates the cache)",
+    )  # fmt: skip
+    consume.add_argument(
+        "--start-id", help="where a group created now starts (default $: new events; 0: all)"
+    )
+    consume.add_argument("--max-events", type=int, help="exit after reading N new events")
+    consume.add_argument("--log-level", default="INFO")
+    consume.set_defaults(func=_guarded(_cmd_consume))
+
+    rewind = actions.add_parser(
+        "replay", help="deliver a group the events after an id again (XGROUP SETID)"
+    )
+    rewind.add_argument("--from", dest="from_id", required=True, help="stream id (0: all)")
+    rewind.add_argument("--group", required=True)
+    rewind.set_defaults(func=_guarded(_cmd_replay))
+
+    dead = actions.add_parser("dead", help="list dead letters, or requeue one or all")
+    dead.add_argument("dead_action", nargs="?", default="list", choices=["list", "requeue"])
+    dead.add_argument("ids", nargs="*", help="dead-letter ids to requeue")
+    dead.add_argument("--all", action="store_true", help="requeue every dead letter")
+    dead.add_argument("--count", type=int, default=100, help="list at most N (default 100)")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=_guarded(_cmd_dead))

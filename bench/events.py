@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,23 +28,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.pipeline import machine
 from intent.consumer import ConsumerConfig, EventConsumer, EventHandler
 from intent.embedded import EmbeddedRedis
 from intent.events import EventPublisher
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def sample_event(index: int, tag: str) -> Event:

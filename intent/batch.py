@@ -20,7 +20,7 @@ from intent.events import build_events
 from intent.intake import admit
 from intent.models import Context, IntentResult, PredictionSet
 from intent.patterns import DetectionConflict
-from intent.pipeline import FALLBACKS, detect_pattern, expire_if_late
+from intent.pipeline import FALLBACKS, detect_pattern, expire_if_late, parse_body
 from intent.runtime import Runtime
 from intent.validation import parse_request
 
@@ -194,14 +194,6 @@ def _result(item: BatchItem) -> IntentResult:
     return item.result
 
 
-def _parse(model: type[Context] | type[PredictionSet], service: str, body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValueError as exc:
-        # The service answered with something that is not its API: not retryable.
-        raise ServiceRequestError(service, 200, f"unexpected response: {exc}") from None
-
-
 def fetch_contexts(rt: Runtime, batch: BatchResult) -> BatchResult:
     """Each pending item's context: a fresh cache entry, else one bulk call for all the
     context ids (each id asked once), and one call per item with inline data."""
@@ -226,7 +218,7 @@ def fetch_contexts(rt: Runtime, batch: BatchResult) -> BatchResult:
         try:
             if isinstance(answer, Exception):
                 raise answer
-            context = _parse(Context, client.service, answer)
+            context = parse_body(Context, client.service, answer)
         except ServiceUnavailableError as exc:
             transient.append(exc)
             continue
@@ -241,7 +233,7 @@ def fetch_contexts(rt: Runtime, batch: BatchResult) -> BatchResult:
         assert data is not None, "a request has a context_id or data"
         try:
             body = client.analyze_context(data)
-            context = _parse(Context, client.service, body)
+            context = parse_body(Context, client.service, body)
         except ServiceRequestError as exc:
             changes[item.index] = item.fail(exc)
             continue
@@ -271,7 +263,7 @@ def predict(rt: Runtime, batch: BatchResult) -> BatchResult:
         try:
             if isinstance(answer, Exception):
                 raise answer
-            predictions = _parse(PredictionSet, client.service, answer)
+            predictions = parse_body(PredictionSet, client.service, answer)
         except ServiceRequestError as exc:
             changes[item.index] = item.fail(exc)
             continue

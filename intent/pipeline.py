@@ -23,7 +23,9 @@ Step = Callable[[Runtime, IntentResult], IntentResult]
 Fallback = Callable[[Runtime, IntentResult, Exception], IntentResult | None]
 
 
-def _parse(model: type[Context] | type[PredictionSet], service: str, body: dict[str, Any]) -> Any:
+def parse_body(
+    model: type[Context] | type[PredictionSet], service: str, body: dict[str, Any]
+) -> Any:
     try:
         return model.model_validate(body)
     except ValueError as exc:
@@ -43,7 +45,7 @@ def fetch_context(rt: Runtime, result: IntentResult) -> IntentResult:
     else:
         assert request.data is not None
         body = client.analyze_context(request.data)
-    context = _parse(Context, client.service, body)
+    context = parse_body(Context, client.service, body)
     rt.context_cache.put(context)
     return result.model_copy(update={"context": context})
 
@@ -52,7 +54,7 @@ def predict(rt: Runtime, result: IntentResult) -> IntentResult:
     assert result.context is not None, "predict needs the context step's output"
     client = rt.clients.prediction
     body = client.get_predictions(result.request.pattern_id, result.context.model_dump())
-    predictions = _parse(PredictionSet, client.service, body)
+    predictions = parse_body(PredictionSet, client.service, body)
     return result.model_copy(update={"predictions": predictions})
 
 

@@ -35,6 +35,9 @@ check: lint typecheck test
 
 bench: install
 	$(PY) bench/pipeline.py
+	$(PY) bench/breaker.py
+	$(PY) bench/batch.py
+	$(PY) bench/events.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -118,14 +118,6 @@ class PatternDetector:
         )
         return PredictionSet.model_validate_json(raw) if raw else None
 
-    def read(self, context_id: str, pattern_id: str) -> tuple[PatternState | None, int]:
-        """The current state and its version (0 when there is none)."""
-        raw = cast(
-            "dict[bytes, bytes]",
-            self.client.hgetall(self.keys.pattern_state(context_id, pattern_id)),
-        )
-        return _parse_state(raw)
-
     def detect(
         self,
         request_id: str,

@@ -69,10 +69,6 @@ class Backoff:
         return [(self.base(n) * (1.0 - self.jitter), self.base(n)) for n in range(self.max_retries)]
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, IntentError) and exc.transient
-
-
 @dataclass
 class RetryHandler:
     """The guide's RetryHandler, synchronous: retries transient errors on the schedule."""

@@ -14,8 +14,8 @@ noisy machine shifts them all alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import re
 import statistics
 import sys
@@ -31,8 +31,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import redis_url
 from intent.breaker import CircuitBreaker, FallbackStore, RedisStore
-from intent.embedded import EmbeddedRedis
 
 Call = Callable[[Callable[[], Any]], Any]
 
@@ -116,11 +116,8 @@ def main() -> int:
 
     import pybreaker
 
-    server = None
-    url = os.environ.get("INTENT_REDIS_URL")
-    if not url:
-        server = EmbeddedRedis().start()
-        url = server.url
+    owned = contextlib.ExitStack()  # the embedded Valkey, when this run starts one
+    url = owned.enter_context(redis_url())
     try:
         tag = uuid.uuid4().hex[:8]
         stats_client = redis.Redis.from_url(url, decode_responses=True)
@@ -172,8 +169,7 @@ def main() -> int:
         stats_client.srem("bench:cb:names", f"bench-{tag}")
         ours.store.close()
     finally:
-        if server is not None:
-            server.close()
+        owned.close()
 
     rates = {label: statistics.median(values) for label, values in samples.items()}
     labels = ("get", "pybreaker", "ours")

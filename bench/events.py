@@ -15,8 +15,8 @@ reads, parsing every entry into an Event, dispatch, acknowledgements, shutdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -28,9 +28,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pipeline import machine
+from bench.common import machine, redis_url
 from intent.consumer import ConsumerConfig, EventConsumer, EventHandler
-from intent.embedded import EmbeddedRedis
 from intent.events import EventPublisher
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
@@ -117,11 +116,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    server = None
-    url = os.environ.get("INTENT_REDIS_URL")
-    if not url:
-        server = EmbeddedRedis().start()
-        url = server.url
+    owned = contextlib.ExitStack()  # the embedded Valkey, when this run starts one
+    url = owned.enter_context(redis_url())
     tag = uuid.uuid4().hex[:8]
     keys = Keys(f"bench:{tag}:")
     # Both variants get the same client settings: decoded replies, a timeout above BLOCK.
@@ -144,8 +140,7 @@ def main() -> int:
         client.delete(keys.events_stream)
         client.close()
     finally:
-        if server is not None:
-            server.close()
+        owned.close()
 
     consumer_rate = statistics.median(samples["consumer"])
     bare_rate = statistics.median(samples["bare"])

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 import uuid
@@ -22,17 +19,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+from bench.common import (
+    LIFTED_LIMITS,
+    alternate,
+    analyses,
+    machine,
+    median,
+    rounds_line,
+    stdout_to_stderr,
+)
 
 
 def bare_round(n: int, payload: dict[str, Any]) -> float:
@@ -47,23 +42,14 @@ def bare_round(n: int, payload: dict[str, Any]) -> float:
     return n / (time.perf_counter() - started)
 
 
-def pipeline_round(n: int, tag: str) -> float:
+def pipeline_round(n: int) -> float:
+    """N analyses submitted one by one through the full pipeline."""
     from tasks import submit
 
+    requests = analyses(n, uuid.uuid4().hex[:8])
     started = time.perf_counter()
-    analyses = [
-        submit(
-            {
-                "request_id": f"bench-{tag}-{i}",
-                "client_id": "bench",
-                # Unique contexts: no cache hit, every layer and call is paid for.
-                "context_id": f"ctx-bench-{tag}-{i}",
-                "pattern_id": ("checkout", "support")[i % 2],
-            }
-        )
-        for i in range(n)
-    ]
-    for analysis in analyses:
+    submitted = [submit(request) for request in requests]
+    for analysis in submitted:
         result = analysis.get(timeout=120)
         assert result.status == "completed", result
     return n / (time.perf_counter() - started)
@@ -80,23 +66,13 @@ def main() -> int:
     from tasks.stack import Stack
 
     payload = {"request_id": "bare", "client_id": "bench", "context_id": "c", "pattern_id": "p"}
-    bare: list[float] = []
-    full: list[float] = []
-    # The run makes more calls a minute than the default limits allow: lift them so the
-    # figure measures the layers, not the throttle (every limit check still runs).
-    lifted = {
-        "INTENT_MAX_REQUESTS_PER_WINDOW": "1000000",
-        "INTENT_RATE_LIMIT_GET_CONTEXT": "1000000",
-        "INTENT_RATE_LIMIT_PREDICT": "1000000",
-    }
-    with Stack(concurrency=args.concurrency, env=lifted):
-        # Warm up connections, pool processes and Redis before anything is measured.
-        bare_round(args.n // 2, payload)
-        pipeline_round(args.n // 2, uuid.uuid4().hex[:8])
-        for _ in range(args.rounds):
-            bare.append(bare_round(args.n, payload))
-            full.append(pipeline_round(args.n, uuid.uuid4().hex[:8]))
-    bare_rate, full_rate = statistics.median(bare), statistics.median(full)
+    with stdout_to_stderr(), Stack(concurrency=args.concurrency, env=LIFTED_LIMITS):
+        rates = alternate(
+            {"bare": lambda n: bare_round(n, payload), "pipeline": pipeline_round},
+            args.n,
+            args.rounds,
+        )
+    bare_rate, full_rate = median(rates["bare"]), median(rates["pipeline"])
     figures = {
         "pipeline_per_s": round(full_rate, 1),
         "bare_chain_per_s": round(bare_rate, 1),
@@ -109,14 +85,8 @@ def main() -> int:
     print(f"machine          {machine()}")
     print(f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of "
           f"{args.n}")  # fmt: skip
-    print(
-        f"bare chain       {bare_rate:8.1f} chains/s    rounds: "
-        + ", ".join(f"{r:.1f}" for r in bare)
-    )
-    print(
-        f"full pipeline    {full_rate:8.1f} analyses/s  rounds: "
-        + ", ".join(f"{r:.1f}" for r in full)
-    )
+    print(rounds_line("bare chain", rates["bare"], "chains/s"))
+    print(rounds_line("full pipeline", rates["pipeline"], "analyses/s"))
     print(f"ratio            {figures['ratio']:.3f}  (full pipeline / bare chain)")
     return 0
 

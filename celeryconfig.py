@@ -33,6 +33,6 @@ result_expires = _settings.result_expires
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 broker_connection_retry_on_startup = True
 
-task_default_queue = "intent"
+task_default_queue = _settings.queue
 worker_send_task_events = True
 task_send_sent_event = True

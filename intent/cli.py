@@ -42,7 +42,10 @@ def _cmd_redis(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", "intent",
+    from intent.settings import get_settings
+
+    queue = get_settings().queue
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", queue,
             "-P", args.pool, "-c", str(args.concurrency), "--loglevel", args.loglevel]  # fmt: skip
     os.execv(sys.executable, argv)  # noqa: S606  # become the worker: signals reach Celery
     return 0  # pragma: no cover - execv does not return

@@ -88,3 +88,19 @@ class Keys:
     def breaker_registry(self) -> str:
         """Set of known breaker names (for operators' listings)."""
         return f"{self.prefix}cb:names"
+
+    # -- operations -------------------------------------------------------------------
+    @property
+    def health_snapshot(self) -> str:
+        """The last health check's snapshot, JSON (TTL a few health intervals)."""
+        return f"{self.prefix}health:snapshot"
+
+    @property
+    def health_status(self) -> str:
+        """Hash of each component's last status, to log changes (TTL as the snapshot)."""
+        return f"{self.prefix}health:status"
+
+    @property
+    def beat(self) -> str:
+        """Prefix of celery-redbeat's schedule, lock and statics (redbeat_key_prefix)."""
+        return f"{self.prefix}beat:"

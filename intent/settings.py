@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTENT_"
@@ -130,6 +130,27 @@ class Settings(BaseSettings):
     # After SIGTERM/SIGINT the event in hand is always finished; events already read are
     # handled too for this long, then left for other consumers.
     consumer_shutdown_grace: Annotated[float, Field(ge=0)] = 5.0
+
+    # Operations (`intent up`, `intent admin`, `intent beat`, `intent flower`).
+    # "development" relaxes what a laptop does not need (Flower without basic auth).
+    environment: str = Field(default="production", pattern=r"^(development|production)$")
+    queue: str = Field(default="intent", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # Celery queue
+    # intent.health_check runs every health_interval s on celery beat (expiring after one
+    # interval, so a late run is dropped); each /health probe waits at most health_timeout.
+    health_interval: PositiveFloat = 30.0
+    health_timeout: PositiveFloat = 2.0
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # Bearer token of the admin endpoint's mutating routes; unset, they are refused.
+    admin_token: SecretStr | None = None
+    # Where prefork processes share Prometheus metrics (prometheus_client multiprocess
+    # mode); the workers and `intent admin` must see the same directory.
+    metrics_dir: str | None = None
+    log_format: str = Field(default="json", pattern=r"^(json|text)$")
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555
+    # "user:password[,user:password...]"; required by `intent flower` in production.
+    flower_basic_auth: SecretStr | None = None
 
     # Tasks
     task_soft_time_limit: PositiveFloat = 30.0

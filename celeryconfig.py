@@ -4,6 +4,7 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
+from intent.keys import Keys
 from intent.settings import get_settings
 
 _settings = get_settings()
@@ -36,3 +37,19 @@ broker_connection_retry_on_startup = True
 task_default_queue = _settings.queue
 worker_send_task_events = True
 task_send_sent_event = True
+
+# celery beat (`intent beat`): the health check every health_interval seconds, dropped if
+# it waited a whole interval. celery-redbeat keeps the schedule in Redis and holds a lock
+# there, so a second beat waits instead of scheduling too; the lock lives 5 loop
+# intervals, so a beat that died is replaced within that.
+beat_scheduler = "redbeat.RedBeatScheduler"
+beat_max_loop_interval = min(5.0, _settings.health_interval)
+redbeat_redis_url = _settings.redis_url
+redbeat_key_prefix = Keys(_settings.key_prefix).beat
+beat_schedule = {
+    "health-check": {
+        "task": "intent.health_check",
+        "schedule": _settings.health_interval,
+        "options": {"expires": _settings.health_interval},
+    }
+}

@@ -51,6 +51,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _cmd_beat(args: argparse.Namespace) -> int:
+    from intent.settings import get_settings
+
+    get_settings().require_redis_url()  # the schedule and its lock live in Redis
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel", args.loglevel]
+    os.execv(sys.executable, argv)  # noqa: S606  # become beat: signals reach Celery
+    return 0  # pragma: no cover - execv does not return
+
+
 def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {"client_id": args.client_id, "pattern_id": args.pattern_id}
     if args.request_id:
@@ -106,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--context-port", type=int, default=8001)
     ref.add_argument("--prediction-port", type=int, default=8002)
     ref.set_defaults(func=_cmd_reference)
+
+    admin = sub.add_parser(
+        "admin", help="serve /health, /admin/circuits, /admin/ratelimits, /metrics"
+    )
+    admin.add_argument("--host", default=None, help="default INTENT_ADMIN_HOST (127.0.0.1)")
+    admin.add_argument("--port", type=int, default=None, help="default INTENT_ADMIN_PORT (8000)")
+    admin.set_defaults(func=lambda a: _delegate("tasks.admin", "run")(a))
+
+    beat = sub.add_parser("beat", help="run celery beat: the periodic health check (one at a time)")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.set_defaults(func=_cmd_beat)
 
     circuits_cli.add_parser(sub)
     events_cli.add_parser(sub)

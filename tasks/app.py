@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop"])
+app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
 app.config_from_object("celeryconfig")

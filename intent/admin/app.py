@@ -1,0 +1,164 @@
+"""The admin endpoint's routes, as a WSGI app (werkzeug routing).
+
+- ``GET /health``: the health snapshot (200, or 503 when a component is down), checked
+  anew when the stored one is stale;
+- ``GET /admin/circuits``; ``POST /admin/circuits/{name}/reset|open|close``;
+- ``GET /admin/ratelimits[?id=CLIENT]``; ``POST /admin/ratelimits/{name}/reset[?id=]``;
+- ``GET /metrics``: Prometheus text format (every worker process's metrics).
+
+Every ``POST`` needs ``Authorization: Bearer <INTENT_ADMIN_TOKEN>``; with no token
+configured, they are refused (403), never open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+import redis
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from intent.breaker import CircuitAdmin, StoreError
+from intent.clients import ContextServiceClient, PredictionServiceClient
+from intent.health import DOWN, HealthChecker
+from intent.ratelimit import RateLimits
+
+log = logging.getLogger("intent.admin")
+
+SERVICES = (ContextServiceClient.service, PredictionServiceClient.service)
+Metrics = Callable[[], tuple[bytes, str]]
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(payload, indent=2), status=status, headers=headers, mimetype="application/json"
+    )
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
+
+
+class AdminApp:
+    """Routes over the shared state; ``token`` guards every mutating route."""
+
+    def __init__(
+        self,
+        health: HealthChecker,
+        circuits: CircuitAdmin,
+        rate_limits: RateLimits,
+        metrics: Metrics,
+        token: str | None,
+    ):
+        self.health = health
+        self.circuits = circuits
+        self.rate_limits = rate_limits
+        self.metrics = metrics
+        self._token = token.encode() if token else None
+        self.url_map = Map(
+            [
+                Rule("/health", methods=["GET"], endpoint="health"),
+                Rule("/metrics", methods=["GET"], endpoint="metrics"),
+                Rule("/admin/circuits", methods=["GET"], endpoint="circuits"),
+                Rule(
+                    "/admin/circuits/<name>/<any(reset, open, close):action>",
+                    methods=["POST"],
+                    endpoint="circuit_action",
+                ),
+                Rule("/admin/ratelimits", methods=["GET"], endpoint="ratelimits"),
+                Rule(
+                    "/admin/ratelimits/<name>/reset", methods=["POST"], endpoint="ratelimit_reset"
+                ),
+            ]
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.dispatch(Request(environ))(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+        except HTTPException as exc:
+            return _error(exc.description or exc.name, exc.code or 500)
+        if request.method == "POST":
+            refused = self._refuse(request)
+            if refused is not None:
+                return refused
+        handler: Callable[..., Response] = getattr(self, f"_{endpoint}")
+        try:
+            return handler(request, **values)
+        except StoreError as exc:
+            return _error(f"the shared breaker state is unreachable: {exc}", 503)
+        except redis.RedisError as exc:
+            return _error(f"Redis is unreachable: {type(exc).__name__}", 503)
+        except Exception as exc:  # an operator gets an answer, the log gets the traceback
+            log.exception("admin %s %s failed", request.method, request.path)
+            return _error(f"{type(exc).__name__}: {exc}", 500)
+
+    def _refuse(self, request: Request) -> Response | None:
+        if self._token is None:
+            return _error("mutating admin routes are disabled: set INTENT_ADMIN_TOKEN", 403)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+            return _error(
+                "a valid bearer token is required",
+                401,
+                {"WWW-Authenticate": 'Bearer realm="intent-admin"'},
+            )
+        return None
+
+    # -- routes ---------------------------------------------------------------------
+    def _health(self, request: Request) -> Response:
+        snapshot = self.health.current()
+        return _json(snapshot, 503 if snapshot["status"] == DOWN else 200)
+
+    def _metrics(self, request: Request) -> Response:
+        body, content_type = self.metrics()
+        return Response(body, content_type=content_type)
+
+    def _circuits(self, request: Request) -> Response:
+        return _json({"circuits": [s.as_dict() for s in self.circuits.list()]})
+
+    def _circuit_action(self, request: Request, name: str, action: str) -> Response:
+        known = set(self.circuits.names()) | set(SERVICES)
+        if name not in known:
+            return _error(f"no circuit breaker {name!r}; known: {', '.join(sorted(known))}", 404)
+        body = request.get_json(silent=True) if request.content_length else None
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if reason is not None and not isinstance(reason, str):
+            return _error("reason: must be a string", 422)
+        reason = (reason or f"{action} via admin endpoint")[:200]
+        if action == "reset":
+            status = self.circuits.reset(name, reason)
+        elif action == "open":
+            status = self.circuits.force_open(name, reason)
+        else:
+            status = self.circuits.force_closed(name, reason)
+        return _json(status.as_dict())
+
+    def _ratelimits(self, request: Request) -> Response:
+        identifier = request.args.get("id", "")
+        statuses = [limit.status(identifier) for limit in self.rate_limits]
+        return _json({"ratelimits": [asdict(s) for s in statuses]})
+
+    def _ratelimit_reset(self, request: Request, name: str) -> Response:
+        try:
+            limit = self.rate_limits[name]
+        except KeyError:
+            known = ", ".join(limit.name for limit in self.rate_limits)
+            return _error(f"no rate limit {name!r}; known: {known}", 404)
+        identifier = request.args.get("id", "")
+        limit.reset(identifier)
+        log.warning(
+            "rate limit %s reset for %r via admin endpoint", name, identifier,
+            extra={"limit": name, "identifier": identifier},
+        )  # fmt: skip
+        return _json(asdict(limit.status(identifier)))

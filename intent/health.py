@@ -1,0 +1,251 @@
+"""Health of everything an analysis needs: the two downstream services (their ``/health``,
+and the Context Service's version), Redis, the circuit breakers and the workers.
+
+:class:`HealthChecker` builds a snapshot; the ``intent.health_check`` task stores one every
+``INTENT_HEALTH_INTERVAL`` seconds (Redis, with a TTL) and the admin endpoint serves it,
+checking anew when the stored one is stale. A component is ``ok``, ``degraded`` (working,
+with a breaker open: analyses take fallbacks or wait) or ``down``; the snapshot is ``down``
+(HTTP 503) when any component is, and names them in ``failing``. A change of a component's
+status is logged once, by whichever checker saw it first.
+
+Workers are found by a probe handed in by the caller (a Celery ping lives in ``tasks/``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+import requests
+
+from intent.breaker import CircuitAdmin, RedisStore, StoreError
+from intent.clients import compatible
+from intent.keys import Keys
+from intent.scripts import register
+from intent.settings import Settings
+
+log = logging.getLogger("intent.health")
+
+OK, DEGRADED, DOWN = "ok", "degraded", "down"
+COMPONENTS = ("context_service", "prediction_service", "redis", "circuit_breakers", "workers")
+_RANK = {OK: 0, DEGRADED: 1, DOWN: 2}
+# Breaker states in which calls are refused (analyses fall back or wait).
+_REFUSING = frozenset({"open", "half_open"})
+# What a service's /health may call itself when it is well.
+_HEALTHY = frozenset({"ok", "healthy", "up", "pass"})
+
+Component = dict[str, Any]
+# Names of the workers that answered a ping within the timeout.
+WorkerProbe = Callable[[float], Iterable[str]]
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def check_service_health(
+    url: str, timeout: float, required_version: str | None = None
+) -> Component:
+    """``GET {url}/health`` within ``timeout`` seconds (connect and read); with
+    ``required_version``, the reported version must be semver-compatible with it."""
+    started = time.perf_counter()
+    try:
+        response = requests.get(url.rstrip("/") + "/health", timeout=(timeout, timeout))
+    except requests.RequestException as exc:
+        return {"status": DOWN, "error": f"{type(exc).__name__}: unreachable", "url": url}
+    component: Component = {
+        "url": url,
+        "latency_ms": _ms(started),
+        "http_status": response.status_code,
+    }
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return {**component, "status": DOWN, "error": "/health did not answer a JSON object"}
+    version = str(body.get("version", ""))
+    component.update(version=version, api=body.get("api"), reported=body.get("status"))
+    reported = body.get("status")
+    if response.status_code != 200 or reported not in _HEALTHY | {DEGRADED}:
+        return {**component, "status": DOWN, "error": f"reports {reported!r}"}
+    if required_version is not None:
+        component["required_version"] = required_version
+        if not compatible(version, required_version):
+            error = f"incompatible version {version or '(none)'}: requires {required_version}"
+            return {**component, "status": DOWN, "error": error}
+    return {**component, "status": DEGRADED if reported == DEGRADED else OK}
+
+
+def check_redis(client: redis.Redis) -> Component:
+    started = time.perf_counter()
+    try:
+        client.ping()
+        info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+    except redis.RedisError as exc:
+        return {"status": DOWN, "error": f"{type(exc).__name__}: {exc}"}
+    version = info.get("valkey_version") or info.get("redis_version")
+    return {"status": OK, "latency_ms": _ms(started), "version": version}
+
+
+def check_breakers(admin: CircuitAdmin) -> Component:
+    """Every breaker's shared state; ``degraded`` while any refuses calls."""
+    try:
+        statuses = admin.list()
+    except StoreError as exc:
+        return {"status": DOWN, "error": f"shared breaker state unreachable: {exc}"}
+    breakers = {
+        s.name: {
+            "state": s.state,
+            "forced": s.forced,
+            "until": s.until,
+            "failures": s.failures,
+            "reason": s.reason,
+        }
+        for s in statuses
+    }
+    refusing = sorted(name for name, b in breakers.items() if b["state"] in _REFUSING)
+    component: Component = {"status": DEGRADED if refusing else OK, "breakers": breakers}
+    if refusing:
+        component["refusing"] = refusing
+    return component
+
+
+def check_workers(probe: WorkerProbe, timeout: float) -> Component:
+    try:
+        names = sorted(probe(timeout))
+    except Exception as exc:  # a broker that is down, say: the component is down
+        return {"status": DOWN, "error": f"{type(exc).__name__}: {exc}", "answered": []}
+    if not names:
+        return {
+            "status": DOWN,
+            "error": f"no worker answered a ping in {timeout} s",
+            "answered": [],
+        }
+    return {"status": OK, "answered": names, "count": len(names)}
+
+
+def shared_circuits(settings: Settings) -> CircuitAdmin:
+    """Operators' view of the shared breaker store itself, without the in-memory fallback:
+    the fleet's state or an error, never one process's private view."""
+    store = RedisStore.from_url(
+        settings.require_redis_url(),
+        prefix=settings.key_prefix,
+        socket_timeout=settings.redis_socket_timeout,
+    )
+    return CircuitAdmin(store)
+
+
+def overall(snapshot: dict[str, Any]) -> str:
+    return max((snapshot[c]["status"] for c in COMPONENTS), key=_RANK.__getitem__)
+
+
+class HealthChecker:
+    """Checks every component, stores the snapshot and logs status changes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        keys: Keys,
+        workers: WorkerProbe,
+        breaker_admin: CircuitAdmin | None = None,
+    ):
+        self.settings = settings
+        self.redis = client
+        self.keys = keys
+        self.workers = workers
+        # The shared store itself: health must show the fleet's breakers, not a fallback.
+        self.breaker_admin = breaker_admin or shared_circuits(settings)
+        self._record = register(client, "health_record")
+
+    @property
+    def ttl(self) -> float:
+        """How long a stored snapshot lives: a few intervals, so a missed run or two is
+        survived but a stopped beat is noticed."""
+        return 3 * self.settings.health_interval
+
+    @property
+    def stale_after(self) -> float:
+        return 2 * self.settings.health_interval
+
+    def check(self) -> dict[str, Any]:
+        """A fresh snapshot (not stored)."""
+        s = self.settings
+        timeout = s.health_timeout
+        snapshot: dict[str, Any] = {
+            "context_service": check_service_health(
+                s.context_service_url, timeout, s.required_context_service_version
+            ),
+            "prediction_service": check_service_health(s.prediction_service_url, timeout),
+            "redis": check_redis(self.redis),
+            "circuit_breakers": check_breakers(self.breaker_admin),
+            "workers": check_workers(self.workers, timeout),
+        }
+        status = overall(snapshot)
+        failing = [c for c in COMPONENTS if snapshot[c]["status"] == DOWN]
+        return {
+            "status": status,
+            "failing": failing,
+            "checked_at": time.time(),
+            "checked_by": f"{socket.gethostname()}:{os.getpid()}",
+            **snapshot,
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Check, store the snapshot (when Redis is up) and log each changed status."""
+        snapshot = self.check()
+        if snapshot["redis"]["status"] == OK:
+            self._store(snapshot)
+        else:
+            log.error("health: Redis is down, snapshot not stored", extra={"health": "redis"})
+        return snapshot
+
+    def _store(self, snapshot: dict[str, Any]) -> None:
+        pairs: list[str] = []
+        for component in COMPONENTS:
+            pairs += [component, snapshot[component]["status"]]
+        try:
+            changes = self._record(
+                keys=[self.keys.health_snapshot, self.keys.health_status],
+                args=[json.dumps(snapshot), int(self.ttl * 1000), *pairs],
+            )
+        except redis.RedisError as exc:
+            log.error("health: could not store the snapshot: %s", exc)
+            return
+        for component, old in zip(changes[::2], changes[1::2], strict=True):
+            name = component.decode() if isinstance(component, bytes) else str(component)
+            before = (old.decode() if isinstance(old, bytes) else str(old)) or "unknown"
+            detail = snapshot[name]
+            level = logging.INFO if detail["status"] == OK else logging.WARNING
+            log.log(
+                level,
+                "health: %s %s -> %s%s",
+                name, before, detail["status"],
+                f" ({detail['error']})" if detail.get("error") else "",
+                extra={"component": name, "old_status": before, "new_status": detail["status"]},
+            )  # fmt: skip
+
+    def stored(self) -> dict[str, Any] | None:
+        """The stored snapshot, or None when there is none or Redis is unreachable."""
+        try:
+            raw = self.redis.get(self.keys.health_snapshot)
+        except redis.RedisError:
+            return None
+        if raw is None:
+            return None
+        snapshot: dict[str, Any] = json.loads(raw)  # type: ignore[arg-type]
+        return snapshot
+
+    def current(self) -> dict[str, Any]:
+        """The stored snapshot while it is fresh, else a new check (stored)."""
+        snapshot = self.stored()
+        if snapshot is not None and time.time() - snapshot["checked_at"] <= self.stale_after:
+            return snapshot
+        return self.run()

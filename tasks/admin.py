@@ -1,0 +1,35 @@
+"""``intent admin``: the admin endpoint wired to this deployment (workers found by a
+Celery ping, metrics from every worker process)."""
+
+from __future__ import annotations
+
+import argparse
+
+from intent.admin import AdminApp, serve
+from intent.health import HealthChecker, shared_circuits
+from intent.runtime import get_runtime
+from tasks.health import ping_workers
+
+
+def build_app() -> AdminApp:
+    from intent import metrics
+
+    rt = get_runtime()
+    settings = rt.settings
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    circuits = shared_circuits(settings)
+    return AdminApp(
+        health=HealthChecker(settings, rt.redis, rt.keys, ping_workers, circuits),
+        circuits=circuits,
+        rate_limits=rt.rate_limits,
+        metrics=lambda: metrics.exposition(rt),
+        token=token,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_runtime().settings
+    host = args.host or settings.admin_host
+    port = args.port or settings.admin_port
+    serve(build_app(), host, port)
+    return 0

@@ -1,0 +1,290 @@
+"""The admin endpoint over real HTTP, against the test Redis, the reference services and a
+prefork worker: health snapshots (a service down, an incompatible version, an open
+breaker, a stale snapshot), breaker and rate-limit routes, and the bearer token."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from intent.admin import AdminApp
+from intent.health import HealthChecker, shared_circuits
+from intent.keys import Keys
+from intent.reference import ReferenceControl
+from intent.runtime import get_runtime
+from intent.serving import WsgiServer
+from tasks.health import ping_workers
+from tasks.stack import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
+
+TOKEN = "s3cret-admin-token"
+CONTEXT = "context-service"
+MUTATIONS = [
+    f"/admin/circuits/{CONTEXT}/reset",
+    f"/admin/circuits/{CONTEXT}/open",
+    f"/admin/circuits/{CONTEXT}/close",
+    "/admin/ratelimits/intake/reset",
+]
+
+
+def _serve(token: str | None) -> Iterator[str]:
+    rt = get_runtime()
+    circuits = shared_circuits(rt.settings)
+    app = AdminApp(
+        health=HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers, circuits),
+        circuits=circuits,
+        rate_limits=rt.rate_limits,
+        metrics=lambda: (b"# no metrics in this test\n", "text/plain"),
+        token=token,
+    )
+    with WsgiServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def admin(clean: redis.Redis) -> Iterator[str]:
+    """The admin endpoint with a bearer token configured."""
+    yield from _serve(TOKEN)
+
+
+@pytest.fixture
+def admin_without_token(clean: redis.Redis) -> Iterator[str]:
+    yield from _serve(None)
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_health_is_200_when_everything_answers(
+    admin: str, prefork_worker: WorkerProcess, clean: redis.Redis
+) -> None:
+    response = requests.get(admin + "/health", timeout=10)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["failing"] == []
+    assert body["context_service"]["status"] == "ok"
+    assert body["context_service"]["version"] == "1.0.0"
+    assert body["prediction_service"]["status"] == "ok"
+    assert body["redis"]["status"] == "ok"
+    assert body["circuit_breakers"]["status"] == "ok"
+    assert prefork_worker.name in body["workers"]["answered"]
+    # Stored for the next caller, with a TTL.
+    stored = json.loads(clean.get(Keys().health_snapshot) or "null")
+    assert stored["checked_at"] == body["checked_at"]
+    assert 0 < clean.ttl(Keys().health_snapshot) <= 3 * get_runtime().settings.health_interval
+
+
+def test_a_service_down_makes_health_503_naming_it(
+    admin: str, prediction_service: ReferenceControl
+) -> None:
+    prediction_service.set_faults(down=True, include_health=True)
+
+    response = requests.get(admin + "/health", timeout=10)
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["failing"] == ["prediction_service"]
+    assert body["prediction_service"]["status"] == "down"
+    assert "unreachable" in body["prediction_service"]["error"]
+    assert body["context_service"]["status"] == "ok"
+
+
+def test_an_incompatible_context_service_version_is_down(
+    admin: str, context_service: ReferenceControl
+) -> None:
+    context_service.set_version("2.1.0")
+    try:
+        response = requests.get(admin + "/health", timeout=10)
+    finally:
+        context_service.set_version("1.0.0")
+
+    assert response.status_code == 503
+    component = response.json()["context_service"]
+    assert response.json()["failing"] == ["context_service"]
+    assert component["version"] == "2.1.0"
+    assert "incompatible version 2.1.0: requires 1.0.0" in component["error"]
+
+
+def test_an_open_breaker_is_degraded_not_down(admin: str) -> None:
+    shared_circuits(get_runtime().settings).force_open(CONTEXT, "maintenance")
+
+    response = requests.get(admin + "/health", timeout=10)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["circuit_breakers"]["status"] == "degraded"
+    assert body["circuit_breakers"]["refusing"] == [CONTEXT]
+    breaker = body["circuit_breakers"]["breakers"][CONTEXT]
+    assert (breaker["state"], breaker["forced"]) == ("open", "open")
+
+
+def test_a_fresh_snapshot_is_served_and_a_stale_one_is_checked_anew(
+    admin: str, clean: redis.Redis
+) -> None:
+    first = requests.get(admin + "/health", timeout=10).json()
+    again = requests.get(admin + "/health", timeout=10).json()
+    assert again["checked_at"] == first["checked_at"]  # served from Redis
+
+    stale = {**first, "checked_at": time.time() - 3 * get_runtime().settings.health_interval}
+    clean.set(Keys().health_snapshot, json.dumps(stale))
+    renewed = requests.get(admin + "/health", timeout=10).json()
+    assert renewed["checked_at"] > first["checked_at"]
+
+
+def test_a_status_change_is_logged_once_however_many_checkers_see_it(
+    clean: redis.Redis, prediction_service: ReferenceControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = get_runtime()
+    checkers = [HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers) for _ in range(3)]
+    checkers[0].run()
+    prediction_service.set_faults(down=True, include_health=True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="intent.health"):
+        for checker in checkers:
+            checker.run()
+    changes = [r for r in caplog.records if getattr(r, "component", None)]
+
+    assert [(r.component, r.old_status, r.new_status) for r in changes] == [  # type: ignore[attr-defined]
+        ("prediction_service", "ok", "down")
+    ]
+
+
+def test_circuits_route_lists_the_shared_breakers(admin: str) -> None:
+    shared_circuits(get_runtime().settings).force_open(CONTEXT, "drill")
+
+    body = requests.get(admin + "/admin/circuits", timeout=5).json()
+
+    (context,) = [c for c in body["circuits"] if c["name"] == CONTEXT]
+    assert (context["state"], context["forced"]) == ("open", "open")
+    assert "drill" in context["reason"]
+
+
+@pytest.mark.parametrize("path", MUTATIONS)
+def test_mutating_routes_are_refused_without_a_configured_token(
+    admin_without_token: str, path: str
+) -> None:
+    circuits = shared_circuits(get_runtime().settings)
+    circuits.force_open(CONTEXT, "before")
+    rt = get_runtime()
+    rt.rate_limits["intake"].hit("web-1")
+
+    for headers in ({}, auth(), auth("")):
+        response = requests.post(admin_without_token + path, headers=headers, timeout=5)
+        assert response.status_code == 403
+        assert "INTENT_ADMIN_TOKEN" in response.json()["error"]
+    # Nothing changed.
+    assert circuits.status(CONTEXT).forced == "open"
+    assert rt.rate_limits["intake"].status("web-1").current == 1
+
+
+@pytest.mark.parametrize("path", MUTATIONS)
+def test_mutating_routes_need_the_right_bearer_token(admin: str, path: str) -> None:
+    shared_circuits(get_runtime().settings).force_open(CONTEXT, "before")
+    for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
+        response = requests.post(admin + path, headers=headers, timeout=5)
+        assert response.status_code == 401, headers
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert shared_circuits(get_runtime().settings).status(CONTEXT).forced == "open"
+
+    assert requests.post(admin + path, headers=auth(), timeout=5).status_code == 200
+
+
+def test_circuit_actions_change_the_shared_state(admin: str) -> None:
+    circuits = shared_circuits(get_runtime().settings)
+    url = f"{admin}/admin/circuits/{CONTEXT}"
+
+    opened = requests.post(
+        url + "/open", json={"reason": "deploy"}, headers=auth(), timeout=5
+    ).json()
+    assert (opened["state"], opened["forced"]) == ("open", "open")
+    assert circuits.status(CONTEXT).forced == "open"
+    assert "deploy" in circuits.status(CONTEXT).reason
+
+    closed = requests.post(url + "/close", headers=auth(), timeout=5).json()
+    assert (closed["state"], closed["forced"]) == ("closed", "closed")
+    reset = requests.post(url + "/reset", headers=auth(), timeout=5).json()
+    assert (reset["state"], reset["forced"]) == ("closed", None)
+    assert circuits.status(CONTEXT).forced is None
+
+
+def test_unknown_breaker_or_limit_is_404_naming_the_known_ones(admin: str) -> None:
+    response = requests.post(admin + "/admin/circuits/nope/open", headers=auth(), timeout=5)
+    assert response.status_code == 404
+    assert CONTEXT in response.json()["error"]
+    assert "nope" not in shared_circuits(get_runtime().settings).names()
+
+    response = requests.post(admin + "/admin/ratelimits/nope/reset", headers=auth(), timeout=5)
+    assert response.status_code == 404
+    assert "intake" in response.json()["error"]
+
+
+def test_ratelimits_route_shows_and_resets_a_clients_intake(admin: str) -> None:
+    intake = get_runtime().rate_limits["intake"]
+    for _ in range(3):
+        intake.hit("web-7")
+
+    listed = requests.get(admin + "/admin/ratelimits", params={"id": "web-7"}, timeout=5).json()
+    (row,) = [r for r in listed["ratelimits"] if r["name"] == "intake"]
+    assert row["current"] == 3
+    assert row["amount"] == get_runtime().settings.max_requests_per_window
+
+    reset = requests.post(
+        admin + "/admin/ratelimits/intake/reset", params={"id": "web-7"}, headers=auth(), timeout=5
+    )
+    assert reset.status_code == 200
+    assert reset.json()["current"] == 0
+    assert intake.status("web-7").current == 0
+
+
+def test_health_check_task_on_the_worker_stores_the_snapshot(clean: redis.Redis) -> None:
+    from tasks.app import app
+
+    app.send_task("intent.health_check")
+    deadline = time.monotonic() + 20
+    while clean.get(Keys().health_snapshot) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    snapshot = json.loads(clean.get(Keys().health_snapshot) or "null")
+
+    assert snapshot is not None, "the worker stored no snapshot"
+    assert snapshot["status"] == "ok"
+    # Checked from the worker's pool process, which found itself among the workers.
+    assert snapshot["workers"]["count"] >= 1
+
+
+def test_an_expired_health_check_is_dropped_not_run(clean: redis.Redis) -> None:
+    from tasks.app import app
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    app.send_task("intent.health_check", expires=past)
+    # A task sent after it: once it ran, the worker has taken the expired one off the queue.
+    assert app.send_task("intent.noop", args=[1]).get(timeout=20) == 1
+
+    # Had the check run, it would have stored a snapshot within its ping timeout.
+    deadline = time.monotonic() + 2 * get_runtime().settings.health_timeout + 1
+    while time.monotonic() < deadline:
+        assert clean.get(Keys().health_snapshot) is None
+        time.sleep(0.2)
+
+
+def test_the_beat_schedule_runs_the_check_every_interval_with_expiry() -> None:
+    from tasks.app import app
+
+    interval = get_runtime().settings.health_interval
+    entry = app.conf.beat_schedule["health-check"]
+    assert entry["task"] == "intent.health_check"
+    assert entry["schedule"] == interval
+    assert entry["options"]["expires"] == interval
+    assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    assert "intent.health_check" in app.tasks

@@ -1,0 +1,94 @@
+"""celery beat with celery-redbeat: two beats started, one schedules; when it dies, the
+other takes over. Real ``intent beat`` processes against the test Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from intent.embedded import die_with_parent
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 1.0
+SENT = "Sending due task health-check"
+
+
+class Beat:
+    def __init__(self, log: Path, env: dict[str, str]):
+        self.log = log
+        self.out = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "intent.cli", "beat", "--loglevel", "INFO"],
+            env=env, stdout=self.out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent,
+        )  # fmt: skip
+
+    def sends(self) -> int:
+        return self.log.read_text(errors="replace").count(SENT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.out.close()
+
+
+@pytest.fixture
+def beats(clean: redis.Redis, tmp_path: Path) -> Iterator[list[Beat]]:
+    queue = f"intent-beat-test-{uuid.uuid4().hex[:8]}"  # nobody consumes it
+    env = {**os.environ, "INTENT_HEALTH_INTERVAL": str(INTERVAL), "INTENT_QUEUE": queue}
+    started = [Beat(tmp_path / f"beat-{n}.log", env) for n in range(2)]
+    yield started
+    for beat in started:
+        beat.stop(signal.SIGKILL)
+    clean.delete(queue)
+
+
+def wait_for(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_one_beat_schedules_and_the_other_takes_over_when_it_dies(beats: list[Beat]) -> None:
+    assert wait_for(lambda: sum(b.sends() for b in beats) >= 1, 30), "no beat sent anything"
+    time.sleep(6 * INTERVAL)
+
+    sending = [b for b in beats if b.sends()]
+    assert len(sending) == 1, [b.log.read_text()[-2000:] for b in beats]
+    (active,) = sending
+    (standby,) = [b for b in beats if b is not active]
+    # Every interval, once: not twice (two beats) and not never.
+    assert active.sends() >= 4
+
+    # The active beat dies without releasing its lock: the standby waits out the lock's
+    # timeout (5 loop intervals) and schedules from then on.
+    active.stop(signal.SIGKILL)
+    assert wait_for(lambda: standby.sends() >= 2, 5 * INTERVAL * 5 + 15), standby.log.read_text()
+
+
+def test_a_beat_stopped_cleanly_hands_over_at_once(beats: list[Beat]) -> None:
+    assert wait_for(lambda: sum(b.sends() for b in beats) >= 1, 30)
+    (active,) = [b for b in beats if b.sends()]
+    (standby,) = [b for b in beats if b is not active]
+
+    active.stop(signal.SIGTERM)
+    assert "Releasing lock" in active.log.read_text()  # not left to time out
+    assert wait_for(lambda: standby.sends() >= 1, 5 * INTERVAL * 5 + 15), standby.log.read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from intent.settings import Settings, SettingsError, load_settings
@@ -67,3 +69,28 @@ def test_inconsistent_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_missing_redis_url_says_how_to_get_one() -> None:
     with pytest.raises(SettingsError, match="INTENT_REDIS_URL"):
         Settings(redis_url=None).require_redis_url()
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    """The README's table documents every INTENT_ variable (``A`` / ``_B`` rows name
+    ``B`` by replacing the tail of ``A``)."""
+    from pathlib import Path
+
+    from intent.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("| variable | default | meaning |") :].split("\n\n", 1)[0]
+    documented: set[str] = set()
+    for row in table.splitlines():
+        names = re.findall(r"`(INTENT_[A-Z0-9_]+)`", row)
+        documented.update(names)
+        for short in re.findall(r"`(_[A-Z0-9_]+)`", row):
+            for name in names:
+                parts = name.split("_")
+                documented.update("_".join(parts[:k]) + short for k in range(2, len(parts) + 1))
+    missing = [
+        ENV_PREFIX + field.upper()
+        for field in Settings.model_fields
+        if ENV_PREFIX + field.upper() not in documented
+    ]
+    assert missing == []

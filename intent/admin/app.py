@@ -131,8 +131,10 @@ class AdminApp:
         known = set(self.circuits.names()) | set(SERVICES)
         if name not in known:
             return _error(f"no circuit breaker {name!r}; known: {', '.join(sorted(known))}", 404)
-        body = request.get_json(silent=True) if request.content_length else None
-        reason = body.get("reason") if isinstance(body, dict) else None
+        body = request.get_json(silent=True, force=True) if request.content_length else {}
+        if not isinstance(body, dict):
+            return _error('body: must be a JSON object such as {"reason": "..."}', 422)
+        reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             return _error("reason: must be a string", 422)
         reason = (reason or f"{action} via admin endpoint")[:200]

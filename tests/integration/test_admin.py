@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -217,6 +217,15 @@ def test_circuit_actions_change_the_shared_state(admin: str) -> None:
     reset = requests.post(url + "/reset", headers=auth(), timeout=5).json()
     assert (reset["state"], reset["forced"]) == ("closed", None)
     assert circuits.status(CONTEXT).forced is None
+
+
+def test_a_bad_body_is_refused_naming_it_and_changes_nothing(admin: str) -> None:
+    url = f"{admin}/admin/circuits/{CONTEXT}/open"
+    for body in ("not json", "[1, 2]", '{"reason": 5}'):
+        response = requests.post(url, data=body, headers=auth(), timeout=5)
+        assert response.status_code == 422, body
+        assert response.json()["error"].startswith(("body:", "reason:"))
+    assert shared_circuits(get_runtime().settings).status(CONTEXT).forced is None
 
 
 def test_unknown_breaker_or_limit_is_404_naming_the_known_ones(admin: str) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from intent import metrics
 from intent.errors import (
     IncompatibleServiceError,
     ServiceError,
@@ -121,44 +122,39 @@ class ServiceClient:
         self.session.close()
 
     def _request(
-        self, method: str, path: str, json: Any = None, endpoint: str | None = None
+        self, method: str, path: str, json: Any = None, endpoint: str = "", label: str = ""
     ) -> dict[str, Any]:
-        if self.limiter is not None and endpoint is not None:
+        """One guarded call. ``endpoint`` names the rate limit it counts against;
+        ``label`` (default: the endpoint) names it in metrics and logs."""
+        if self.limiter is not None and endpoint:
             self.limiter(endpoint)
 
         def send() -> dict[str, Any]:
-            return self._send(method, path, json)
+            return self._send(method, path, json, label or endpoint or path)
 
         if self.guard is None:
             return send()
         result: dict[str, Any] = self.guard(send)
         return result
 
-    def _send(self, method: str, path: str, json: Any) -> dict[str, Any]:
+    def _send(self, method: str, path: str, json: Any, endpoint: str) -> dict[str, Any]:
         url = self.base_url + path
         started = time.perf_counter()
         try:
             response = self.session.request(method, url, json=json, timeout=self.timeout)
         except requests.Timeout as exc:
+            self._observe(method, path, endpoint, "timeout", started)
             raise ServiceUnavailableError(
                 self.service, f"timeout on {method} {path}: {type(exc).__name__}"
             ) from exc
         except requests.RequestException as exc:
             # Connection refused/reset, DNS, protocol errors: the service may come back.
+            self._observe(method, path, endpoint, "connection_error", started)
             raise ServiceUnavailableError(
                 self.service, f"connection failed on {method} {path}: {type(exc).__name__}"
             ) from exc
         status = response.status_code
-        log.debug(
-            "downstream request",
-            extra={
-                "service": self.service,
-                "endpoint": path,
-                "method": method,
-                "status": status,
-                "duration": time.perf_counter() - started,
-            },
-        )
+        self._observe(method, path, endpoint, status, started)
         if status >= 500 or status == 429:
             raise ServiceUnavailableError(
                 self.service,
@@ -179,8 +175,22 @@ class ServiceClient:
             )
         return body
 
+    def _observe(
+        self, method: str, path: str, endpoint: str, status: int | str, started: float
+    ) -> None:
+        """Count and log one request: ``endpoint`` is its logical name (bounded label
+        values), ``status`` the HTTP status or the error kind."""
+        duration = time.perf_counter() - started
+        metrics.observe_request(self.service, endpoint, status, duration)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %s -> %s in %.1f ms", self.service, method, path, status, duration * 1000,
+                extra={"service": self.service, "endpoint": endpoint, "method": method,
+                       "path": path, "status": status, "duration": round(duration, 6)},
+            )  # fmt: skip
+
     def health(self) -> dict[str, Any]:
-        return self._send("GET", "/health", None)
+        return self._send("GET", "/health", None, "health")
 
     # -- bulk calls -------------------------------------------------------------------
 
@@ -201,7 +211,9 @@ class ServiceClient:
         ``singles`` calls instead. Transient failures of the call itself raise."""
         if path not in self._bulk_missing:
             try:
-                answer = self._request("POST", path, json=body, endpoint=endpoint)
+                answer = self._request(
+                    "POST", path, json=body, endpoint=endpoint, label=f"{endpoint}_batch"
+                )
             except ServiceRequestError as exc:
                 if exc.status == 413:  # this batch is too large for it: one by one this time
                     log.info("%s refused a bulk body as too large; single calls", self.service)

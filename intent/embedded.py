@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -49,15 +50,19 @@ def valkey_executable() -> str:
 class EmbeddedRedis:
     """Start/stop a valkey-server child process. ``url`` is valid once started."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", password: str | None = None
+    ):
         self.host = host
         self.port = port or free_port(host)
+        self.password = password  # requirepass: clients must AUTH (tests of secret masking)
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="intent-valkey-")
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         if self.running:
@@ -73,11 +78,15 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(Path(self._dir) / "valkey.log"),
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         self._process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5
+        )
         try:
             while True:
                 if self._process.poll() is not None:

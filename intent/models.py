@@ -136,6 +136,8 @@ class IntentResult(_Model):
     degraded_reasons: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)  # "context", "predictions"
     status: str = "running"  # running, completed, expired
+    # Epoch seconds the analysis was submitted (its chain built): the start of its duration.
+    submitted_at: float | None = None
     expired_at: str | None = None  # the step that found the deadline passed
 
     def with_retries(self, step: str, count: int) -> IntentResult:

@@ -2,5 +2,7 @@
 
 from celery import Celery
 
+import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
+
 app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
 app.config_from_object("celeryconfig")

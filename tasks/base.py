@@ -26,6 +26,7 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from intent import metrics
 from intent.errors import (
     CircuitOpenError,
     IntentError,
@@ -35,12 +36,14 @@ from intent.errors import (
     ServiceUnavailableError,
 )
 from intent.models import IntentResult
-from intent.pipeline import FALLBACKS
+from intent.pipeline import FALLBACKS, STEPS
 from intent.retry import Backoff
 from intent.runtime import get_runtime
 from intent.settings import Settings, get_settings
 
 log = logging.getLogger("intent.tasks")
+
+STEP_TASK_NAMES = frozenset(f"intent.{name}" for name, _ in STEPS)
 
 
 def _as_domain_error(step: str, exc: Exception) -> Exception:
@@ -49,6 +52,17 @@ def _as_domain_error(step: str, exc: Exception) -> Exception:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return ServiceUnavailableError("redis", f"{type(exc).__name__}: {exc}")
     return exc
+
+
+def log_fields(step: str, exc: Exception, task_id: str | None, **more: Any) -> dict[str, Any]:
+    """The structured fields of a retry or deferral line."""
+    fields: dict[str, Any] = {"step": step, "task_id": task_id, "error": type(exc).__name__}
+    service = getattr(exc, "service", None)
+    if isinstance(service, str):
+        fields["service"] = service
+    if isinstance(exc, RateLimitExceeded):
+        fields["limit"] = exc.limit
+    return {**fields, **more}
 
 
 def deferral_delay(
@@ -106,8 +120,10 @@ class PipelineTask(Task):
         log.warning(
             "retrying %s in %.2f s (retry %d of %d): %s",
             step, countdown, spent + 1, settings.retry_max, exc,
-            extra={"step": step, "task_id": self.request.id, "countdown": countdown},
+            extra=log_fields(step, exc, self.request.id, countdown=round(countdown, 3),
+                          retry=spent + 1, max_retries=settings.retry_max),
         )  # fmt: skip
+        metrics.record_retry(step)
         payload = current.with_retries(step, spent + 1).model_dump(mode="json")
         raise self.retry(
             args=(payload,), exc=exc, countdown=countdown, max_retries=None, **self._shown(current)
@@ -129,13 +145,14 @@ class PipelineTask(Task):
         if current.deferred_seconds + delay > settings.max_deferral:
             log.error(
                 "%s gives up after waiting %.1f s: %s", step, current.deferred_seconds, exc,
-                extra={"step": step, "task_id": self.request.id},
+                extra=log_fields(step, exc, self.request.id, waited=current.deferred_seconds),
             )  # fmt: skip
             raise exc
         log.info(
             "deferring %s by %.2f s: %s", step, delay, exc,
-            extra={"step": step, "task_id": self.request.id, "countdown": delay},
+            extra=log_fields(step, exc, self.request.id, countdown=round(delay, 3)),
         )  # fmt: skip
+        metrics.record_deferral(step, circuit_open=isinstance(exc, CircuitOpenError))
         payload = current.with_deferral(step, delay).model_dump(mode="json")
         raise self.retry(args=(payload,), countdown=delay, max_retries=None, **self._shown(current))
 
@@ -145,4 +162,12 @@ class PipelineTask(Task):
         return {"argsrepr": f"(<analysis {current.request.request_id}>,)", "kwargsrepr": "{}"}
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        log.error("task %s[%s] failed: %s", self.name, task_id, exc)
+        log.error(
+            "task %s[%s] failed: %s", self.name, task_id, exc,
+            extra={"task_id": task_id, "error": type(exc).__name__},
+        )  # fmt: skip
+        # The chain stops at a failed step: the analysis ends here.
+        if self.name == "intent.analyze":
+            metrics.record_failed("rejected")
+        elif self.name in STEP_TASK_NAMES:
+            metrics.record_failed("failed")

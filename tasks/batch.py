@@ -11,6 +11,7 @@ from typing import Any
 from celery import Task, chain
 from celery.result import AsyncResult
 
+from intent import metrics
 from intent.batch import (
     BatchResult,
     expire_pending,
@@ -33,7 +34,7 @@ from intent.runtime import get_runtime
 from intent.settings import Settings, get_settings
 from intent.validation import parse_model
 from tasks.app import app
-from tasks.base import PipelineTask, _as_domain_error, deferral_delay
+from tasks.base import PipelineTask, _as_domain_error, deferral_delay, log_fields
 
 log = logging.getLogger("intent.tasks")
 
@@ -89,8 +90,11 @@ class BatchTask(PipelineTask):
         log.warning(
             "retrying batch %s %s in %.2f s (retry %d of %d): %s",
             current.batch_id, step, countdown, spent + 1, settings.retry_max, exc,
-            extra={"step": step, "task_id": self.request.id, "countdown": countdown},
+            extra=log_fields(step, exc, self.request.id, countdown=round(countdown, 3),
+                          retry=spent + 1, max_retries=settings.retry_max,
+                          batch_id=current.batch_id),
         )  # fmt: skip
+        metrics.record_retry(step)
         payload = current.with_retries(step, spent + 1).model_dump(mode="json")
         raise self.retry(args=(payload,), exc=exc, countdown=countdown, max_retries=None)
 
@@ -111,13 +115,15 @@ class BatchTask(PipelineTask):
             log.error(
                 "batch %s %s gives up after waiting %.1f s: %s",
                 current.batch_id, step, current.deferred_seconds, exc,
-                extra={"step": step, "task_id": self.request.id},
+                extra=log_fields(step, exc, self.request.id, batch_id=current.batch_id),
             )  # fmt: skip
             return fail_pending(step, current, exc)
         log.info(
             "deferring batch %s %s by %.2f s: %s", current.batch_id, step, delay, exc,
-            extra={"step": step, "task_id": self.request.id, "countdown": delay},
+            extra=log_fields(step, exc, self.request.id, countdown=round(delay, 3),
+                          batch_id=current.batch_id),
         )  # fmt: skip
+        metrics.record_deferral(step, circuit_open=isinstance(exc, CircuitOpenError))
         payload = current.with_deferral(step, delay).model_dump(mode="json")
         raise self.retry(args=(payload,), countdown=delay, max_retries=None)
 

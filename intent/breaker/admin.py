@@ -11,6 +11,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from intent import metrics
 from intent.breaker.store import Action, BreakerStore, Report, Snapshot
 
 log = logging.getLogger("intent.breaker")
@@ -98,4 +99,6 @@ class CircuitAdmin:
                 "generation": report.snapshot.generation,
             },
         )
+        if transition is not None and transition.old_state != transition.new_state:
+            metrics.record_transition(name, transition.old_state, transition.new_state)
         return self.status(name)

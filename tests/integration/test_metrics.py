@@ -1,0 +1,224 @@
+"""Prometheus metrics from a real ``celery worker -P prefork -c 2``: every pool process
+writes to the shared metrics directory, and :func:`intent.metrics.exposition` in this
+process (as ``intent admin`` does) merges them, with the breaker state read from Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from intent.errors import ServiceRequestError, ValidationError
+from intent.metrics import exposition, shared_admin
+from intent.reference import ReferenceControl
+from intent.runtime import Runtime
+from intent.settings import load_settings
+from tasks import submit
+from tasks.app import app
+from tasks.stack import WorkerProcess, running_worker
+from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
+from tests.integration.test_pipeline_inprocess import request
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("metrics_worker")]
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+CONTEXT, PREDICTION = "context-service", "prediction-service"
+
+
+@pytest.fixture(scope="module")
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("metrics")
+
+
+@pytest.fixture(scope="module")
+def metrics_worker(reference: ReferenceServices, metrics_dir: Path) -> Iterator[WorkerProcess]:
+    env = {
+        **FAST_RETRY_ENV,
+        "INTENT_METRICS_DIR": str(metrics_dir),
+        "INTENT_CIRCUIT_RECOVERY_TIMEOUT": "2",
+        "INTENT_DEFER_JITTER": "0.2",
+    }
+    with running_worker(concurrency=2, env=env) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def runtime(metrics_dir: Path, reference: ReferenceServices) -> Iterator[Runtime]:
+    """This process as the admin endpoint sees it: same Redis, same metrics directory."""
+    rt = Runtime(load_settings(metrics_dir=str(metrics_dir)))
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def scrape(runtime: Runtime) -> Callable[[], Samples]:
+    def read() -> Samples:
+        body, content_type = exposition(runtime)
+        assert content_type.startswith("text/plain")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        }
+
+    return read
+
+
+def requests_total(service: str, endpoint: str, status: int | str) -> tuple[str, tuple]:
+    labels = (("endpoint", endpoint), ("service", service), ("status", str(status)))
+    return "service_requests_total", labels
+
+
+def durations(service: str, endpoint: str) -> tuple[str, tuple]:
+    return "service_request_duration_seconds_count", (("endpoint", endpoint), ("service", service))
+
+
+def one(name: str, **labels: str) -> tuple[str, tuple]:
+    return name, tuple(sorted(labels.items()))
+
+
+def delta(before: Samples, after: Samples, key: tuple[str, tuple]) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def requests_in(path: Path) -> float:
+    """service_requests_total as one process's own file holds it."""
+    return sum(
+        s.value
+        for metric in MultiProcessCollector.merge([str(path)])
+        for s in metric.samples
+        if s.name == "service_requests_total"
+    )
+
+
+def test_counts_from_both_pool_processes_add_up(
+    clean: redis.Redis,
+    metrics_worker: WorkerProcess,
+    metrics_dir: Path,
+    scrape: Callable[[], Samples],
+) -> None:
+    before = scrape()
+    tag = uuid.uuid4().hex[:8]
+    n = 16
+    started = time.time()
+    # Distinct contexts: each analysis calls the Context Service (no fresh cache entry).
+    analyses = [
+        submit(request(request_id=f"m-{tag}-{i}", context_id=f"ctx-m-{tag}-{i}")) for i in range(n)
+    ]
+    results = [analysis.get(timeout=60) for analysis in analyses]
+    elapsed = time.time() - started
+    after = scrape()
+
+    assert all(r.status == "completed" for r in results)
+    assert delta(before, after, requests_total(CONTEXT, "get_context", 200)) == n
+    assert delta(before, after, requests_total(PREDICTION, "predict", 200)) == n
+    assert delta(before, after, durations(CONTEXT, "get_context")) == n
+    assert delta(before, after, durations(PREDICTION, "predict")) == n
+    assert delta(before, after, requests_total(CONTEXT, "health", 200)) >= 1  # version checks
+    assert delta(before, after, one("analyses_finished_total", status="completed")) == n
+    assert delta(before, after, one("analysis_duration_seconds_count")) == n
+    # Each duration runs from submission to the end of its last step: inside this test.
+    assert 0 < delta(before, after, one("analysis_duration_seconds_sum")) <= n * elapsed
+
+    # Both pool processes did part of the work, each in its own file.
+    per_process = {
+        pid: requests_in(metrics_dir / f"counter_{pid}.db") for pid in metrics_worker.child_pids()
+    }
+    assert len(per_process) == 2
+    assert all(count > 0 for count in per_process.values()), per_process
+
+
+def test_retries_after_injected_503s(
+    clean: redis.Redis, context_service: ReferenceControl, scrape: Callable[[], Samples]
+) -> None:
+    before = scrape()
+    context_service.set_faults(status=503, count=2)
+    result = submit(request(context_id=f"ctx-r-{uuid.uuid4().hex[:8]}")).get(timeout=30)
+    after = scrape()
+
+    assert result.retries == {"fetch_context": 2}
+    assert [c["status"] for c in api_calls(context_service)] == [503, 503, 200]
+    assert delta(before, after, requests_total(CONTEXT, "get_context", 503)) == 2
+    assert delta(before, after, requests_total(CONTEXT, "get_context", 200)) == 1
+    assert delta(before, after, durations(CONTEXT, "get_context")) == 3
+    assert delta(before, after, one("task_retries_total", step="fetch_context")) == 2
+    assert delta(before, after, one("task_retries_total", step="predict")) == 0
+    # The shared breaker counted both failures; read from Redis at the scrape.
+    assert after[one("circuit_breaker_window_failures", breaker=CONTEXT)] == 2
+    assert after[one("circuit_breaker_state", breaker=CONTEXT, state="closed")] == 1
+
+
+def test_failed_and_rejected_analyses(
+    clean: redis.Redis, context_service: ReferenceControl, scrape: Callable[[], Samples]
+) -> None:
+    before = scrape()
+    context_service.set_faults(status=404, count=1)  # permanent: the analysis fails at once
+    with pytest.raises(ServiceRequestError):
+        submit(request(context_id=f"ctx-f-{uuid.uuid4().hex[:8]}")).get(timeout=30)
+    # By name, as a web application sends it: refused by intent.analyze on the worker.
+    invalid = app.send_task("intent.analyze", args=[{"client_id": "no spaces allowed"}])
+    with pytest.raises(ValidationError):
+        invalid.get(timeout=30)
+    after = scrape()
+
+    assert delta(before, after, one("analyses_finished_total", status="failed")) == 1
+    assert delta(before, after, one("analyses_finished_total", status="rejected")) == 1
+    assert delta(before, after, one("analyses_finished_total", status="completed")) == 0
+    assert delta(before, after, requests_total(CONTEXT, "get_context", 404)) == 1
+    assert delta(before, after, one("task_retries_total", step="fetch_context")) == 0
+    assert delta(before, after, one("analysis_duration_seconds_count")) == 0
+
+
+def _wait_for_state(runtime: Runtime, name: str, state: str, timeout: float) -> None:
+    admin = shared_admin(runtime)
+    deadline = time.monotonic() + timeout
+    while admin.status(name).state != state:
+        assert time.monotonic() < deadline, f"{name} never became {state}"
+        time.sleep(0.02)
+
+
+def test_breaker_transitions_and_state(
+    clean: redis.Redis,
+    prediction_service: ReferenceControl,
+    runtime: Runtime,
+    scrape: Callable[[], Samples],
+) -> None:
+    def transitions(old: str, new: str) -> tuple[str, tuple]:
+        return one(
+            "circuit_breaker_transitions_total", breaker=PREDICTION, from_state=old, to_state=new
+        )
+
+    def state(name: str) -> tuple[str, tuple]:
+        return one("circuit_breaker_state", breaker=PREDICTION, state=name)
+
+    before = scrape()
+    prediction_service.set_faults(status=503)  # every predict fails until cleared
+    tag = uuid.uuid4().hex[:8]
+    analyses = [submit(request(context_id=f"ctx-b-{tag}-{i}")) for i in range(3)]
+    _wait_for_state(runtime, PREDICTION, "open", timeout=15)
+    opened = scrape()
+    prediction_service.clear_faults()  # recovered before the trial call (2 s after opening)
+
+    assert delta(before, opened, transitions("closed", "open")) == 1
+    assert opened[state("open")] == 1
+    assert opened[state("closed")] == opened[state("half-open")] == 0
+
+    results = [analysis.get(timeout=60) for analysis in analyses]
+    after = scrape()
+    assert all(r.status == "completed" for r in results)
+    assert delta(before, after, transitions("closed", "open")) == 1
+    assert delta(before, after, transitions("open", "half-open")) == 1
+    assert delta(before, after, transitions("half-open", "closed")) == 1
+    assert after[state("closed")] == 1 and after[state("open")] == 0
+    assert delta(before, after, one("circuit_open_deferrals_total", step="predict")) >= 1
+    # What the service answered is what was counted, outcome by outcome.
+    statuses = [c["status"] for c in api_calls(prediction_service)]
+    assert delta(before, after, requests_total(PREDICTION, "predict", 503)) == statuses.count(503)
+    assert delta(before, after, requests_total(PREDICTION, "predict", 200)) == statuses.count(200)
+    assert statuses.count(503) >= 5 and statuses.count(200) == 3

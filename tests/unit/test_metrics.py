@@ -1,0 +1,240 @@
+"""Metrics without a broker: the recorders, breaker transitions counted once, the breaker
+state collector, the exposition, and multiprocess mode across a fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from intent import metrics
+from intent.breaker import (
+    BreakerStatus,
+    CircuitAdmin,
+    CircuitBreaker,
+    CircuitConfig,
+    MemoryStore,
+    StoreError,
+)
+from intent.errors import ServiceUnavailableError
+from intent.models import IntentRequest, IntentResult
+from intent.runtime import Runtime
+from intent.settings import load_settings
+
+
+@pytest.fixture
+def fresh() -> Iterator[metrics.Metrics]:
+    """This process's metrics, rebuilt from the (clean) settings: in-process mode."""
+    metrics.reset_metrics()
+    yield metrics.metrics()
+    metrics.reset_metrics()
+
+
+def sample(m: metrics.Metrics, name: str, **labels: str) -> float:
+    value = m.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def parse(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_requests_are_counted_by_service_endpoint_and_status(fresh: metrics.Metrics) -> None:
+    metrics.observe_request("context-service", "get_context", 200, 0.004)
+    metrics.observe_request("context-service", "get_context", 200, 0.2)
+    metrics.observe_request("context-service", "get_context", "timeout", 5.0)
+    metrics.observe_request("prediction-service", "predict", 503, 0.01)
+
+    ctx = {"service": "context-service", "endpoint": "get_context"}
+    assert sample(fresh, "service_requests_total", **ctx, status="200") == 2
+    assert sample(fresh, "service_requests_total", **ctx, status="timeout") == 1
+    assert sample(fresh, "service_request_duration_seconds_count", **ctx) == 3
+    assert sample(fresh, "service_request_duration_seconds_sum", **ctx) == pytest.approx(5.204)
+    assert sample(fresh, "service_request_duration_seconds_bucket", **ctx, le="0.005") == 1
+    assert sample(fresh, "service_request_duration_seconds_bucket", **ctx, le="0.25") == 2
+    assert (
+        sample(fresh, "service_requests_total", service="prediction-service", endpoint="predict",
+               status="503") == 1
+    )  # fmt: skip
+
+
+def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Metrics) -> None:
+    request = IntentRequest(client_id="web", context_id="c1", pattern_id="checkout")
+    started = IntentResult(request=request, submitted_at=1000.0)
+    completed = started.model_copy(update={"status": "completed"})
+    degraded = completed.degrade("context", "stale").degrade("predictions", "last known")
+    expired = started.model_copy(update={"status": "expired"})
+
+    metrics.record_finished(completed, now=1000.8)
+    metrics.record_finished(degraded, now=1003.0)
+    metrics.record_finished(expired, now=1400.0)
+    metrics.record_finished(IntentResult(request=request, status="completed"))  # no start time
+    metrics.record_failed()
+    metrics.record_failed("rejected")
+
+    assert sample(fresh, "analyses_finished_total", status="completed") == 3
+    assert sample(fresh, "analyses_finished_total", status="expired") == 1
+    assert sample(fresh, "analyses_finished_total", status="failed") == 1
+    assert sample(fresh, "analyses_finished_total", status="rejected") == 1
+    assert sample(fresh, "analyses_degraded_total", fallback="context") == 1
+    assert sample(fresh, "analyses_degraded_total", fallback="predictions") == 1
+    assert sample(fresh, "analysis_duration_seconds_count") == 3
+    assert sample(fresh, "analysis_duration_seconds_sum") == pytest.approx(0.8 + 3.0 + 400.0)
+    assert sample(fresh, "analysis_duration_seconds_bucket", le="1.0") == 1
+
+
+def test_retries_and_deferrals_by_step(fresh: metrics.Metrics) -> None:
+    metrics.record_retry("fetch_context")
+    metrics.record_retry("fetch_context")
+    metrics.record_deferral("predict", circuit_open=True)
+    metrics.record_deferral("fetch_context", circuit_open=False)
+
+    assert sample(fresh, "task_retries_total", step="fetch_context") == 2
+    assert sample(fresh, "circuit_open_deferrals_total", step="predict") == 1
+    assert sample(fresh, "rate_limit_deferrals_total", step="fetch_context") == 1
+    assert sample(fresh, "rate_limit_deferrals_total", step="predict") == 0
+
+
+def test_each_transition_is_counted_once_by_the_process_that_made_it(
+    fresh: metrics.Metrics,
+) -> None:
+    store = MemoryStore()
+    config = CircuitConfig(failure_threshold=2, min_throughput=2, recovery_timeout=60)
+    breaker = CircuitBreaker("svc-a", config, store=store)
+    other = CircuitBreaker("svc-a", config, store=store)  # another process's view
+
+    def fail() -> None:
+        raise ServiceUnavailableError("svc-a", "down")
+
+    for b in (breaker, other):
+        with pytest.raises(ServiceUnavailableError):
+            b.call(fail)
+    assert store.snapshot("svc-a").state == "open"
+    CircuitAdmin(store).reset("svc-a", "test")
+    CircuitAdmin(store).reset("svc-a", "again: already closed")  # no state change
+
+    def transitions(old: str, new: str) -> float:
+        return sample(
+            fresh, "circuit_breaker_transitions_total", breaker="svc-a", from_state=old,
+            to_state=new,
+        )  # fmt: skip
+
+    assert transitions("closed", "open") == 1
+    assert transitions("open", "closed") == 1
+    assert transitions("closed", "closed") == 0
+
+
+def test_breaker_state_is_read_from_the_store_at_scrape_time() -> None:
+    store = MemoryStore()
+    admin = CircuitAdmin(store)
+    admin.force_open("context-service", "maintenance")
+    admin.reset("prediction-service", "seen")
+    collected = parse_collector(metrics.BreakerStateCollector(lambda: admin))
+
+    def state(breaker: str, name: str) -> float:
+        return collected[("circuit_breaker_state", (("breaker", breaker), ("state", name)))]
+
+    assert collected[("circuit_breaker_store_up", ())] == 1
+    assert state("context-service", "open") == 1
+    assert state("context-service", "closed") == 0
+    assert state("context-service", "half-open") == 0
+    assert state("prediction-service", "closed") == 1
+
+    admin.reset("context-service", "over")  # the next scrape sees the change
+    assert (
+        parse_collector(metrics.BreakerStateCollector(lambda: admin))[
+            ("circuit_breaker_state", (("breaker", "context-service"), ("state", "closed")))
+        ]
+        == 1
+    )
+
+
+def test_an_unreadable_store_is_reported_not_raised() -> None:
+    class Broken(CircuitAdmin):
+        def list(self) -> list[BreakerStatus]:
+            raise StoreError("redis unreachable")
+
+    collected = parse_collector(metrics.BreakerStateCollector(lambda: Broken(MemoryStore())))
+    assert collected == {("circuit_breaker_store_up", ()): 0}
+
+
+def parse_collector(
+    collector: metrics.BreakerStateCollector,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in collector.collect()
+        for s in family.samples
+    }
+
+
+def test_exposition_in_process_mode_is_parseable_and_complete(fresh: metrics.Metrics) -> None:
+    runtime = Runtime(load_settings())  # no Redis URL: breakers on a memory store
+    CircuitAdmin(runtime.breaker_store).force_open("context-service", "test")
+    metrics.observe_request("context-service", "get_context", 200, 0.01)
+
+    body, content_type = metrics.exposition(runtime)
+    assert content_type.startswith("text/plain")
+    samples = parse(body)
+    key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
+    assert samples[("service_requests_total", key)] == 1
+    assert samples[("circuit_breaker_state", (("breaker", "context-service"), ("state", "open")))]
+    assert samples[("circuit_breaker_store_up", ())] == 1
+
+    body, content_type = metrics.exposition(runtime, accept="application/openmetrics-text")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+
+
+# A fresh interpreter: prometheus_client is imported *before* the settings name a
+# directory, then the parent records, forks, and the child records too.
+MULTIPROCESS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import prometheus_client  # first, without PROMETHEUS_MULTIPROC_DIR
+    os.environ["INTENT_METRICS_DIR"] = sys.argv[1]
+    from intent import metrics
+    metrics.observe_request("context-service", "get_context", 200, 0.01)
+    pid = os.fork()
+    if pid == 0:
+        metrics.observe_request("context-service", "get_context", 200, 0.01)
+        metrics.observe_request("context-service", "get_context", 200, 0.01)
+        metrics.record_retry("predict")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print(os.getpid(), pid)
+    """
+)
+
+
+def test_multiprocess_mode_whoever_imported_prometheus_first(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(directory)],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    parent, child = out.stdout.split()
+    files = {p.name for p in directory.iterdir()}
+    assert {f"counter_{parent}.db", f"counter_{child}.db"} <= files
+
+    runtime = Runtime(load_settings(metrics_dir=str(directory)))
+    samples = parse(metrics.exposition(runtime)[0])
+    key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
+    assert samples[("service_requests_total", key)] == 3  # 1 + 2, the parent's not doubled
+    labels = (("endpoint", "get_context"), ("service", "context-service"))
+    assert samples[("service_request_duration_seconds_count", labels)] == 3
+    assert samples[("task_retries_total", (("step", "predict"),))] == 1
+
+    assert metrics.clear_directory(str(directory)) == len(files)
+    assert list(directory.iterdir()) == []

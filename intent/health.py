@@ -40,6 +40,9 @@ _REFUSING = frozenset({"open", "half_open"})
 # What a service's /health may call itself when it is well.
 _HEALTHY = frozenset({"ok", "healthy", "up", "pass"})
 
+# How long a stored snapshot that found a component down is served before checking anew.
+RECHECK_DOWN_AFTER = 5.0
+
 Component = dict[str, Any]
 # Names of the workers that answered a ping within the timeout.
 WorkerProbe = Callable[[float], Iterable[str]]
@@ -244,8 +247,12 @@ class HealthChecker:
         return snapshot
 
     def current(self) -> dict[str, Any]:
-        """The stored snapshot while it is fresh, else a new check (stored)."""
+        """The stored snapshot while it is fresh, else a new check (stored). A snapshot
+        that found something down is fresh only for a few seconds, so a recovery (or a
+        worker that has just started) shows without waiting for the next periodic check."""
         snapshot = self.stored()
-        if snapshot is not None and time.time() - snapshot["checked_at"] <= self.stale_after:
-            return snapshot
+        if snapshot is not None:
+            fresh_for = self.stale_after if snapshot["status"] != DOWN else RECHECK_DOWN_AFTER
+            if time.time() - snapshot["checked_at"] <= min(fresh_for, self.stale_after):
+                return snapshot
         return self.run()

@@ -41,20 +41,27 @@ def parse_model(model: type[M], payload: Any, *, what: str, max_bytes: int) -> M
         except UnicodeDecodeError:
             raise ValidationError(what, "is not UTF-8 text") from None
     if isinstance(payload, str):
-        if len(payload) > max_bytes:
+        # Characters first (cheap), then UTF-8 bytes: a character takes up to 4.
+        if len(payload) > max_bytes or (
+            len(payload) * 4 > max_bytes and len(payload.encode()) > max_bytes
+        ):
             raise ValidationError(what, f"is larger than {max_bytes} bytes")
         try:
             payload = json.loads(payload)
         except json.JSONDecodeError as exc:
             raise ValidationError(what, f"is not valid JSON ({exc.msg})") from None
-    if not isinstance(payload, dict):
+        if not isinstance(payload, dict):
+            raise ValidationError(what, f"must be a JSON object, not {type(payload).__name__}")
+        # Its size is known from its text: no need to serialise it again to measure it.
+    elif not isinstance(payload, dict):
         raise ValidationError(what, f"must be a JSON object, not {type(payload).__name__}")
-    try:
-        size = len(json.dumps(payload, separators=(",", ":")))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(what, f"is not JSON-serialisable ({exc})") from None
-    if size > max_bytes:
-        raise ValidationError(what, f"is {size} bytes, larger than the {max_bytes} byte cap")
+    else:
+        try:
+            size = len(json.dumps(payload, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(what, f"is not JSON-serialisable ({exc})") from None
+        if size > max_bytes:
+            raise ValidationError(what, f"is {size} bytes, larger than the {max_bytes} byte cap")
     try:
         return model.model_validate(payload)
     except pydantic.ValidationError as exc:

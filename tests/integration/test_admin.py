@@ -14,7 +14,7 @@ import redis
 import requests
 
 from intent.admin import AdminApp
-from intent.health import HealthChecker, shared_circuits
+from intent.health import RECHECK_DOWN_AFTER, HealthChecker, shared_circuits
 from intent.keys import Keys
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
@@ -141,6 +141,21 @@ def test_a_fresh_snapshot_is_served_and_a_stale_one_is_checked_anew(
     clean.set(Keys().health_snapshot, json.dumps(stale))
     renewed = requests.get(admin + "/health", timeout=10).json()
     assert renewed["checked_at"] > first["checked_at"]
+
+
+def test_a_down_snapshot_is_checked_again_after_a_few_seconds(
+    admin: str, clean: redis.Redis, prediction_service: ReferenceControl
+) -> None:
+    prediction_service.set_faults(down=True, include_health=True)
+    down = requests.get(admin + "/health", timeout=10)
+    assert down.status_code == 503
+    prediction_service.clear_faults()
+    assert requests.get(admin + "/health", timeout=10).status_code == 503  # still fresh
+
+    # Aged past the recheck time, though well within the interval's freshness.
+    aged = {**down.json(), "checked_at": time.time() - RECHECK_DOWN_AFTER - 0.5}
+    clean.set(Keys().health_snapshot, json.dumps(aged))
+    assert requests.get(admin + "/health", timeout=10).status_code == 200
 
 
 def test_a_status_change_is_logged_once_however_many_checkers_see_it(

@@ -27,6 +27,7 @@ import requests
 from intent.breaker import CircuitAdmin, RedisStore, StoreError
 from intent.clients import compatible
 from intent.keys import Keys
+from intent.logs import mask_url
 from intent.scripts import register
 from intent.settings import Settings
 
@@ -58,12 +59,13 @@ def check_service_health(
     """``GET {url}/health`` within ``timeout`` seconds (connect and read); with
     ``required_version``, the reported version must be semver-compatible with it."""
     started = time.perf_counter()
+    shown = mask_url(url)  # the snapshot is served and logged: no credentials in it
     try:
         response = requests.get(url.rstrip("/") + "/health", timeout=(timeout, timeout))
     except requests.RequestException as exc:
-        return {"status": DOWN, "error": f"{type(exc).__name__}: unreachable", "url": url}
+        return {"status": DOWN, "error": f"{type(exc).__name__}: unreachable", "url": shown}
     component: Component = {
-        "url": url,
+        "url": shown,
         "latency_ms": _ms(started),
         "http_status": response.status_code,
     }

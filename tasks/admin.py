@@ -7,6 +7,7 @@ import argparse
 
 from intent.admin import AdminApp, serve
 from intent.health import HealthChecker, shared_circuits
+from intent.logs import configure_logging
 from intent.runtime import get_runtime
 from tasks.health import ping_workers
 
@@ -29,6 +30,7 @@ def build_app() -> AdminApp:
 
 def run(args: argparse.Namespace) -> int:
     settings = get_runtime().settings
+    configure_logging(settings, "admin")
     host = args.host or settings.admin_host
     port = args.port or settings.admin_port
     serve(build_app(), host, port)

@@ -17,7 +17,7 @@ from intent.admin import AdminApp
 from intent.health import RECHECK_DOWN_AFTER, HealthChecker, shared_circuits
 from intent.keys import Keys
 from intent.reference import ReferenceControl
-from intent.runtime import get_runtime
+from intent.runtime import get_runtime, reset_runtime
 from intent.serving import WsgiServer
 from tasks.health import ping_workers
 from tasks.stack import WorkerProcess
@@ -312,3 +312,33 @@ def test_the_beat_schedule_runs_the_check_every_interval_with_expiry() -> None:
     assert entry["options"]["expires"] == interval
     assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
     assert "intent.health_check" in app.tasks
+
+
+def test_the_wired_admin_app_reads_its_token_from_settings_and_serves_metrics(
+    clean: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tasks.admin import build_app
+
+    monkeypatch.setenv("INTENT_ADMIN_TOKEN", TOKEN)
+    reset_runtime()
+    shared_circuits(get_runtime().settings).force_open(CONTEXT, "drill")
+    try:
+        with WsgiServer(build_app()) as server:
+            url = f"{server.url}/admin/circuits/{CONTEXT}/reset"
+            assert requests.post(url, timeout=5).status_code == 401
+            assert requests.post(url, headers=auth(), timeout=5).status_code == 200
+            metrics = requests.get(server.url + "/metrics", timeout=10)
+    finally:
+        monkeypatch.delenv("INTENT_ADMIN_TOKEN")
+        reset_runtime()
+
+    assert metrics.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    states = {
+        s.labels["state"]: s.value
+        for s in families["circuit_breaker_state"].samples
+        if s.labels["breaker"] == CONTEXT
+    }
+    assert states["closed"] == 1  # the reset above, read from Redis at the scrape

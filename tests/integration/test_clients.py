@@ -1,0 +1,88 @@
+"""ServiceClient against a real HTTP server answering crafted responses: what is sent, and
+how each kind of answer maps onto the error tree, on both request paths (the session's
+adapter directly, and ``Session.request`` when trust_env is on)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.wrappers import Request, Response
+
+from intent.clients import ServiceClient
+from intent.embedded import free_port
+from intent.errors import ServiceRequestError, ServiceUnavailableError
+from intent.serving import WsgiServer
+
+pytestmark = pytest.mark.integration
+
+seen: list[dict[str, Any]] = []
+
+
+@Request.application  # type: ignore[arg-type]
+def crafted(request: Request) -> Response:
+    seen.append(
+        {
+            "method": request.method,
+            "path": request.path,
+            "accept": request.headers.get("Accept"),
+            "content_type": request.headers.get("Content-Type"),
+            "body": request.get_data(as_text=True),
+        }
+    )
+    if request.path == "/redirect":
+        return Response("", status=302, headers={"Location": "http://elsewhere/x"})
+    if request.path == "/busy":
+        return Response('{"error": "busy"}', status=503, headers={"Retry-After": "7"})
+    if request.path == "/text":
+        return Response("plain text", status=200)
+    return Response(json.dumps({"ok": True}), mimetype="application/json")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with WsgiServer(crafted) as running:  # type: ignore[arg-type]
+        yield running.url
+
+
+@pytest.fixture(params=[False, True], ids=["adapter", "trust_env"])
+def client(request: pytest.FixtureRequest, server: str) -> ServiceClient:
+    seen.clear()
+    return ServiceClient(server, connect_timeout=2, read_timeout=2, trust_env=request.param)
+
+
+def test_json_is_posted_and_accept_is_sent(client: ServiceClient) -> None:
+    assert client._request("POST", "/api", json={"a": [1, 2]}) == {"ok": True}
+    (request,) = seen
+    assert request["method"] == "POST"
+    assert request["accept"] == "application/json"
+    assert request["content_type"] == "application/json"
+    assert json.loads(request["body"]) == {"a": [1, 2]}
+
+
+def test_a_redirect_is_refused_not_followed(client: ServiceClient) -> None:
+    with pytest.raises(ServiceRequestError) as raised:
+        client._request("GET", "/redirect")
+    assert raised.value.status == 302
+    assert "redirect to http://elsewhere/x not followed" in str(raised.value)
+    assert [r["path"] for r in seen] == ["/redirect"]
+
+
+def test_503_is_transient_with_its_retry_after(client: ServiceClient) -> None:
+    with pytest.raises(ServiceUnavailableError) as raised:
+        client._request("GET", "/busy")
+    assert raised.value.retry_after == 7.0
+
+
+def test_a_body_that_is_not_json_is_permanent(client: ServiceClient) -> None:
+    with pytest.raises(ServiceRequestError, match="not JSON"):
+        client._request("GET", "/text")
+
+
+def test_a_refused_connection_is_transient() -> None:
+    for trust_env in (False, True):
+        dead = ServiceClient(f"http://127.0.0.1:{free_port()}", trust_env=trust_env)
+        with pytest.raises(ServiceUnavailableError, match="connection failed"):
+            dead._request("GET", "/api")

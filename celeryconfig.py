@@ -4,7 +4,6 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
-from intent.keys import Keys
 from intent.settings import get_settings
 
 _settings = get_settings()
@@ -30,7 +29,9 @@ result_expires = _settings.result_expires
 
 # Redis broker: an unacked message (a running task, or one waiting for its countdown) is
 # redelivered after visibility_timeout; settings refuse a value below the longest
-# countdown plus the hard time limit, so a scheduled retry never runs twice.
+# countdown plus the hard time limit, so a scheduled retry never runs twice. An amqp://
+# broker ignores the option (py-amqp drops unknown transport options); RabbitMQ's bound on
+# an unacked message is its server-side consumer_timeout (README: RabbitMQ as the broker).
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 broker_connection_retry_on_startup = True
 
@@ -42,10 +43,9 @@ task_send_sent_event = True
 # it waited a whole interval. celery-redbeat keeps the schedule in Redis and holds a lock
 # there, so a second beat waits instead of scheduling too; the lock lives 5 loop
 # intervals, so a beat that died is replaced within that.
-beat_scheduler = "redbeat.RedBeatScheduler"
+# (tasks.beat.Scheduler gives redbeat its Redis URL in the beat process only.)
+beat_scheduler = "tasks.beat:Scheduler"
 beat_max_loop_interval = min(5.0, _settings.health_interval)
-redbeat_redis_url = _settings.redis_url
-redbeat_key_prefix = Keys(_settings.key_prefix).beat
 beat_schedule = {
     "health-check": {
         "task": "intent.health_check",

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=_cmd_worker)
 
+    flower = sub.add_parser("flower", help="run Flower, the Celery monitor (basic auth on)")
+    flower.add_argument("--port", type=int, default=None, help="default INTENT_FLOWER_PORT (5555)")
+    flower.add_argument("--address", default=None, help="default all (127.0.0.1 without auth)")
+    flower.set_defaults(func=lambda a: _delegate("tasks.flower", "run")(a))
+
     ref = sub.add_parser("reference", help="serve the reference Context and Prediction services")
     ref.add_argument("--host", default="127.0.0.1")
     ref.add_argument("--context-port", type=int, default=8001)
@@ -126,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     beat = sub.add_parser("beat", help="run celery beat: the periodic health check (one at a time)")
     beat.add_argument("--loglevel", default="INFO")
     beat.set_defaults(func=_cmd_beat)
+
+    up = sub.add_parser("up", help="run the whole stack here: Redis, services, worker, beat, "
+                        "admin, Flower (Ctrl-C stops it all)")  # fmt: skip
+    up.add_argument("--admin-port", type=int, help="default INTENT_ADMIN_PORT, else a free one")
+    up.add_argument("--flower-port", type=int, help="default INTENT_FLOWER_PORT, else a free one")
+    up.add_argument("--concurrency", type=int, help="worker pool processes")
+    up.add_argument("--loglevel", default="INFO", help="worker and beat log level")
+    up.add_argument("--grace", type=float, help="seconds from SIGTERM to SIGKILL (10)")
+    up.add_argument("--timeout", type=float, help="seconds every process has to come up (120)")
+    up.set_defaults(func=lambda a: _delegate("tasks.up", "run")(a))
 
     circuits_cli.add_parser(sub)
     events_cli.add_parser(sub)

@@ -310,7 +310,7 @@ def test_the_beat_schedule_runs_the_check_every_interval_with_expiry() -> None:
     assert entry["task"] == "intent.health_check"
     assert entry["schedule"] == interval
     assert entry["options"]["expires"] == interval
-    assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    assert app.conf.beat_scheduler == "tasks.beat:Scheduler"
     assert "intent.health_check" in app.tasks
 
 

@@ -16,6 +16,8 @@ import pytest
 import redis
 
 from intent.embedded import die_with_parent
+from tasks.app import app
+from tasks.beat import lock_held
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +91,25 @@ def test_a_beat_stopped_cleanly_hands_over_at_once(beats: list[Beat]) -> None:
     (active,) = [b for b in beats if b.sends()]
     (standby,) = [b for b in beats if b is not active]
 
+    assert lock_held(app)
     active.stop(signal.SIGTERM)
     assert "Releasing lock" in active.log.read_text()  # not left to time out
     assert wait_for(lambda: standby.sends() >= 1, 5 * INTERVAL * 5 + 15), standby.log.read_text()
+
+    standby.stop(signal.SIGTERM)
+    assert not lock_held(app)  # what the compose file's health check reads
+
+
+def test_no_worker_shows_the_redis_password_in_its_configuration(redis_url: str) -> None:
+    """``inspect conf`` and Flower show a worker's configuration: only the broker and
+    backend URLs are masked there, so no other key may carry the Redis URL."""
+    code = (
+        "import json; from tasks.app import app; "
+        "print(json.dumps(app.conf.table(with_defaults=False), default=str))"
+    )
+    env = {**os.environ, "INTENT_REDIS_URL": "redis://:pa55word-xyz@127.0.0.1:1/0"}
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "127.0.0.1:1" in shown  # the URL is there, masked
+    assert "pa55word-xyz" not in shown

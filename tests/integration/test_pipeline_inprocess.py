@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Producer
+from kombu import Producer
 
 from intent.errors import ServiceRequestError, ValidationError
 from intent.events import event_from_fields
@@ -121,8 +121,9 @@ def test_malformed_payload_is_refused_by_submit_before_enqueueing(clean: redis.R
 
 
 def test_worker_survives_a_message_that_is_not_json(clean: redis.Redis) -> None:
-    with Connection(get_settings().effective_broker_url) as conn:
-        producer = Producer(conn, exchange=Exchange("intent", type="direct"), routing_key="intent")
+    queue = app.amqp.default_queue  # the queue the worker consumes, on whichever broker
+    with app.connection_for_write() as conn:
+        producer = Producer(conn, exchange=queue.exchange, routing_key=queue.routing_key)
         producer.publish(
             b"\x80\x04not json at all",
             content_type="application/json",

@@ -23,6 +23,7 @@ from intent.errors import (
     ServiceRequestError,
     ServiceUnavailableError,
 )
+from intent.logs import mask_secrets
 from intent.settings import Settings
 
 log = logging.getLogger("intent.clients")
@@ -126,7 +127,11 @@ class ServiceClient:
             )
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=self.session.headers, json=json)
-        return self.session.get_adapter(url).send(prepared, timeout=self.timeout)
+        response = self.session.get_adapter(url).send(prepared, timeout=self.timeout)
+        # Read the body here, as Session.send does: a body that stalls or breaks off is a
+        # timeout or connection error of this exchange, mapped like any other.
+        response.content  # noqa: B018
+        return response
 
     def reconnect(self) -> None:
         """Drop pooled connections and start a fresh session."""
@@ -171,7 +176,7 @@ class ServiceClient:
         status = response.status_code
         self._observe(method, path, endpoint, status, started)
         if 300 <= status < 400:
-            location = response.headers.get("Location", "(no Location)")
+            location = mask_secrets(response.headers.get("Location", "(no Location)"))
             raise ServiceRequestError(
                 self.service, status, f"{method} {path}: redirect to {location} not followed"
             )

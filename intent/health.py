@@ -19,15 +19,17 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
 import requests
 
 from intent.breaker import CircuitAdmin, RedisStore, StoreError
+from intent.breaker.policy import HALF_OPEN, OPEN
 from intent.clients import compatible
 from intent.keys import Keys
-from intent.logs import mask_url
+from intent.logs import mask_secrets, mask_url
 from intent.scripts import register
 from intent.settings import Settings
 
@@ -37,7 +39,7 @@ OK, DEGRADED, DOWN = "ok", "degraded", "down"
 COMPONENTS = ("context_service", "prediction_service", "redis", "circuit_breakers", "workers")
 _RANK = {OK: 0, DEGRADED: 1, DOWN: 2}
 # Breaker states in which calls are refused (analyses fall back or wait).
-_REFUSING = frozenset({"open", "half_open"})
+_REFUSING = frozenset({OPEN, HALF_OPEN})
 # What a service's /health may call itself when it is well.
 _HEALTHY = frozenset({"ok", "healthy", "up", "pass"})
 
@@ -94,7 +96,7 @@ def check_redis(client: redis.Redis) -> Component:
         client.ping()
         info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
     except redis.RedisError as exc:
-        return {"status": DOWN, "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": DOWN, "error": mask_secrets(f"{type(exc).__name__}: {exc}")}
     version = info.get("valkey_version") or info.get("redis_version")
     return {"status": OK, "latency_ms": _ms(started), "version": version}
 
@@ -104,7 +106,7 @@ def check_breakers(admin: CircuitAdmin) -> Component:
     try:
         statuses = admin.list()
     except StoreError as exc:
-        return {"status": DOWN, "error": f"shared breaker state unreachable: {exc}"}
+        return {"status": DOWN, "error": mask_secrets(f"shared breaker state unreachable: {exc}")}
     breakers = {
         s.name: {
             "state": s.state,
@@ -126,7 +128,8 @@ def check_workers(probe: WorkerProbe, timeout: float) -> Component:
     try:
         names = sorted(probe(timeout))
     except Exception as exc:  # a broker that is down, say: the component is down
-        return {"status": DOWN, "error": f"{type(exc).__name__}: {exc}", "answered": []}
+        error = mask_secrets(f"{type(exc).__name__}: {exc}")
+        return {"status": DOWN, "error": error, "answered": []}
     if not names:
         return {
             "status": DOWN,
@@ -184,15 +187,20 @@ class HealthChecker:
         """A fresh snapshot (not stored)."""
         s = self.settings
         timeout = s.health_timeout
-        snapshot: dict[str, Any] = {
-            "context_service": check_service_health(
+        checks: dict[str, Callable[[], Component]] = {
+            "context_service": lambda: check_service_health(
                 s.context_service_url, timeout, s.required_context_service_version
             ),
-            "prediction_service": check_service_health(s.prediction_service_url, timeout),
-            "redis": check_redis(self.redis),
-            "circuit_breakers": check_breakers(self.breaker_admin),
-            "workers": check_workers(self.workers, timeout),
+            "prediction_service": lambda: check_service_health(s.prediction_service_url, timeout),
+            "redis": lambda: check_redis(self.redis),
+            "circuit_breakers": lambda: check_breakers(self.breaker_admin),
+            "workers": lambda: check_workers(self.workers, timeout),
         }
+        # All at once: a check takes as long as its slowest probe, not the sum of them
+        # (a worker ping always waits its whole timeout).
+        with ThreadPoolExecutor(len(checks), thread_name_prefix="health") as pool:
+            futures = {name: pool.submit(check) for name, check in checks.items()}
+            snapshot: dict[str, Any] = {name: f.result() for name, f in futures.items()}
         status = overall(snapshot)
         failing = [c for c in COMPONENTS if snapshot[c]["status"] == DOWN]
         return {

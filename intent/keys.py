@@ -92,13 +92,14 @@ class Keys:
     # -- operations -------------------------------------------------------------------
     @property
     def health_snapshot(self) -> str:
-        """The last health check's snapshot, JSON (TTL a few health intervals)."""
-        return f"{self.prefix}health:snapshot"
+        """The last health check's snapshot, JSON (TTL a few health intervals). Hash-tagged
+        with the statuses: one script writes both."""
+        return f"{{{self.prefix}health}}:snapshot"
 
     @property
     def health_status(self) -> str:
         """Hash of each component's last status, to log changes (TTL as the snapshot)."""
-        return f"{self.prefix}health:status"
+        return f"{{{self.prefix}health}}:status"
 
     @property
     def beat(self) -> str:

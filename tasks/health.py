@@ -8,6 +8,7 @@ scheduler is celery-redbeat's, whose Redis lock lets one beat schedule at a time
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,9 +23,16 @@ def ping_workers(timeout: float) -> Iterable[str]:
     return [name for reply in replies for name in reply]
 
 
+_checkers: dict[int, HealthChecker] = {}
+
+
 def health_checker() -> HealthChecker:
+    """This process's checker, built once (with its own breaker-store client)."""
     rt = get_runtime()
-    return HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers)
+    if _checkers.get(os.getpid()) is None or _checkers[os.getpid()].redis is not rt.redis:
+        _checkers.clear()  # a forked child or a rebuilt runtime starts afresh
+        _checkers[os.getpid()] = HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers)
+    return _checkers[os.getpid()]
 
 
 @app.task(name="intent.health_check", ignore_result=True)

@@ -28,6 +28,7 @@ from werkzeug.wrappers import Request, Response
 from intent.breaker import CircuitAdmin, StoreError
 from intent.clients import ContextServiceClient, PredictionServiceClient
 from intent.health import DOWN, HealthChecker
+from intent.logs import mask_secrets
 from intent.ratelimit import RateLimits
 
 log = logging.getLogger("intent.admin")
@@ -96,12 +97,12 @@ class AdminApp:
         try:
             return handler(request, **values)
         except StoreError as exc:
-            return _error(f"the shared breaker state is unreachable: {exc}", 503)
+            return _error(mask_secrets(f"the shared breaker state is unreachable: {exc}"), 503)
         except redis.RedisError as exc:
             return _error(f"Redis is unreachable: {type(exc).__name__}", 503)
         except Exception as exc:  # an operator gets an answer, the log gets the traceback
             log.exception("admin %s %s failed", request.method, request.path)
-            return _error(f"{type(exc).__name__}: {exc}", 500)
+            return _error(mask_secrets(f"{type(exc).__name__}: {exc}"), 500)
 
     def _refuse(self, request: Request) -> Response | None:
         if self._token is None:

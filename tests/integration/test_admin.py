@@ -342,3 +342,58 @@ def test_the_wired_admin_app_reads_its_token_from_settings_and_serves_metrics(
         if s.labels["breaker"] == CONTEXT
     }
     assert states["closed"] == 1  # the reset above, read from Redis at the scrape
+
+
+def test_a_half_open_breaker_is_degraded(admin: str) -> None:
+    get_runtime().breaker(CONTEXT).half_open()
+
+    body = requests.get(admin + "/health", timeout=10).json()
+
+    assert body["circuit_breakers"]["breakers"][CONTEXT]["state"] == "half-open"
+    assert body["circuit_breakers"]["refusing"] == [CONTEXT]
+    assert body["status"] == "degraded"
+
+
+def test_no_worker_answering_is_down(clean: redis.Redis) -> None:
+    from tasks.app import app
+
+    def nobody(timeout: float) -> list[str]:
+        replies = app.control.ping(destination=["nobody@nowhere"], timeout=timeout) or []
+        return [name for reply in replies for name in reply]
+
+    rt = get_runtime()
+    snapshot = HealthChecker(rt.settings, rt.redis, rt.keys, nobody).run()
+
+    assert snapshot["status"] == "down"
+    assert snapshot["failing"] == ["workers"]
+    assert snapshot["workers"]["answered"] == []
+    assert "no worker answered" in snapshot["workers"]["error"]
+
+
+def test_redis_down_is_503_naming_it_without_its_password(reference: object) -> None:
+    from intent.embedded import free_port
+    from intent.ratelimit import RateLimits
+    from intent.runtime import redis_client
+    from intent.settings import load_settings
+
+    dead = f"redis://:hunter2-pw@127.0.0.1:{free_port()}/0"
+    settings = load_settings(redis_url=dead)
+    client = redis_client(settings)
+    circuits = shared_circuits(settings)
+    app = AdminApp(
+        health=HealthChecker(settings, client, Keys(), ping_workers, circuits),
+        circuits=circuits,
+        rate_limits=RateLimits(settings, Keys()),
+        metrics=lambda: (b"", "text/plain"),
+        token=TOKEN,
+    )
+    with WsgiServer(app) as server:
+        health = requests.get(server.url + "/health", timeout=20)
+        circuits_answer = requests.get(server.url + "/admin/circuits", timeout=20)
+
+    assert health.status_code == 503
+    body = health.json()
+    assert body["failing"] == ["redis", "circuit_breakers"]
+    assert body["workers"]["status"] == "ok"  # the broker is another Redis here
+    assert circuits_answer.status_code == 503
+    assert "hunter2-pw" not in health.text + circuits_answer.text

@@ -5,6 +5,7 @@ adapter directly, and ``Session.request`` when trust_env is on)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,14 @@ def crafted(request: Request) -> Response:
         return Response("", status=302, headers={"Location": "http://elsewhere/x"})
     if request.path == "/busy":
         return Response('{"error": "busy"}', status=503, headers={"Retry-After": "7"})
+    if request.path == "/stalls":
+        # Headers at once, then the body only after the client's read timeout.
+        def body() -> Iterator[bytes]:
+            yield b'{"ok": '
+            time.sleep(1.5)
+            yield b"true}"
+
+        return Response(body(), mimetype="application/json", headers={"Content-Length": "12"})
     if request.path == "/text":
         return Response("plain text", status=200)
     return Response(json.dumps({"ok": True}), mimetype="application/json")
@@ -74,6 +83,13 @@ def test_503_is_transient_with_its_retry_after(client: ServiceClient) -> None:
     with pytest.raises(ServiceUnavailableError) as raised:
         client._request("GET", "/busy")
     assert raised.value.retry_after == 7.0
+
+
+def test_a_body_that_stalls_is_a_transient_failure(server: str) -> None:
+    for trust_env in (False, True):
+        slow = ServiceClient(server, connect_timeout=1, read_timeout=0.5, trust_env=trust_env)
+        with pytest.raises(ServiceUnavailableError):
+            slow._request("GET", "/stalls")
 
 
 def test_a_body_that_is_not_json_is_permanent(client: ServiceClient) -> None:

@@ -83,6 +83,10 @@ class PipelineTask(Task):
 
     abstract = True
     typing = True
+    # How much of a result Celery puts in its "succeeded" log line and event (Flower): an
+    # analysis is kilobytes, and Celery builds this repr for every task it runs; the whole
+    # result stays in the result backend.
+    resultrepr_maxsize = 256
 
     def recover(self, step: str, exc: Exception, current: IntentResult) -> IntentResult:
         """Answer a failed step: a fallback result to continue with, or raise the retry,

@@ -1,11 +1,19 @@
-"""A WSGI app on a real socket: werkzeug's threaded server in a daemon thread, without an
-access-log line per request. Serves the reference services and the admin endpoint."""
+"""A WSGI app on a real socket, in a background thread.
+
+- :class:`WsgiServer`: werkzeug's threaded server without an access-log line per request
+  (a connection per request); serves the reference services in tests and benchmarks.
+- :class:`TornadoWsgiServer`: Tornado's HTTP server, a production server; serves the
+  admin endpoint (`intent admin`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Any
 from wsgiref.types import WSGIApplication
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -87,6 +95,90 @@ class WsgiServer:
             self._thread = None
 
     def __enter__(self) -> WsgiServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class TornadoWsgiServer:
+    """One WSGI app on Tornado's HTTP server (keep-alive, a production server), its IO loop
+    in a daemon thread and the app on a thread pool. The same interface as WsgiServer."""
+
+    def __init__(
+        self, app: WSGIApplication, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.threads = threads
+        self.url = ""
+        self._loop: Any = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> TornadoWsgiServer:
+        """Bind (port 0: a free port), serve in the background; sets ``port`` and ``url``."""
+        if self._thread is not None:
+            return self
+        from tornado.httpserver import HTTPServer
+        from tornado.ioloop import IOLoop
+        from tornado.netutil import bind_sockets
+        from tornado.wsgi import WSGIContainer
+
+        # Bound here, so a taken port raises OSError in the caller.
+        sockets = bind_sockets(self.port, self.host, backlog=_LISTEN_BACKLOG)
+        self.port = sockets[0].getsockname()[1]
+        self.url = f"http://{_url_host(self.host)}:{self.port}"
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"http-{self.port}")
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            try:
+                self._loop = IOLoop.current()
+                container = WSGIContainer(self.app, executor=self._executor)
+                self._server = HTTPServer(container, xheaders=False)
+                self._server.add_sockets(sockets)
+            except BaseException as exc:  # reported to start() below
+                failed.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.start()
+            self._loop.close(all_fds=True)
+
+        self._thread = threading.Thread(target=serve, name=f"http-{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failed:
+            self._thread = None
+            raise failed[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, close the listening sockets and wait for the loop's thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+
+        def shutdown() -> None:
+            self._server.stop()
+            self._loop.stop()
+
+        self._loop.add_callback(shutdown)
+        thread.join(timeout=5)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> TornadoWsgiServer:
         return self.start()
 
     def __exit__(

@@ -1,4 +1,4 @@
-"""``intent admin``: the admin app on a threaded werkzeug server until SIGINT or SIGTERM."""
+"""``intent admin``: the admin app on Tornado's HTTP server until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 from types import FrameType
 from wsgiref.types import WSGIApplication
 
-from intent.serving import WsgiServer
+from intent.serving import TornadoWsgiServer
 
 log = logging.getLogger("intent.admin")
 
@@ -22,7 +22,7 @@ def serve(app: WSGIApplication, host: str, port: int) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with WsgiServer(app, host, port) as server:
+        with TornadoWsgiServer(app, host, port) as server:
             log.info("admin endpoint listening on %s", server.url, extra={"url": server.url})
             print(f"admin endpoint: {server.url}", flush=True)
             while not stop.wait(0.5):  # a timed wait: the main thread runs the handler

@@ -18,7 +18,7 @@ from intent.health import RECHECK_DOWN_AFTER, HealthChecker, shared_circuits
 from intent.keys import Keys
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime, reset_runtime
-from intent.serving import WsgiServer
+from intent.serving import TornadoWsgiServer as WsgiServer  # as `intent admin` runs it
 from tasks.health import ping_workers
 from tasks.stack import WorkerProcess
 

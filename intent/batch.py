@@ -150,6 +150,7 @@ def start_batch(rt: Runtime, requests: Any, batch_id: str, max_size: int) -> Bat
     """Validate and admit each request: a bad one (or one over its client's intake limit)
     fails alone with its error, the others start running."""
     max_bytes = rt.settings.max_payload_bytes
+    submitted_at = time.time()  # each item's duration runs from here, as a chain's does
     first_index: dict[str, int] = {}
     items: list[BatchItem] = []
     for index, payload in enumerate(parse_requests(requests, max_size, max_bytes)):
@@ -167,7 +168,10 @@ def start_batch(rt: Runtime, requests: Any, batch_id: str, max_size: int) -> Bat
             continue
         items.append(
             item.model_copy(
-                update={"request_id": request.request_id, "result": IntentResult(request=request)}
+                update={
+                    "request_id": request.request_id,
+                    "result": IntentResult(request=request, submitted_at=submitted_at),
+                }
             )
         )
     # with_items settles the status: a batch of nothing but bad requests is already done.

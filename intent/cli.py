@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     flower = sub.add_parser("flower", help="run Flower, the Celery monitor (basic auth on)")
     flower.add_argument("--port", type=int, default=None, help="default INTENT_FLOWER_PORT (5555)")
-    flower.add_argument("--address", default=None, help="default all (127.0.0.1 without auth)")
+    flower.add_argument(
+        "--address", default=None, help="default all; without auth 127.0.0.1, loopback only"
+    )
     flower.set_defaults(func=lambda a: _delegate("tasks.flower", "run")(a))
 
     ref = sub.add_parser("reference", help="serve the reference Context and Prediction services")

@@ -1,7 +1,8 @@
 """Prometheus metrics of the pipeline, correct across prefork worker processes.
 
 With ``INTENT_METRICS_DIR`` set, every process writes its samples to files in that
-directory (prometheus_client's multiprocess mode) and :func:`exposition` merges them;
+directory (prometheus_client's multiprocess mode, the files named by host and pid: see
+:class:`ProcessIdentifier`) and :func:`exposition` merges them;
 without it, metrics live in this process's registry. Breaker state is read from the shared
 store when scraped, so it is the fleet's state, not one process's last sight of it.
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from intent.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from intent.batch import BatchResult
     from intent.breaker.admin import CircuitAdmin
     from intent.models import IntentResult
     from intent.runtime import Runtime
@@ -105,16 +109,48 @@ _metrics_pid = 0
 _lock = threading.Lock()
 
 
+def _host_name() -> str:
+    """This machine's (container's) name as it may appear in a file name: no ``_``
+    (prometheus_client splits file names on it) and no path separator."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+class ProcessIdentifier:
+    """``<hostname>-<pid>``: what names this process's sample files
+    (``counter_<host>-<pid>.db``).
+
+    prometheus_client names them by pid alone, but containers have pid namespaces of
+    their own: two containers sharing a metrics volume (a worker and the admin, or
+    ``--scale worker=2``) would both write ``counter_7.db``, each overwriting the other's
+    totals. prometheus_client calls this at every increment to notice a fork, so it costs
+    a ``getpid`` and a comparison; the name is looked up once per process."""
+
+    __slots__ = ("_pid", "_value")
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._value = ""
+
+    def __call__(self) -> str:
+        pid = os.getpid()
+        if pid != self._pid:  # first call, or a forked child
+            self._value = f"{_host_name()}-{pid}"
+            self._pid = pid
+        return self._value
+
+
 def _use_directory(directory: str) -> None:
     """Multiprocess mode from now on in this process: samples go to files in ``directory``.
 
     prometheus_client picks its value class when it is imported, from
-    ``PROMETHEUS_MULTIPROC_DIR``; whoever imported it first, the class is set here before
-    any of our metrics exists."""
+    ``PROMETHEUS_MULTIPROC_DIR``, with files named by pid alone; whoever imported it first,
+    ours (named by host and pid) is set here before any of our metrics exists."""
     os.makedirs(directory, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
+    if not getattr(values.ValueClass, "_intent_host_and_pid", False):
+        value_class = values.MultiProcessValue(process_identifier=ProcessIdentifier())
+        value_class._intent_host_and_pid = True
+        values.ValueClass = value_class
 
 
 def metrics(settings: Settings | None = None) -> Metrics:
@@ -170,16 +206,32 @@ def record_deferral(step: str, circuit_open: bool) -> None:
     _safely(record)
 
 
+def _finished(m: Metrics, result: IntentResult, now: float) -> None:
+    m.finished.labels(result.status).inc()
+    for fallback in result.fallbacks:
+        m.degraded.labels(fallback).inc()
+    if result.submitted_at is not None:
+        m.analysis_duration.observe(max(0.0, now - result.submitted_at))
+
+
 def record_finished(result: IntentResult, now: float | None = None) -> None:
     """An analysis came out of its last step (completed or expired)."""
+    _safely(lambda m: _finished(m, result, time.time() if now is None else now))
+
+
+def record_batch_finished(batch: BatchResult, now: float | None = None) -> None:
+    """A batch came out of its last step: each item is one analysis, counted as a single
+    one would be. A completed or expired item as :func:`record_finished` counts it; a
+    failed one as ``failed``, or ``rejected`` when it never started (refused at intake:
+    invalid, or over its client's limit)."""
 
     def record(m: Metrics) -> None:
-        m.finished.labels(result.status).inc()
-        for fallback in result.fallbacks:
-            m.degraded.labels(fallback).inc()
-        if result.submitted_at is not None:
-            elapsed = (time.time() if now is None else now) - result.submitted_at
-            m.analysis_duration.observe(max(0.0, elapsed))
+        at = time.time() if now is None else now
+        for item in batch.items:
+            if item.status == "failed":
+                m.finished.labels("rejected" if item.result is None else "failed").inc()
+            elif item.status in ("completed", "expired") and item.result is not None:
+                _finished(m, item.result, at)
 
     _safely(record)
 

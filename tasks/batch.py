@@ -129,6 +129,8 @@ class BatchTask(PipelineTask):
 
 
 def _batch_step_task(name: str) -> Task:
+    last = name == STEP_NAMES[-1]  # the batch ends with this step
+
     @app.task(bind=True, base=BatchTask, name=f"intent.batch_{name}")
     def run(self: BatchTask, payload: Any) -> dict[str, Any]:
         batch = parse_batch(payload)
@@ -136,6 +138,8 @@ def _batch_step_task(name: str) -> Task:
             out = run_batch_step(get_runtime(), name, batch)
         except Exception as exc:
             out = self.recover_batch(name, exc, batch)
+        if last:
+            metrics.record_batch_finished(out)  # each item, as a single analysis counts
         return out.model_dump(mode="json")
 
     return run
@@ -169,6 +173,7 @@ def analyze_batch(self: BatchTask, requests: Any) -> dict[str, Any]:
     ``ValidationError("requests", ...)``; a bad request fails alone in the batch result."""
     batch = start_batch(get_runtime(), requests, self.request.id, batch_max_size())
     if batch.status == "completed":  # every request was refused: nothing to run
+        metrics.record_batch_finished(batch)
         return batch.model_dump(mode="json")
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
     # the batch result.

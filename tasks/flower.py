@@ -4,8 +4,8 @@ Basic auth is on unless ``INTENT_ENVIRONMENT=development``: in production Flower
 start without ``INTENT_FLOWER_BASIC_AUTH``. The credentials reach Flower in its
 ``FLOWER_BASIC_AUTH`` environment variable, not on its command line, so ``ps`` does not
 show them. In development without credentials Flower's API is enabled
-(``FLOWER_UNAUTHENTICATED_API``) and Flower listens on 127.0.0.1 only, unless
-``--address`` says otherwise.
+(``FLOWER_UNAUTHENTICATED_API``: anyone who reaches it can shut workers down), so Flower
+listens on 127.0.0.1, and an ``--address`` that is not a loopback address is refused.
 
 Other ``FLOWER_*`` variables reach Flower unchanged, e.g. ``FLOWER_BROKER_API`` (the
 RabbitMQ management API Flower's broker page reads; by default derived from the broker
@@ -15,7 +15,9 @@ URL on port 15672).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Mapping
 
@@ -38,6 +40,31 @@ def _credentials(value: str) -> list[str]:
     return entries
 
 
+def has_credentials(settings: Settings) -> bool:
+    """Whether Flower runs with basic auth: an empty value (compose's ``${VAR:-}``) counts
+    as unset."""
+    secret = settings.flower_basic_auth
+    return bool(secret is not None and secret.get_secret_value().strip())
+
+
+def is_loopback(address: str) -> bool:
+    """Whether Flower listening on ``address`` is reachable from this machine only: a
+    loopback IP, or a name that resolves to loopback addresses alone. ``""`` (Tornado's
+    every interface) and a name that does not resolve are not."""
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    hosts = {str(info[4][0]).partition("%")[0] for info in infos}
+    return bool(hosts) and all(ipaddress.ip_address(host).is_loopback for host in hosts)
+
+
 def flower_command(
     settings: Settings,
     port: int | None = None,
@@ -46,8 +73,9 @@ def flower_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run Flower for these settings.
 
-    Raises :class:`SettingsError` in production without basic auth credentials, or when
-    the broker or result backend is not configured.
+    Raises :class:`SettingsError` in production without basic auth credentials, without
+    credentials for an ``address`` that is not loopback, or when the broker or result
+    backend is not configured.
     """
     # Flower reads the broker and the result backend through celeryconfig: fail here, with
     # the variable's name, rather than in Celery's traceback.
@@ -57,14 +85,22 @@ def flower_command(
     # INTENT_FLOWER_BASIC_AUTH is the one source of Flower's credentials.
     env.pop("FLOWER_BASIC_AUTH", None)
     env.pop("FLOWER_UNAUTHENTICATED_API", None)
-    secret = settings.flower_basic_auth
-    credentials = secret.get_secret_value().strip() if secret is not None else ""
-    if credentials:  # an empty value (compose's ${VAR:-}) counts as unset
+    if has_credentials(settings):
+        assert settings.flower_basic_auth is not None
+        credentials = settings.flower_basic_auth.get_secret_value().strip()
         env["FLOWER_BASIC_AUTH"] = ",".join(_credentials(credentials))
     elif settings.environment == "development":
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+        # An open Flower (its API can shut workers down) stays on this machine.
         if address is None:
-            address = "127.0.0.1"  # an open Flower stays on this machine
+            address = "127.0.0.1"
+        elif not is_loopback(address):
+            raise SettingsError(
+                f"Flower without basic auth listens on loopback only: --address {address!r} "
+                f"would open its unauthenticated API (which can shut workers down) to other "
+                f"machines; use 127.0.0.1, or set {AUTH_VARIABLE} "
+                "('user:password[,user:password...]') to serve it there"
+            )
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
     else:
         raise SettingsError(
             f"{AUTH_VARIABLE} is not set: Flower needs basic auth credentials "

@@ -46,6 +46,8 @@ import requests
 from intent.embedded import die_with_parent, free_port
 from intent.logs import mask_url
 from intent.settings import ENV_PREFIX, Settings, load_settings
+from tasks.flower import AUTH_VARIABLE as FLOWER_AUTH_VARIABLE
+from tasks.flower import has_credentials
 
 DEFAULT_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 START_TIMEOUT = 120.0  # seconds for every process to answer
@@ -254,6 +256,11 @@ def _redis_answers(url: str) -> bool:
         client.close()
 
 
+def _shown(host: str) -> str:
+    """A host to reach a server listening on ``host`` at (every interface: loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104
+
+
 def _url_port(url: str, default: int) -> int:
     return urlsplit(url).port or default
 
@@ -348,11 +355,16 @@ class Up:
 
     def _start(self) -> None:
         host = self.settings.admin_host
+        flower_host = self._flower_host()
         opts = self.options
         admin_port, note = choose_port(host, opts.admin_port, self.settings.admin_port, "admin")
         notes = [note]
-        flower_port, note = choose_port(host, opts.flower_port, self.settings.flower_port, "flower")
+        flower_port, note = choose_port(
+            flower_host, opts.flower_port, self.settings.flower_port, "flower"
+        )
         notes.append(note)
+        if flower_host != host:
+            notes.append(f"flower: no {FLOWER_AUTH_VARIABLE}: on {flower_host} only, not {host}")
         for note in filter(None, notes):
             self.supervisor.say(f"intent up: {note}")
 
@@ -372,25 +384,31 @@ class Up:
         self.supervisor.start(
             "admin", self._intent("admin", "--host", host, "--port", str(admin_port)), self.env
         )
-        flower_env = dict(self.env)
-        if f"{ENV_PREFIX}ENVIRONMENT" not in self.environ:
-            # Local development: Flower without basic auth (on 127.0.0.1). An environment
-            # the user chose keeps its rules (production: basic auth required).
-            flower_env[f"{ENV_PREFIX}ENVIRONMENT"] = "development"
-        self.supervisor.start(
-            "flower",
-            self._intent("flower", "--port", str(flower_port), "--address", host),
-            flower_env,
-        )
+        self.supervisor.start("flower", *self._flower_command(flower_port))
 
-        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104
-        admin_url, flower_url = f"http://{shown}:{admin_port}", f"http://{shown}:{flower_port}"
+        admin_url = f"http://{_shown(host)}:{admin_port}"
+        flower_url = f"http://{_shown(flower_host)}:{flower_port}"
         # 503 is an answer: the admin is up and names what is not (yet).
         self._wait("admin", lambda: _http_answers(admin_url + "/health", lambda s: s in (200, 503)))
         self._wait("flower", lambda: _http_answers(flower_url + "/healthcheck", _is_ok))
         self._wait_worker(child_settings)
         self.urls[:0] = [("admin", admin_url), ("flower", flower_url)]
         self.urls.append(("metrics", child_settings.metrics_dir or ""))
+
+    def _flower_host(self) -> str:
+        """Where Flower listens: the admin's host, but loopback only without credentials
+        (its API, open then, can shut workers down; ``intent flower`` refuses otherwise)."""
+        return self.settings.admin_host if has_credentials(self.settings) else "127.0.0.1"
+
+    def _flower_command(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """Flower's command line and environment."""
+        env = dict(self.env)
+        if f"{ENV_PREFIX}ENVIRONMENT" not in self.environ:
+            # Local development: Flower without basic auth (on 127.0.0.1). An environment
+            # the user chose keeps its rules (production: basic auth required).
+            env[f"{ENV_PREFIX}ENVIRONMENT"] = "development"
+        argv = self._intent("flower", "--port", str(port), "--address", self._flower_host())
+        return argv, env
 
     def _overrides(self) -> dict[str, object]:
         """The settings the children get that differ from this process's."""

@@ -21,7 +21,13 @@ from tasks.beat import lock_held
 
 pytestmark = pytest.mark.integration
 
-INTERVAL = 1.0
+# The health check's interval, also beat's loop interval: celery-redbeat's lock lives 5 of
+# them (10 s), so a beat held up that long on a loaded machine still keeps it.
+INTERVAL = 2.0
+LOCK_TIMEOUT = 5 * INTERVAL
+# A standby takes the lock at its next loop after the lock is free, then sends each
+# interval: how long two sends take after the active beat dies, with room for a slow start.
+TAKEOVER = LOCK_TIMEOUT + 3 * INTERVAL + 30
 SENT = "Sending due task health-check"
 
 
@@ -71,7 +77,7 @@ def wait_for(condition: object, timeout: float) -> bool:
 
 def test_one_beat_schedules_and_the_other_takes_over_when_it_dies(beats: list[Beat]) -> None:
     assert wait_for(lambda: sum(b.sends() for b in beats) >= 1, 30), "no beat sent anything"
-    time.sleep(6 * INTERVAL)
+    time.sleep(6 * INTERVAL)  # several of the standby's loops: had it scheduled, it would have sent
 
     sending = [b for b in beats if b.sends()]
     assert len(sending) == 1, [b.log.read_text()[-2000:] for b in beats]
@@ -83,7 +89,7 @@ def test_one_beat_schedules_and_the_other_takes_over_when_it_dies(beats: list[Be
     # The active beat dies without releasing its lock: the standby waits out the lock's
     # timeout (5 loop intervals) and schedules from then on.
     active.stop(signal.SIGKILL)
-    assert wait_for(lambda: standby.sends() >= 2, 5 * INTERVAL * 5 + 15), standby.log.read_text()
+    assert wait_for(lambda: standby.sends() >= 2, TAKEOVER), standby.log.read_text()
 
 
 def test_a_beat_stopped_cleanly_hands_over_at_once(beats: list[Beat]) -> None:
@@ -94,7 +100,7 @@ def test_a_beat_stopped_cleanly_hands_over_at_once(beats: list[Beat]) -> None:
     assert lock_held(app)
     active.stop(signal.SIGTERM)
     assert "Releasing lock" in active.log.read_text()  # not left to time out
-    assert wait_for(lambda: standby.sends() >= 1, 5 * INTERVAL * 5 + 15), standby.log.read_text()
+    assert wait_for(lambda: standby.sends() >= 1, TAKEOVER), standby.log.read_text()
 
     standby.stop(signal.SIGTERM)
     assert not lock_held(app)  # what the compose file's health check reads

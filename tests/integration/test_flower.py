@@ -13,13 +13,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 import redis
 import requests
 
-from intent.embedded import die_with_parent, free_port
+from intent.embedded import EmbeddedRedis, die_with_parent, free_port
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
@@ -224,17 +223,26 @@ def test_flower_refuses_requests_without_valid_credentials(
     assert flower.get(path, auth=(SECOND_USER, SECOND_PASSWORD)).status_code == 200
 
 
-def test_flower_keeps_its_credentials_and_the_broker_password_out_of_sight(
-    flower: FlowerProcess,
-) -> None:
+def test_flower_keeps_its_credentials_out_of_its_command_line(flower: FlowerProcess) -> None:
     cmdline = Path(f"/proc/{flower.process.pid}/cmdline").read_bytes().decode()
     assert "flower" in cmdline  # intent flower became Flower in the same process
     assert PASSWORD not in cmdline and SECOND_PASSWORD not in cmdline
     output = flower.output()
-    assert "Broker: " in output
-    password = urlsplit(get_settings().effective_broker_url).password
-    if password:
-        assert password not in output
+    assert PASSWORD not in output and SECOND_PASSWORD not in output
+
+
+def test_flower_shows_a_password_broker_url_masked(tmp_path: Path) -> None:
+    broker_password = f"pw-{uuid.uuid4().hex}"
+    with EmbeddedRedis(password=broker_password) as server:  # the test Redis has none
+        env = {**production_env(), "INTENT_REDIS_URL": server.url}
+        with running_flower(env, tmp_path / "flower.log") as flower:
+            # Flower reads the queue's length from this Redis: the password works.
+            queues = flower.api("/api/queues/length")["active_queues"]
+            assert queues == [{"name": get_settings().queue, "messages": 0}]
+        output = flower.output()
+
+    assert f"Broker: redis://:**@127.0.0.1:{server.port}/0" in output, output
+    assert broker_password not in output
 
 
 def test_flower_in_production_without_credentials_refuses_to_start() -> None:

@@ -8,19 +8,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from intent.batch import BatchResult
 from intent.errors import ServiceRequestError, ValidationError
-from intent.metrics import exposition, shared_admin
+from intent.metrics import _host_name, exposition, shared_admin
+from intent.models import Context
 from intent.reference import ReferenceControl
+from intent.reference.data import context_for
 from intent.runtime import Runtime
 from intent.settings import load_settings
 from tasks import submit
 from tasks.app import app
+from tasks.batch import submit_batch
 from tasks.stack import WorkerProcess, running_worker
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
@@ -36,12 +41,20 @@ def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("metrics")
 
 
+# The worker's breakers trip on this many failures (as many calls), and stay open this
+# long: time enough for a scrape on a loaded machine to see one open.
+TRIP = 5
+RECOVERY = 8
+
+
 @pytest.fixture(scope="module")
 def metrics_worker(reference: ReferenceServices, metrics_dir: Path) -> Iterator[WorkerProcess]:
     env = {
         **FAST_RETRY_ENV,
         "INTENT_METRICS_DIR": str(metrics_dir),
-        "INTENT_CIRCUIT_RECOVERY_TIMEOUT": "2",
+        "INTENT_CIRCUIT_FAILURE_THRESHOLD": str(TRIP),
+        "INTENT_CIRCUIT_MIN_THROUGHPUT": str(TRIP),
+        "INTENT_CIRCUIT_RECOVERY_TIMEOUT": str(RECOVERY),
         "INTENT_DEFER_JITTER": "0.2",
     }
     with running_worker(concurrency=2, env=env) as worker:
@@ -126,9 +139,11 @@ def test_counts_from_both_pool_processes_add_up(
     # Each duration runs from submission to the end of its last step: inside this test.
     assert 0 < delta(before, after, one("analysis_duration_seconds_sum")) <= n * elapsed
 
-    # Both pool processes did part of the work, each in its own file.
+    # Both pool processes did part of the work, each in its own file (host and pid).
+    host = _host_name()
     per_process = {
-        pid: requests_in(metrics_dir / f"counter_{pid}.db") for pid in metrics_worker.child_pids()
+        pid: requests_in(metrics_dir / f"counter_{host}-{pid}.db")
+        for pid in metrics_worker.child_pids()
     }
     assert len(per_process) == 2
     assert all(count > 0 for count in per_process.values()), per_process
@@ -175,6 +190,48 @@ def test_failed_and_rejected_analyses(
     assert delta(before, after, one("analysis_duration_seconds_count")) == 0
 
 
+def test_a_batch_counts_each_item_as_an_analysis(
+    clean: redis.Redis,
+    context_service: ReferenceControl,
+    runtime: Runtime,
+    scrape: Callable[[], Samples],
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+
+    def item(n: int, context_id: str, **fields: Any) -> dict[str, Any]:
+        return {"request_id": f"bm-{tag}-{n}", "client_id": "web", "pattern_id": "checkout",
+                "context_id": context_id, **fields}  # fmt: skip
+
+    requests: list[Any] = [
+        item(0, f"ctx-bm-{tag}-0"),  # completed
+        item(1, f"ctx-bm-{tag}-1", deadline=time.time() - 1),  # expired before any call
+        item(2, f"missing-bm-{tag}"),  # the Context Service answers 404: failed
+        {"request_id": f"bm-{tag}-3", "client_id": "web"},  # invalid: rejected at intake
+    ]
+    stale = Context.model_validate(context_for(f"ctx-bm-{tag}-stale", 1))
+    runtime.context_cache.put(stale, now=time.time() - 3600)  # an hour old: a fallback only
+
+    before = scrape()
+    started = time.time()
+    first = BatchResult.model_validate(submit_batch(requests).get(timeout=60))
+    context_service.set_faults(status=503)  # every context call fails: retries run out
+    degraded = BatchResult.model_validate(submit_batch([item(4, stale.context_id)]).get(60))
+    elapsed = time.time() - started
+    after = scrape()
+
+    assert [i.status for i in first.items] == ["completed", "expired", "failed", "failed"]
+    assert first.items[0].result is not None and not first.items[0].result.degraded
+    (served,) = degraded.items
+    assert served.status == "completed" and served.result is not None
+    assert served.result.fallbacks == ["context"]
+    for status, count in (("completed", 2), ("expired", 1), ("failed", 1), ("rejected", 1)):
+        assert delta(before, after, one("analyses_finished_total", status=status)) == count
+    assert delta(before, after, one("analyses_degraded_total", fallback="context")) == 1
+    # From submit_batch to the end of each batch's last step: completed and expired items.
+    assert delta(before, after, one("analysis_duration_seconds_count")) == 3
+    assert 0 < delta(before, after, one("analysis_duration_seconds_sum")) <= 3 * elapsed
+
+
 def _wait_for_state(runtime: Runtime, name: str, state: str, timeout: float) -> None:
     admin = shared_admin(runtime)
     deadline = time.monotonic() + timeout
@@ -198,12 +255,15 @@ def test_breaker_transitions_and_state(
         return one("circuit_breaker_state", breaker=PREDICTION, state=name)
 
     before = scrape()
-    prediction_service.set_faults(status=503)  # every predict fails until cleared
+    # Exactly the failures that trip the breaker, then the service answers: the trial
+    # call, whenever it comes, succeeds. Each analysis has retries to spare: one would
+    # run out (retry_max 3) only with 4 of the 5 failures its own, i.e. another analysis's
+    # first call coming after its third retry.
+    prediction_service.set_faults(status=503, count=TRIP)
     tag = uuid.uuid4().hex[:8]
     analyses = [submit(request(context_id=f"ctx-b-{tag}-{i}")) for i in range(3)]
-    _wait_for_state(runtime, PREDICTION, "open", timeout=15)
-    opened = scrape()
-    prediction_service.clear_faults()  # recovered before the trial call (2 s after opening)
+    _wait_for_state(runtime, PREDICTION, "open", timeout=30)
+    opened = scrape()  # well within the RECOVERY seconds it stays open
 
     assert delta(before, opened, transitions("closed", "open")) == 1
     assert opened[state("open")] == 1
@@ -221,4 +281,4 @@ def test_breaker_transitions_and_state(
     statuses = [c["status"] for c in api_calls(prediction_service)]
     assert delta(before, after, requests_total(PREDICTION, "predict", 503)) == statuses.count(503)
     assert delta(before, after, requests_total(PREDICTION, "predict", 200)) == statuses.count(200)
-    assert statuses.count(503) >= 5 and statuses.count(200) == 3
+    assert statuses.count(503) == TRIP and statuses.count(200) == 3

@@ -1,12 +1,18 @@
 """How ``intent flower`` starts Flower: basic auth outside development, credentials out of
-the command line."""
+the command line, and an unauthenticated Flower on loopback only (``intent up`` too)."""
 
 from __future__ import annotations
 
+import io
+import os
+import socket
+
 import pytest
 
-from intent.settings import SettingsError, load_settings
-from tasks.flower import flower_command
+from intent import cli
+from intent.settings import SettingsError, get_settings, load_settings
+from tasks.flower import flower_command, is_loopback
+from tasks.up import Options, Up
 
 REDIS = "redis://127.0.0.1:6379/0"
 INHERITED = {"PATH": "/usr/bin", "FLOWER_UNAUTHENTICATED_API": "true", "FLOWER_BASIC_AUTH": "x:y"}
@@ -51,8 +57,52 @@ def test_development_opens_the_api_on_loopback_only() -> None:
     assert env["FLOWER_UNAUTHENTICATED_API"] == "true"
     assert "FLOWER_BASIC_AUTH" not in env  # INTENT_FLOWER_BASIC_AUTH is the only source
     assert argv[-2:] == ["--port=5600", "--address=127.0.0.1"]
-    argv, _ = flower_command(settings, port=5700, address="0.0.0.0", environ={})
-    assert argv[-2:] == ["--port=5700", "--address=0.0.0.0"]
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        argv, _ = flower_command(settings, port=5700, address=loopback, environ={})
+        assert argv[-2:] == ["--port=5700", f"--address={loopback}"]
+
+
+# "" is Tornado's every interface; 10.255.255.1 is no address of this machine, which does
+# not matter: only loopback keeps an open Flower here.
+@pytest.mark.parametrize("address", ["0.0.0.0", "", "::", "10.255.255.1", "web.example"])
+def test_development_without_credentials_refuses_any_other_address(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name counts by what it resolves to: loopback and another address is not loopback.
+    answers = {"web.example": ["127.0.0.1", "10.0.0.5"], "localhost": ["127.0.0.1", "::1"]}
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list[tuple]:
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0)) for ip in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert is_loopback("localhost") and not is_loopback("nowhere.example")
+    settings = load_settings(redis_url=REDIS, environment="development")
+    assert not is_loopback(address)
+    with pytest.raises(SettingsError, match="loopback only") as info:
+        flower_command(settings, address=address, environ={})
+    assert repr(address) in str(info.value)
+    assert "INTENT_FLOWER_BASIC_AUTH" in str(info.value)  # the way to serve it there
+
+
+def test_intent_flower_exits_2_for_an_open_flower_on_every_interface(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INTENT_ENVIRONMENT", "development")
+    monkeypatch.setenv("INTENT_REDIS_URL", REDIS)
+    get_settings.cache_clear()
+
+    def execve(*args: object) -> None:
+        raise AssertionError(f"Flower would have started: {args[1]}")
+
+    monkeypatch.setattr(os, "execve", execve)
+    try:
+        assert cli.main(["flower", "--address", "0.0.0.0"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "loopback only" in err and "'0.0.0.0'" in err
 
 
 def test_development_with_credentials_keeps_auth_on() -> None:
@@ -60,6 +110,54 @@ def test_development_with_credentials_keeps_auth_on() -> None:
     argv, env = flower_command(settings, environ={})
     assert env == {"FLOWER_BASIC_AUTH": "a:b"}
     assert not any(arg.startswith("--address") for arg in argv)
+    # With credentials Flower may listen anywhere.
+    argv, env = flower_command(settings, address="0.0.0.0", environ={})
+    assert argv[-1] == "--address=0.0.0.0" and "FLOWER_UNAUTHENTICATED_API" not in env
+
+
+def up_flower(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]
+) -> tuple[str, list[str], dict[str, str]]:
+    """What ``intent up`` runs as Flower for ``environ``, run through ``intent flower``'s
+    parser and :func:`flower_command` in that environment: its address, Flower's argv and
+    environment."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    up = Up(load_settings(), Options(), environ=environ, out=io.StringIO())
+    argv, env = up._flower_command(5555)
+    assert argv[1:4] == ["-m", "intent.cli", "flower"]
+    args = cli.build_parser().parse_args(argv[3:])
+    for name, value in env.items():
+        if name.startswith("INTENT_"):
+            monkeypatch.setenv(name, value)
+    flower_argv, flower_env = flower_command(load_settings(), args.port, args.address, env)
+    return args.address, flower_argv, flower_env
+
+
+def test_intent_up_keeps_an_open_flower_on_loopback_whatever_the_admin_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    environ = {"INTENT_REDIS_URL": REDIS, "INTENT_ADMIN_HOST": "0.0.0.0"}
+    address, argv, env = up_flower(monkeypatch, environ)
+
+    assert address == "127.0.0.1"
+    assert argv[-1] == "--address=127.0.0.1"
+    assert env["FLOWER_UNAUTHENTICATED_API"] == "true"
+    assert env["INTENT_ENVIRONMENT"] == "development"  # intent up's default for Flower
+
+
+def test_intent_up_serves_flower_with_credentials_on_the_admin_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    environ = {
+        "INTENT_REDIS_URL": REDIS,
+        "INTENT_ADMIN_HOST": "0.0.0.0",
+        "INTENT_FLOWER_BASIC_AUTH": "ops:pw",
+    }
+    address, argv, env = up_flower(monkeypatch, environ)
+
+    assert address == "0.0.0.0" and argv[-1] == "--address=0.0.0.0"
+    assert env["FLOWER_BASIC_AUTH"] == "ops:pw" and "FLOWER_UNAUTHENTICATED_API" not in env
 
 
 def test_a_missing_broker_is_named_before_flower_starts() -> None:

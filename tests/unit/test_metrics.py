@@ -4,6 +4,7 @@ state collector, the exposition, and multiprocess mode across a fork."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from intent import metrics
+from intent.batch import BatchItem, BatchResult, ItemError
 from intent.breaker import (
     BreakerStatus,
     CircuitAdmin,
@@ -91,6 +93,39 @@ def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Me
     assert sample(fresh, "analysis_duration_seconds_count") == 3
     assert sample(fresh, "analysis_duration_seconds_sum") == pytest.approx(0.8 + 3.0 + 400.0)
     assert sample(fresh, "analysis_duration_seconds_bucket", le="1.0") == 1
+
+
+def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None:
+    def item(index: int, status: str, result: IntentResult | None) -> BatchItem:
+        error = None if status != "failed" else ItemError(type="E", message="m")
+        return BatchItem(index=index, request_id=f"r{index}", status=status, result=result,
+                         error=error)  # type: ignore[arg-type]  # fmt: skip
+
+    request = IntentRequest(client_id="web", context_id="c1", pattern_id="checkout")
+    started = IntentResult(request=request, submitted_at=1000.0)
+    done = started.model_copy(update={"status": "completed"})
+    batch = BatchResult(
+        batch_id="b1",
+        items=[
+            item(0, "completed", done),
+            item(1, "completed", done.degrade("context", "stale")),
+            item(2, "expired", started.model_copy(update={"status": "expired"})),
+            item(3, "failed", started.degrade("predictions", "last known")),  # at a step
+            item(4, "failed", None),  # refused at intake
+        ],
+        status="completed",
+    )
+    metrics.record_batch_finished(batch, now=1002.0)
+
+    assert sample(fresh, "analyses_finished_total", status="completed") == 2
+    assert sample(fresh, "analyses_finished_total", status="expired") == 1
+    assert sample(fresh, "analyses_finished_total", status="failed") == 1
+    assert sample(fresh, "analyses_finished_total", status="rejected") == 1
+    # A failed analysis counts no fallback and no duration, as a single one.
+    assert sample(fresh, "analyses_degraded_total", fallback="context") == 1
+    assert sample(fresh, "analyses_degraded_total", fallback="predictions") == 0
+    assert sample(fresh, "analysis_duration_seconds_count") == 3
+    assert sample(fresh, "analysis_duration_seconds_sum") == pytest.approx(6.0)
 
 
 def test_retries_and_deferrals_by_step(fresh: metrics.Metrics) -> None:
@@ -226,7 +261,8 @@ def test_multiprocess_mode_whoever_imported_prometheus_first(tmp_path: Path) -> 
     )  # fmt: skip
     parent, child = out.stdout.split()
     files = {p.name for p in directory.iterdir()}
-    assert {f"counter_{parent}.db", f"counter_{child}.db"} <= files
+    host = metrics._host_name()
+    assert {f"counter_{host}-{parent}.db", f"counter_{host}-{child}.db"} <= files
 
     runtime = Runtime(load_settings(metrics_dir=str(directory)))
     samples = parse(metrics.exposition(runtime)[0])
@@ -238,3 +274,61 @@ def test_multiprocess_mode_whoever_imported_prometheus_first(tmp_path: Path) -> 
 
     assert metrics.clear_directory(str(directory)) == len(files)
     assert list(directory.iterdir()) == []
+
+
+# One container's process: pid 4242 in its own pid namespace, on the host (container) name
+# given. It records, waits for a line on stdin, and records again.
+CONTAINER_SCRIPT = textwrap.dedent(
+    """
+    import os, socket, sys
+    os.getpid = lambda: 4242  # before prometheus_client binds it as its default identifier
+    socket.gethostname = lambda: sys.argv[2]
+    import prometheus_client
+    os.environ["INTENT_METRICS_DIR"] = sys.argv[1]
+    from intent import metrics
+    metrics.observe_request("context-service", "get_context", 200, 0.01)
+    print("recorded", flush=True)
+    sys.stdin.readline()
+    metrics.observe_request("context-service", "get_context", 200, 0.01)
+    print("done", flush=True)
+    """
+)
+
+
+def test_two_containers_with_the_same_pid_keep_files_of_their_own(tmp_path: Path) -> None:
+    """Two containers on one metrics volume, each with a process of pid 4242, recording
+    while the other runs: named by pid alone they would share ``counter_4242.db`` and
+    each overwrite the other's count."""
+    directory = tmp_path / "metrics"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+
+    def start(host: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CONTAINER_SCRIPT, str(directory), host],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert process.stdout is not None and process.stdout.readline() == "recorded\n"
+        return process
+
+    first = start("worker-a1")
+    second = start("worker-b2")  # both running, one sample each
+    for process in (first, second):  # each records once more, in turn
+        out, _ = process.communicate("go\n", timeout=60)
+        assert out == "done\n" and process.returncode == 0
+
+    files = {p.name for p in directory.iterdir()}
+    assert {"counter_worker-a1-4242.db", "counter_worker-b2-4242.db"} <= files
+    samples = parse(metrics.exposition(Runtime(load_settings(metrics_dir=str(directory))))[0])
+    key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
+    assert samples[("service_requests_total", key)] == 4
+    labels = (("endpoint", "get_context"), ("service", "context-service"))
+    assert samples[("service_request_duration_seconds_count", labels)] == 4
+
+
+def test_the_process_identifier_is_a_safe_file_name_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    # prometheus_client splits file names on "_"; a name must not leave the directory.
+    monkeypatch.setattr(socket, "gethostname", lambda: "build_host/../x")
+    identify = metrics.ProcessIdentifier()
+    assert identify() == f"build-host-..-x-{os.getpid()}"
+    monkeypatch.setattr(socket, "gethostname", lambda: "renamed")
+    assert identify() == f"build-host-..-x-{os.getpid()}"  # looked up once per process

@@ -341,6 +341,22 @@ def expire_pending(step: str, batch: BatchResult, at: float) -> BatchResult:
     return batch.with_items(changes)
 
 
+def settle_pending(rt: Runtime, step: str, batch: BatchResult, now: float) -> BatchResult:
+    """What a failed step still decided, before its failure is answered: items past their
+    deadline expire, and at fetch_context an item whose context is fresh in the cache
+    (served before the step failed, or fetched by it) takes it, not degraded."""
+    batch = expire_pending(step, batch, now)
+    if step != "fetch_context":
+        return batch
+    changes: dict[int, BatchItem] = {}
+    for item in pending(step, batch):
+        context_id = _result(item).request.context_id
+        cached = rt.context_cache.get(context_id) if context_id is not None else None
+        if cached is not None and cached.fresh:
+            changes[item.index] = _with_context(item, cached.context)
+    return batch.with_items(changes)
+
+
 def fallback_pending(rt: Runtime, step: str, batch: BatchResult, exc: Exception) -> BatchResult:
     """The step's fallback (stale context, last predictions) for each pending item that
     has one; the others stay pending."""

@@ -19,6 +19,7 @@ from intent.batch import (
     fallback_pending,
     pending,
     run_batch_step,
+    settle_pending,
     start_batch,
 )
 from intent.errors import (
@@ -64,6 +65,11 @@ class BatchTask(PipelineTask):
         settings = get_settings()
         rt = get_runtime()
         exc = _as_domain_error(step, exc)
+        if isinstance(exc, IntentError):
+            # The step raised with its decisions unreturned: keep what it did decide.
+            current = settle_pending(rt, step, current, time.time())
+            if not pending(step, current):
+                return current
         if isinstance(exc, CircuitOpenError | RateLimitExceeded):
             if isinstance(exc, CircuitOpenError):
                 current = fallback_pending(rt, step, current, exc)

@@ -287,6 +287,24 @@ def test_a_stale_context_serves_the_items_that_have_one(
     assert batch.retries == {"fetch_context": get_settings().retry_max}
 
 
+def test_a_fresh_cached_context_is_not_degraded_when_the_bulk_call_fails(
+    clean: redis.Redis, context_service: ReferenceControl
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    requests = requests_for(tag, 2)  # contexts ctx-batch-{tag}-0 and -1
+    fresh = Context.model_validate(context_for(f"ctx-batch-{tag}-0", 1))
+    get_runtime().context_cache.put(fresh)  # fresh: served without a call
+    context_service.set_faults(status=503)  # the bulk call for the other never succeeds
+    batch = run_batch(requests)
+
+    served, missing = batch.items
+    assert served.status == "completed" and served.result is not None
+    assert not served.result.degraded and served.result.fallbacks == []
+    assert served.result.context == fresh
+    assert missing.status == "failed" and missing.error is not None
+    assert missing.error.type == "RetriesExhaustedError"
+
+
 def test_an_item_past_its_deadline_expires_without_a_call(
     clean: redis.Redis, context_service: ReferenceControl
 ) -> None:

@@ -4,15 +4,13 @@ of their admin routes for tests and the demo."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import requests
 
 from intent.reference.app import ServiceState, make_context_app, make_prediction_app
-from intent.serving import WsgiServer
+from intent.serving import WsgiServer, stop_signals, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +66,10 @@ class ReferenceServices:
 
 def run_forever(host: str, context_port: int, prediction_port: int) -> None:
     """Serve both services until SIGINT or SIGTERM (call from the main thread)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with ReferenceServices(host, context_port, prediction_port) as services:
-            print(f"context service: {services.context_url}", flush=True)
-            print(f"prediction service: {services.prediction_url}", flush=True)
-            # A timed wait so the main thread wakes to run the signal handler promptly.
-            while not stop.wait(0.5):
-                pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_signals() as stop, ReferenceServices(host, context_port, prediction_port) as services:
+        print(f"context service: {services.context_url}", flush=True)
+        print(f"prediction service: {services.prediction_url}", flush=True)
+        wait_for(stop)
 
 
 class ReferenceControl:

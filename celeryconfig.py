@@ -4,9 +4,9 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
-from intent.settings import get_settings
+from intent.settings import get_settings as _get_settings
 
-_settings = get_settings()
+_settings = _get_settings()  # underscored: not a Celery setting
 
 broker_url = _settings.effective_broker_url
 result_backend = _settings.effective_result_backend

@@ -180,7 +180,14 @@ def test_failed_and_rejected_analyses(
     invalid = app.send_task("intent.analyze", args=[{"client_id": "no spaces allowed"}])
     with pytest.raises(ValidationError):
         invalid.get(timeout=30)
+    # A failure is counted by the task's on_failure, which Celery runs just after it has
+    # stored the failure the caller saw: give the count that moment.
+    counted = [one("analyses_finished_total", status=s) for s in ("failed", "rejected")]
+    deadline = time.monotonic() + 10
     after = scrape()
+    while any(delta(before, after, key) < 1 for key in counted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = scrape()
 
     assert delta(before, after, one("analyses_finished_total", status="failed")) == 1
     assert delta(before, after, one("analyses_finished_total", status="rejected")) == 1

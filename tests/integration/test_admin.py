@@ -287,13 +287,18 @@ def test_health_check_task_on_the_worker_stores_the_snapshot(clean: redis.Redis)
     assert snapshot["workers"]["count"] >= 1
 
 
-def test_an_expired_health_check_is_dropped_not_run(clean: redis.Redis) -> None:
+def test_an_expired_health_check_is_dropped_not_run(
+    clean: redis.Redis, prefork_worker: WorkerProcess
+) -> None:
     from tasks.app import app
 
     past = datetime.now(UTC) - timedelta(seconds=1)
-    app.send_task("intent.health_check", expires=past)
+    expired = app.send_task("intent.health_check", expires=past)
     # A task sent after it: once it ran, the worker has taken the expired one off the queue.
     assert app.send_task("intent.noop", args=[1]).get(timeout=20) == 1
+    # The worker marked it revoked as expired, rather than running it.
+    revoked = app.control.inspect(destination=[prefork_worker.name], timeout=5).revoked() or {}
+    assert expired.id in revoked.get(prefork_worker.name, [])
 
     # Had the check run, it would have stored a snapshot within its ping timeout.
     deadline = time.monotonic() + 2 * get_runtime().settings.health_timeout + 1

@@ -13,10 +13,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import redis
+
+from intent.lifecycle import Background
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,7 +48,7 @@ def valkey_executable() -> str:
     return str(path)
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Background):
     """Start/stop a valkey-server child process. ``url`` is valid once started."""
 
     def __init__(
@@ -126,14 +127,3 @@ class EmbeddedRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

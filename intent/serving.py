@@ -15,11 +15,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 from wsgiref.types import WSGIApplication
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from intent.lifecycle import Background
 
 _LISTEN_BACKLOG = 1024  # benchmarks open many short connections at once
 
@@ -42,7 +44,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class WsgiServer:
+class WsgiServer(Background):
     """One WSGI app served by werkzeug's threaded server in a daemon thread."""
 
     def __init__(self, app: WSGIApplication, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -97,19 +99,8 @@ class WsgiServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> WsgiServer:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class TornadoWsgiServer:
+class TornadoWsgiServer(Background):
     """One WSGI app on Tornado's HTTP server (keep-alive, a production server), its IO loop
     in a daemon thread and the app on a thread pool. The same interface as WsgiServer."""
 
@@ -180,17 +171,6 @@ class TornadoWsgiServer:
         thread.join(timeout=5)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> TornadoWsgiServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

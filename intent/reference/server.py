@@ -4,11 +4,11 @@ of their admin routes for tests and the demo."""
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Any
 
 import requests
 
+from intent.lifecycle import Background
 from intent.reference.app import ServiceState, make_context_app, make_prediction_app
 from intent.serving import WsgiServer, stop_signals, wait_for
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 ReferenceServer = WsgiServer
 
 
-class ReferenceServices:
+class ReferenceServices(Background):
     """The Context Service and the Prediction Service, each on its own port."""
 
     def __init__(
@@ -51,17 +51,6 @@ class ReferenceServices:
     def stop(self) -> None:
         self.prediction.stop()
         self.context.stop()
-
-    def __enter__(self) -> ReferenceServices:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def run_forever(host: str, context_port: int, prediction_port: int) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 
+from typing import Any
+
 import pytest
 import redis
+from celery import signals
 from kombu import Producer
 
 from intent.errors import ServiceRequestError, ValidationError
@@ -71,12 +74,39 @@ def test_analyze_by_task_name_with_a_plain_dict(clean: redis.Redis) -> None:
 
 def test_stable_task_ids_derive_from_the_request_id(clean: redis.Redis) -> None:
     payload = request()
-    analysis = submit(payload)
-    analysis.get(timeout=30)
     rid = payload["request_id"]
+    ran: list[tuple[str, str]] = []
+
+    def seen(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        if task_id.startswith(rid):
+            ran.append((sender.name, task_id))
+
+    signals.task_prerun.connect(seen, weak=False)
+    try:
+        analysis = submit(payload)
+        analysis.get(timeout=30)
+    finally:
+        signals.task_prerun.disconnect(seen)
+
     assert analysis.id == rid
+    assert ran == [
+        ("intent.fetch_context", f"{rid}.fetch_context"),
+        ("intent.predict", f"{rid}.predict"),
+        ("intent.detect_pattern", f"{rid}.detect_pattern"),
+        ("intent.emit_events", rid),
+    ]
+
+
+def test_only_the_analysis_result_is_stored(clean: redis.Redis) -> None:
+    """Each step's output travels in the next step's message: no copy of it is kept."""
+    payload = request()
+    rid = payload["request_id"]
+    submit(payload).get(timeout=30)
+
+    assert app.AsyncResult(rid).state == "SUCCESS"
+    assert clean.exists(app.backend.get_key_for_task(rid)) == 1
     for step in ("fetch_context", "predict", "detect_pattern"):
-        assert app.AsyncResult(f"{rid}.{step}").state == "SUCCESS"
+        assert clean.exists(app.backend.get_key_for_task(f"{rid}.{step}")) == 0
 
 
 def test_resubmitting_a_request_id_runs_nothing_twice(
@@ -137,11 +167,15 @@ def test_worker_survives_a_message_that_is_not_json(clean: redis.Redis) -> None:
 def test_a_missing_context_fails_permanently_without_retry(
     clean: redis.Redis, context_service: ReferenceControl
 ) -> None:
-    analysis = submit(request(context_id="missing-1"))
+    payload = request(context_id="missing-1")
+    analysis = submit(payload)
     with pytest.raises(ServiceRequestError) as info:
         analysis.get(timeout=15)
     assert info.value.status == 404
     assert len(api_calls(context_service)) == 1
+    # A step's result is not stored, but its failure is, under the step's own id too.
+    step = app.AsyncResult(f"{payload['request_id']}.fetch_context")
+    assert step.state == "FAILURE" and isinstance(step.result, ServiceRequestError)
 
 
 def test_a_rejected_prediction_request_is_not_retried(

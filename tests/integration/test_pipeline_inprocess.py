@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from typing import Any
-
 import pytest
 import redis
-from celery import signals
 from kombu import Producer
 
 from intent.errors import ServiceRequestError, ValidationError
@@ -18,8 +15,10 @@ from intent.events import event_from_fields
 from intent.models import IntentEvent
 from intent.reference import ReferenceControl
 from intent.settings import get_settings
+from intent.validation import parse_request
 from tasks import submit
 from tasks.app import app
+from tasks.pipeline import analysis_chain
 from tests.integration.conftest import api_calls
 from tests.unit.test_validation import MALFORMED
 
@@ -75,26 +74,19 @@ def test_analyze_by_task_name_with_a_plain_dict(clean: redis.Redis) -> None:
 def test_stable_task_ids_derive_from_the_request_id(clean: redis.Redis) -> None:
     payload = request()
     rid = payload["request_id"]
-    ran: list[tuple[str, str]] = []
-
-    def seen(sender: Any = None, task_id: str = "", **_: Any) -> None:
-        if task_id.startswith(rid):
-            ran.append((sender.name, task_id))
-
-    signals.task_prerun.connect(seen, weak=False)
-    try:
-        analysis = submit(payload)
-        analysis.get(timeout=30)
-    finally:
-        signals.task_prerun.disconnect(seen)
-
-    assert analysis.id == rid
-    assert ran == [
+    # The chain submit() sends: each step's id derives from the request_id, the last one's
+    # is the request_id itself (the analysis result).
+    sent = analysis_chain(parse_request(payload, 1 << 20), rid)
+    assert [(s.task, s.options["task_id"]) for s in sent.tasks] == [
         ("intent.fetch_context", f"{rid}.fetch_context"),
         ("intent.predict", f"{rid}.predict"),
         ("intent.detect_pattern", f"{rid}.detect_pattern"),
         ("intent.emit_events", rid),
     ]
+    analysis = submit(payload)
+    assert analysis.id == rid
+    assert analysis.get(timeout=30).status == "completed"
+    assert app.AsyncResult(rid).state == "SUCCESS"
 
 
 def test_only_the_analysis_result_is_stored(clean: redis.Redis) -> None:

@@ -35,7 +35,13 @@ from intent.runtime import get_runtime
 from intent.settings import Settings, get_settings
 from intent.validation import parse_model
 from tasks.app import app
-from tasks.base import PipelineTask, _as_domain_error, deferral_delay, log_fields
+from tasks.base import (
+    PipelineTask,
+    _as_domain_error,
+    chain_step_options,
+    deferral_delay,
+    log_fields,
+)
 
 log = logging.getLogger("intent.tasks")
 
@@ -137,7 +143,7 @@ class BatchTask(PipelineTask):
 def _batch_step_task(name: str) -> Task:
     last = name == STEP_NAMES[-1]  # the batch ends with this step
 
-    @app.task(bind=True, base=BatchTask, name=f"intent.batch_{name}")
+    @app.task(bind=True, base=BatchTask, name=f"intent.batch_{name}", **chain_step_options(last))
     def run(self: BatchTask, payload: Any) -> dict[str, Any]:
         batch = parse_batch(payload)
         try:

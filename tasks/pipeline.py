@@ -15,23 +15,13 @@ from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
 from tasks.app import app
-from tasks.base import PipelineTask
+from tasks.base import PipelineTask, chain_step_options
 
 
 def _step_task(name: str) -> Task:
     last = name == steps.STEPS[-1][0]  # the analysis ends with this step
 
-    # Only the last step's result is stored: each step's output travels to the next in its
-    # message, so a stored copy would be read by nobody, and would cost two Redis round
-    # trips per step plus a copy of the analysis kept for result_expires. Failures and
-    # retries are still stored (and a failure is propagated to the last step's id).
-    @app.task(
-        bind=True,
-        base=PipelineTask,
-        name=f"intent.{name}",
-        ignore_result=not last,
-        store_errors_even_if_ignored=True,
-    )
+    @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
     def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
         result = parse_result(payload, get_settings().max_payload_bytes)
         try:

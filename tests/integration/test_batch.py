@@ -162,6 +162,16 @@ def test_each_step_makes_one_bulk_call(
     ]
 
 
+def test_only_the_batch_result_is_stored(clean: redis.Redis) -> None:
+    """Each batch step's output travels in the next step's message: no copy is kept."""
+    analysis = submit_batch(requests_for(uuid.uuid4().hex[:8], 3))
+    analysis.get(timeout=TIMEOUT)
+
+    assert clean.exists(app.backend.get_key_for_task(analysis.id)) == 1
+    for step in ("fetch_context", "predict", "detect_pattern"):
+        assert clean.exists(app.backend.get_key_for_task(f"{analysis.id}.batch_{step}")) == 0
+
+
 @pytest.mark.usefixtures("bulk_off")
 def test_without_bulk_routes_the_client_falls_back_to_single_calls(
     clean: redis.Redis, context_service: ReferenceControl, prediction_service: ReferenceControl

@@ -15,11 +15,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from types import TracebackType
 
 import requests
 
 from intent.embedded import EmbeddedRedis, die_with_parent, free_port
+from intent.lifecycle import Background
 from intent.runtime import reset_runtime
 
 
@@ -110,7 +110,7 @@ def running_worker(
         worker.stop()
 
 
-class Stack:
+class Stack(Background):
     """Redis + reference services + worker, as a context manager.
 
     Sets ``INTENT_REDIS_URL`` and the service URLs in this process's environment (so the
@@ -143,7 +143,8 @@ class Stack:
         self._saved_env.setdefault(name, os.environ.get(name))
         os.environ[name] = value
 
-    def __enter__(self) -> Stack:
+    def start(self) -> Stack:
+        """Start everything; on a failure part-way, stop what did start, then raise."""
         try:
             self._start()
         except BaseException:
@@ -180,7 +181,7 @@ class Stack:
         for worker in self.workers:
             worker.wait_ready()
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for worker in self.workers:
             with contextlib.suppress(Exception):
                 worker.stop()
@@ -194,14 +195,6 @@ class Stack:
             else:
                 os.environ[name] = value
         reset_runtime()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @contextlib.contextmanager

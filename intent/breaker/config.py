@@ -23,6 +23,11 @@ class CircuitConfig:
     already in flight when the failures began count for this long after the first one.
     ``recheck_interval``: how long a process trusts a refusal whose end it cannot know
     (half-open trials all taken, forced open) before asking the store again.
+    ``slow_call_duration``: a call in flight longer than this, started after the latest
+    call the service is known to have answered, counts as a pending failure: the fleet
+    stops starting new calls to a service that hangs instead of waiting for read timeouts,
+    and such calls count toward tripping (a trial that slow reopens the breaker). Only
+    effective below ``half_open_timeout``, the lease that keeps a call counted.
     """
 
     failure_threshold: int = 5
@@ -34,6 +39,7 @@ class CircuitConfig:
     success_threshold: int = 1
     throttle_wait: float = 0.5
     recheck_interval: float = 1.0
+    slow_call_duration: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("failure_threshold", "min_throughput", "half_open_max_calls",
@@ -41,7 +47,7 @@ class CircuitConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CircuitConfig.{name} must be at least 1")
         for name in ("recovery_timeout", "half_open_timeout", "failure_window",
-                     "recheck_interval"):  # fmt: skip
+                     "recheck_interval", "slow_call_duration"):  # fmt: skip
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"CircuitConfig.{name} must be positive")
         if self.throttle_wait < 0:

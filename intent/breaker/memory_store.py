@@ -53,6 +53,7 @@ class _Circuit:
     successes: int = 0
     suspect: bool = False
     suspect_since: float = 0.0
+    answered: float = float("-inf")  # latest start of a call known to have ended
     failures: deque[float] = field(default_factory=deque)
     calls: dict[int, int] = field(default_factory=dict)
     # slot -> lease expiry: calls admitted with no failures pending, and half-open trials
@@ -84,6 +85,29 @@ class _Circuit:
             ends += [min(expiry, settled) for expiry in self.leases.values()]
         return len(ends), min(ends, default=None)
 
+    def answer(self, expiry: float | None) -> None:
+        """A call whose lease expires at ``expiry`` is known to have ended."""
+        if expiry is not None:
+            self.answered = max(self.answered, policy.lease_start(expiry, self.config))
+
+    def slow_calls(self, now: float) -> tuple[int, int, float | None]:
+        """Slow unanswered calls, the other calls that count as in flight while there are
+        some (unanswered clean calls, permits), and when the first of those lapses."""
+        config, answered = self.config, self.answered
+        slow, young = policy.slow_and_young(self.leases.values(), now, answered, config)
+        slow_permits, _ = policy.slow_and_young(self.permits.values(), now, answered, config)
+        ends = [
+            expiry
+            for expiry in self.leases.values()
+            if expiry > now
+            and policy.is_unanswered(policy.lease_start(expiry, config), answered)
+            and not policy.is_slow(policy.lease_start(expiry, config), now, config)
+        ]
+        live_permits = [expiry for expiry in self.permits.values() if expiry > now]
+        ends += live_permits
+        busy = young + len(live_permits) - slow_permits
+        return slow + slow_permits, busy, min(ends, default=None)
+
 
 class MemoryStore(BreakerStore):
     """Breaker state in this process. ``clock`` gives epoch seconds (injectable for tests)."""
@@ -109,24 +133,38 @@ class MemoryStore(BreakerStore):
                 if circuit.until is not None and now < circuit.until:
                     return self._deny(circuit, now, Denial.OPEN, circuit.until)
                 transition = self._move(circuit, HALF_OPEN, policy.RECOVERY_REASON, now)
+            if circuit.state == CLOSED:
+                circuit.answer(circuit.leases.get(slot))  # asking again: that call is over
             circuit.release(slot)  # this slot asks again: its previous call is over
             circuit.expire_leases(now)
             if circuit.state == HALF_OPEN:
+                slow_trials, _ = policy.slow_and_young(
+                    circuit.leases.values(), now, float("-inf"), config
+                )
+                if slow_trials:
+                    transition = self._trip(circuit, policy.slow_trial_reason(config), now)
+                    return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
                 if len(circuit.leases) >= config.half_open_max_calls:
                     until = min(circuit.leases.values())
                     return self._deny(circuit, now, Denial.HALF_OPEN_FULL, until, transition)
                 circuit.leases[slot] = now + config.half_open_timeout
                 return self._admit(circuit, now, TicketKind.TRIAL, 0, transition)
             kind = TicketKind.CALL
+            slow, busy, busy_end = circuit.slow_calls(now)
+            if slow and not circuit.suspect:
+                circuit.suspect, circuit.suspect_since = True, now
             if circuit.suspect:
                 failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
                 calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
-                if policy.should_trip(failures, calls, config):
-                    reason = policy.trip_reason(failures, calls, config)
+                if policy.should_trip(failures, calls, config, slow):
+                    reason = policy.trip_reason(failures, calls, config, slow)
                     transition = self._trip(circuit, reason, now)
                     return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
-                in_flight, first_end = circuit.in_flight(now)
-                if policy.must_throttle(failures, calls, in_flight, config):
+                if slow:  # the service stopped answering: every unanswered call counts
+                    in_flight, first_end = busy, busy_end
+                else:
+                    in_flight, first_end = circuit.in_flight(now)
+                if policy.must_throttle(failures, calls, in_flight, config, slow):
                     until = first_end if first_end is not None else now
                     return self._deny(circuit, now, Denial.THROTTLED, until)
                 kind = TicketKind.PERMIT
@@ -153,6 +191,8 @@ class MemoryStore(BreakerStore):
             elif ticket.generation != circuit.generation or circuit.forced:
                 return Report(self._snapshot(circuit, now), applied=False)
             else:
+                if outcome is not Outcome.FAILURE:  # the service answered this call
+                    circuit.answer(circuit.permits.get(slot) or circuit.leases.get(slot))
                 circuit.release(slot)
             transition = None
             if circuit.state == CLOSED:

@@ -48,20 +48,63 @@ def failures_in_window(failure_times: Iterable[float], now: float, window: float
     return sum(1 for moment in failure_times if moment > now - window)
 
 
-def should_trip(failures: int, calls: int, config: CircuitConfig) -> bool:
-    """The guide's rule: enough failures in the window, and enough calls to judge by."""
-    return failures >= config.failure_threshold and calls >= config.min_throughput
+def should_trip(failures: int, calls: int, config: CircuitConfig, slow: int = 0) -> bool:
+    """The guide's rule: enough failures in the window, and enough calls to judge by. Calls
+    still in flight past ``slow_call_duration`` (:func:`is_slow`) count as failures."""
+    return failures + slow >= config.failure_threshold and calls >= config.min_throughput
 
 
-def must_throttle(failures: int, calls: int, in_flight: int, config: CircuitConfig) -> bool:
+def must_throttle(
+    failures: int, calls: int, in_flight: int, config: CircuitConfig, slow: int = 0
+) -> bool:
     """Refuse a call while failures are pending, if the calls already in flight would trip
     the breaker by themselves should they fail too.
 
     This is what bounds the calls a fleet sends to a dead service: every admitted call is
     in flight until its outcome is known, so failures + in flight never pass the threshold
-    (once the throughput minimum is met), whatever the number of processes.
+    (once the throughput minimum is met), whatever the number of processes. ``slow`` calls
+    are pending failures already; ``in_flight`` counts the other calls.
     """
-    return failures + in_flight >= config.failure_threshold and calls >= config.min_throughput
+    pending = failures + slow + in_flight
+    return pending >= config.failure_threshold and calls >= config.min_throughput
+
+
+# -- slow calls ------------------------------------------------------------------------
+# A call's lease expires half_open_timeout after it started, so its start is known from
+# the lease. ``answered`` is the latest start of a call known to have ended: its slot
+# asked again (a sequential caller's next call proves the last one over) or it reported
+# a success. A call started after that and in flight longer than slow_call_duration is
+# evidence that the service stopped answering: a service that answers other calls
+# started after a slow one has an outlier, not a hang, and is left alone.
+
+
+def lease_start(expiry: float, config: CircuitConfig) -> float:
+    return expiry - config.half_open_timeout
+
+
+def is_unanswered(start: float, answered: float) -> bool:
+    return start > answered
+
+
+def is_slow(start: float, now: float, config: CircuitConfig) -> bool:
+    """In flight longer than the slow-call duration (a lease that lapsed no longer counts)."""
+    return start < now - config.slow_call_duration
+
+
+def slow_and_young(
+    expiries: Iterable[float], now: float, answered: float, config: CircuitConfig
+) -> tuple[int, int]:
+    """Of the unexpired, unanswered leases: how many are slow, and how many are not (yet)."""
+    slow = young = 0
+    for expiry in expiries:
+        start = lease_start(expiry, config)
+        if expiry <= now or not is_unanswered(start, answered):
+            continue
+        if is_slow(start, now, config):
+            slow += 1
+        else:
+            young += 1
+    return slow, young
 
 
 def clean_calls_count(now: float, suspect_since: float, config: CircuitConfig) -> bool:
@@ -79,8 +122,18 @@ def trials_close(successes: int, config: CircuitConfig) -> bool:
     return successes >= config.success_threshold
 
 
-def trip_reason(failures: int, calls: int, config: CircuitConfig) -> str:
+def trip_reason(failures: int, calls: int, config: CircuitConfig, slow: int = 0) -> str:
+    if slow:
+        return (
+            f"{failures} failures and {slow} calls slower than "
+            f"{config.slow_call_duration:g} s in the last {config.failure_window:g} s "
+            f"({calls} calls)"
+        )
     return f"{failures} failures in the last {config.failure_window:g} s ({calls} calls)"
+
+
+def slow_trial_reason(config: CircuitConfig) -> str:
+    return f"trial call slower than {config.slow_call_duration:g} s"
 
 
 def close_reason(successes: int) -> str:

@@ -103,6 +103,7 @@ def _acquire_args(config: CircuitConfig) -> tuple[bytes, ...]:
         _seconds(config.half_open_timeout),
         str(config.half_open_max_calls).encode(),
         _seconds(config.throttle_wait),
+        _seconds(config.slow_call_duration),
     )
 
 
@@ -114,6 +115,7 @@ def _report_args(config: CircuitConfig) -> tuple[bytes, ...]:
         _seconds(config.failure_window),
         _seconds(config.recovery_timeout),
         str(config.success_threshold).encode(),
+        _seconds(config.half_open_timeout),
     )
 
 

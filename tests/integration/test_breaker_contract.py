@@ -239,3 +239,83 @@ def test_redis_keys_share_the_hash_tag_and_window_data_expires(
             assert 0 < ttl <= 2000, (key, ttl)
     assert redis_client.sismember("intent:cb:names", name)
     store.close()
+
+
+# -- slow calls: a service that stops answering ---------------------------------------------
+SLOW = CircuitConfig(
+    failure_threshold=3,
+    min_throughput=1,
+    recovery_timeout=0.3,
+    half_open_timeout=2.0,
+    failure_window=10.0,
+    throttle_wait=0.1,
+    slow_call_duration=0.2,
+)
+
+
+def test_calls_that_hang_throttle_then_trip_without_any_failure(
+    store: BreakerStore, name: str
+) -> None:
+    admit(store, name, "a", SLOW)
+    admit(store, name, "b", SLOW)  # both hang: they never end
+    time.sleep(0.25)
+    permit = admit(store, name, "c", SLOW)  # 2 slow calls pending, room for one more
+    assert permit.kind is TicketKind.PERMIT
+    throttled = store.acquire(name, "d", SLOW)  # 2 slow + 1 in flight could trip it
+    assert throttled.denial is Denial.THROTTLED
+    time.sleep(0.25)  # c is slow too
+    tripped = store.acquire(name, "d", SLOW)
+    assert tripped.denial is Denial.OPEN
+    assert tripped.transition is not None
+    assert tripped.transition.reason == (
+        "0 failures and 3 calls slower than 0.2 s in the last 10 s (3 calls)"
+    )
+
+
+def test_a_service_that_hangs_gets_no_new_call_once_a_call_is_slow(
+    store: BreakerStore, name: str
+) -> None:
+    for slot in ("p1", "p2", "p3", "p4"):
+        admit(store, name, slot, SLOW)  # in flight when the service began to hang
+    time.sleep(0.25)
+    refused = store.acquire(name, "p5", SLOW)
+    assert refused.denial is Denial.OPEN  # four slow calls are past the threshold
+
+
+def test_one_slow_call_of_a_service_that_answers_others_is_an_outlier(
+    store: BreakerStore, name: str
+) -> None:
+    admit(store, name, "stuck", SLOW)
+    admit(store, name, "busy", SLOW)
+    time.sleep(0.1)
+    admit(store, name, "busy", SLOW)  # asking again: its call, started later, was answered
+    time.sleep(0.15)  # stuck is slow by now; busy's second call is not (yet)
+    assert admit(store, name, "other", SLOW).kind is TicketKind.CALL
+    assert store.snapshot(name, SLOW).state == "closed"
+
+
+def test_a_permit_that_succeeds_forgives_the_slow_calls_started_before_it(
+    store: BreakerStore, name: str
+) -> None:
+    admit(store, name, "stuck", SLOW)
+    time.sleep(0.25)
+    permit = admit(store, name, "a", SLOW)
+    assert permit.kind is TicketKind.PERMIT  # one slow call: pending
+    store.report(name, "a", permit, Outcome.SUCCESS, SLOW)  # the service answers
+    assert admit(store, name, "b", SLOW).kind is TicketKind.CALL
+
+
+def test_a_trial_slower_than_the_slow_call_duration_reopens(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(
+        failure_threshold=1, min_throughput=1, recovery_timeout=0.2, half_open_timeout=2.0,
+        slow_call_duration=0.2,
+    )  # fmt: skip
+    fail(store, name, "a", config)
+    time.sleep(0.25)
+    assert admit(store, name, "trial", config).kind is TicketKind.TRIAL  # and it hangs
+    assert store.acquire(name, "b", config).denial is Denial.HALF_OPEN_FULL
+    time.sleep(0.25)
+    reopened = store.acquire(name, "b", config)
+    assert reopened.denial is Denial.OPEN
+    assert reopened.transition is not None
+    assert reopened.transition.reason == "trial call slower than 0.2 s"

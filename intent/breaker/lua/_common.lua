@@ -28,15 +28,40 @@ end
 
 local function load()
   local h = redis.call('HMGET', STATE, 'state', 'gen', 'until', 'opened_at', 'forced',
-    'reason', 'successes', 'suspect', 'suspect_since')
+    'reason', 'successes', 'suspect', 'suspect_since', 'answered')
   local forced = h[5]
   if forced == false or forced == '' then forced = nil end
   return {
     exists = h[1] ~= false, state = h[1] or 'closed', gen = tonumber(h[2] or '0'),
     until_at = num(h[3]), opened_at = num(h[4]), forced = forced, reason = h[6] or '',
     successes = tonumber(h[7] or '0'), suspect = h[8] == '1',
-    suspect_since = num(h[9]) or 0,
+    suspect_since = num(h[9]) or 0, answered = num(h[10]) or -1,
   }
+end
+
+-- A call's lease expires `lease` seconds after it started. `answered` (state field) is the
+-- latest start of a call known to have ended: its slot asked again, or it reported a
+-- success (policy.py: slow calls).
+local function answer(c, expiry, lease)
+  if not expiry then return end
+  local started = tonumber(expiry) - lease
+  if started > c.answered then
+    c.answered = started
+    redis.call('HSET', STATE, 'answered', fmt(started))
+  end
+end
+
+-- Unexpired leases in `key` started after `answered`: how many are slower than `slow_after`
+-- seconds, how many are not (yet), and when the first of the latter expires.
+local function slow_and_young(key, c, now, lease, slow_after)
+  local low = math.max(now, c.answered + lease)
+  local cut = now - slow_after + lease
+  local slow, young = 0, 0
+  if cut > low then slow = redis.call('ZCOUNT', key, '(' .. fmt(low), '(' .. fmt(cut)) end
+  local from = math.max(low, cut)
+  local first = redis.call('ZRANGEBYSCORE', key, fmt(from), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[1] then young = redis.call('ZCOUNT', key, fmt(from), '+inf') end
+  return slow, young, num(first[2])
 end
 
 -- cfg: {window, recovery} as the calling breaker knows them (kept for operators' listings)

@@ -3,14 +3,19 @@
 -- ARGV[1] slot   ARGV[2] the ticket's generation   ARGV[3] success | failure | excluded
 -- ARGV[4] the ticket's bucket   ARGV[5] failure_threshold   ARGV[6] min_throughput
 -- ARGV[7] failure_window   ARGV[8] recovery_timeout   ARGV[9] success_threshold
+-- ARGV[10] half_open_timeout (lease length)
 -- Returns the common reply, then '1' if the outcome was applied, '0' if stale.
 local slot, outcome, bucket = ARGV[1], ARGV[3], ARGV[4]
 local threshold, min_calls, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local recovery, needed = tonumber(ARGV[8]), tonumber(ARGV[9])
+local recovery, needed, lease = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local cfg = {window = ARGV[7], recovery = ARGV[8]}
 local now = clock()
 local c = load()
 if tonumber(ARGV[2]) ~= c.gen or c.forced then return reply(c, now, nil, nil, {'0'}) end
+if outcome ~= 'failure' then
+  -- the service answered this call (policy.py: slow calls)
+  answer(c, redis.call('ZSCORE', PERMITS, slot) or redis.call('ZSCORE', LEASES, slot), lease)
+end
 release(slot)
 local transition = nil
 if c.state == 'closed' then

@@ -32,7 +32,7 @@ from bench.pipeline import pipeline_round
 
 
 def batch_round(n: int, batch_size: int) -> float:
-    from intent.batch import BatchResult
+    from intent.models import BatchResult
     from tasks.batch import submit_batch
 
     requests = analyses(n, uuid.uuid4().hex[:8])

@@ -31,9 +31,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from intent.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from intent.batch import BatchResult
     from intent.breaker.admin import CircuitAdmin
-    from intent.models import IntentResult
+    from intent.models import BatchResult, IntentResult
     from intent.runtime import Runtime
 
 log = logging.getLogger("intent.metrics")

@@ -6,9 +6,11 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from intent.errors import ServiceRequestError, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -157,6 +159,91 @@ class IntentResult(_Model):
         )
 
     def with_deferral(self, step: str, seconds: float) -> IntentResult:
+        return self.model_copy(
+            update={
+                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
+                "deferred_seconds": self.deferred_seconds + seconds,
+            }
+        )
+
+
+# -- batches -----------------------------------------------------------------------------
+
+ItemStatus = Literal["running", "completed", "failed", "expired"]
+
+
+class ItemError(_Model):
+    """Why one item failed: the error's type and message, and the fields it carries."""
+
+    type: str
+    message: str
+    field: str | None = None  # ValidationError: the offending field
+    service: str | None = None  # a service's errors and the breaker's
+    status: int | None = None  # ServiceRequestError: the HTTP status
+    retry_after: float | None = None  # RateLimitExceeded, ServiceUnavailableError
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ItemError:
+        service = getattr(exc, "service", None)
+        retry_after = getattr(exc, "retry_after", None)
+        return cls(
+            type=type(exc).__name__,
+            message=str(exc),
+            field=exc.field if isinstance(exc, ValidationError) else None,
+            service=service if isinstance(service, str) else None,
+            status=exc.status if isinstance(exc, ServiceRequestError) else None,
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
+
+
+class BatchItem(_Model):
+    """One request of a batch. ``result`` is None only for a request that failed
+    validation; a failed item keeps whatever its result had reached."""
+
+    index: int
+    request_id: str | None
+    status: ItemStatus = "running"
+    result: IntentResult | None = None
+    error: ItemError | None = None
+
+    def advance(self, result: IntentResult) -> BatchItem:
+        """This item with its result moved on (completed or expired, as the result says)."""
+        status: ItemStatus = "running"
+        if result.status == "completed":
+            status = "completed"
+        elif result.status == "expired":
+            status = "expired"
+        return self.model_copy(update={"result": result, "status": status})
+
+    def fail(self, exc: BaseException) -> BatchItem:
+        return self.model_copy(update={"status": "failed", "error": ItemError.from_exception(exc)})
+
+
+class BatchResult(_Model):
+    """A batch as it moves down the chain; ``status`` is ``completed`` once no item runs."""
+
+    batch_id: str
+    items: list[BatchItem]
+    status: Literal["running", "completed"] = "running"
+    retries: dict[str, int] = Field(default_factory=dict)  # of the batch's own calls, per step
+    deferrals: dict[str, int] = Field(default_factory=dict)  # waits for a breaker or a limit
+    deferred_seconds: float = 0.0
+
+    def by_status(self, status: ItemStatus) -> list[BatchItem]:
+        return [item for item in self.items if item.status == status]
+
+    def with_items(self, changes: dict[int, BatchItem]) -> BatchResult:
+        """This batch with the items at the given indexes replaced."""
+        items = [changes.get(item.index, item) for item in self.items]
+        running = any(item.status == "running" for item in items)
+        return self.model_copy(
+            update={"items": items, "status": "running" if running else "completed"}
+        )
+
+    def with_retries(self, step: str, count: int) -> BatchResult:
+        return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+    def with_deferral(self, step: str, seconds: float) -> BatchResult:
         return self.model_copy(
             update={
                 "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},

@@ -36,7 +36,7 @@ from intent.errors import (
     ServiceUnavailableError,
 )
 from intent.models import IntentResult
-from intent.pipeline import FALLBACKS, STEPS
+from intent.pipeline.steps import FALLBACKS, STEPS
 from intent.retry import Backoff
 from intent.runtime import get_runtime
 from intent.settings import Settings, get_settings

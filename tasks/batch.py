@@ -12,16 +12,6 @@ from celery import Task, chain
 from celery.result import AsyncResult
 
 from intent import metrics
-from intent.batch import (
-    BatchResult,
-    expire_pending,
-    fail_pending,
-    fallback_pending,
-    pending,
-    run_batch_step,
-    settle_pending,
-    start_batch,
-)
 from intent.errors import (
     CircuitOpenError,
     IntentError,
@@ -29,6 +19,16 @@ from intent.errors import (
     RetriesExhaustedError,
     ServiceError,
     ServiceUnavailableError,
+)
+from intent.models import BatchResult
+from intent.pipeline.batch import (
+    expire_pending,
+    fail_pending,
+    fallback_pending,
+    pending,
+    run_batch_step,
+    settle_pending,
+    start_batch,
 )
 from intent.retry import Backoff
 from intent.runtime import get_runtime

@@ -9,7 +9,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from intent.errors import IntentError
-from intent.pipeline import run_local
+from intent.pipeline.steps import run_local
 from intent.retry import Backoff, RetryHandler
 from intent.runtime import get_runtime
 from intent.settings import get_settings

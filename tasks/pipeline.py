@@ -8,9 +8,9 @@ from typing import Any
 from celery import Task, chain
 
 from intent import metrics
-from intent import pipeline as steps
-from intent.intake import admit, claim_request
 from intent.models import IntentRequest, IntentResult
+from intent.pipeline import steps
+from intent.pipeline.intake import admit, claim_request
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result

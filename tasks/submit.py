@@ -8,8 +8,8 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from intent.intake import admit, claim_request, release_request
 from intent.models import IntentRequest, IntentResult
+from intent.pipeline.intake import admit, claim_request, release_request
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from intent.errors import (
     RateLimitExceeded,
@@ -17,102 +15,17 @@ from intent.errors import (
     ValidationError,
 )
 from intent.events import build_events
-from intent.intake import admit
-from intent.models import Context, IntentResult, PredictionSet
+from intent.models import BatchItem, BatchResult, Context, IntentResult, PredictionSet
 from intent.patterns import DetectionConflict
-from intent.pipeline import FALLBACKS, detect_pattern, expire_if_late, parse_body
+from intent.pipeline.intake import admit
+from intent.pipeline.steps import FALLBACKS, detect_pattern, expire_if_late, parse_body
 from intent.runtime import Runtime
 from intent.validation import parse_request
 
-ItemStatus = Literal["running", "completed", "failed", "expired"]
 BatchStep = Callable[[Runtime, "BatchResult"], "BatchResult"]
 
 # What each step adds to an item's result: an item still lacking it is pending there.
 _STEP_OUTPUT = {"fetch_context": "context", "predict": "predictions", "detect_pattern": "pattern"}
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ItemError(_Model):
-    """Why one item failed: the error's type and message, and the fields it carries."""
-
-    type: str
-    message: str
-    field: str | None = None  # ValidationError: the offending field
-    service: str | None = None  # a service's errors and the breaker's
-    status: int | None = None  # ServiceRequestError: the HTTP status
-    retry_after: float | None = None  # RateLimitExceeded, ServiceUnavailableError
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ItemError:
-        service = getattr(exc, "service", None)
-        retry_after = getattr(exc, "retry_after", None)
-        return cls(
-            type=type(exc).__name__,
-            message=str(exc),
-            field=exc.field if isinstance(exc, ValidationError) else None,
-            service=service if isinstance(service, str) else None,
-            status=exc.status if isinstance(exc, ServiceRequestError) else None,
-            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
-        )
-
-
-class BatchItem(_Model):
-    """One request of a batch. ``result`` is None only for a request that failed
-    validation; a failed item keeps whatever its result had reached."""
-
-    index: int
-    request_id: str | None
-    status: ItemStatus = "running"
-    result: IntentResult | None = None
-    error: ItemError | None = None
-
-    def advance(self, result: IntentResult) -> BatchItem:
-        """This item with its result moved on (completed or expired, as the result says)."""
-        status: ItemStatus = "running"
-        if result.status == "completed":
-            status = "completed"
-        elif result.status == "expired":
-            status = "expired"
-        return self.model_copy(update={"result": result, "status": status})
-
-    def fail(self, exc: BaseException) -> BatchItem:
-        return self.model_copy(update={"status": "failed", "error": ItemError.from_exception(exc)})
-
-
-class BatchResult(_Model):
-    """A batch as it moves down the chain; ``status`` is ``completed`` once no item runs."""
-
-    batch_id: str
-    items: list[BatchItem]
-    status: Literal["running", "completed"] = "running"
-    retries: dict[str, int] = Field(default_factory=dict)  # of the batch's own calls, per step
-    deferrals: dict[str, int] = Field(default_factory=dict)  # waits for a breaker or a limit
-    deferred_seconds: float = 0.0
-
-    def by_status(self, status: ItemStatus) -> list[BatchItem]:
-        return [item for item in self.items if item.status == status]
-
-    def with_items(self, changes: dict[int, BatchItem]) -> BatchResult:
-        """This batch with the items at the given indexes replaced."""
-        items = [changes.get(item.index, item) for item in self.items]
-        running = any(item.status == "running" for item in items)
-        return self.model_copy(
-            update={"items": items, "status": "running" if running else "completed"}
-        )
-
-    def with_retries(self, step: str, count: int) -> BatchResult:
-        return self.model_copy(update={"retries": {**self.retries, step: count}})
-
-    def with_deferral(self, step: str, seconds: float) -> BatchResult:
-        return self.model_copy(
-            update={
-                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
-                "deferred_seconds": self.deferred_seconds + seconds,
-            }
-        )
 
 
 # -- intake ------------------------------------------------------------------------------

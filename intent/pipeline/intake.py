@@ -4,7 +4,7 @@ request_id, so a resubmission does not run it twice."""
 from __future__ import annotations
 
 from intent.models import IntentRequest
-from intent.pipeline import with_deadline
+from intent.pipeline.steps import with_deadline
 from intent.ratelimit import INTAKE
 from intent.runtime import Runtime
 

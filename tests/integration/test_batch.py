@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from intent.batch import BatchItem, BatchResult
 from intent.clients import ContextServiceClient, PredictionServiceClient
 from intent.errors import ServiceRequestError, ValidationError
 from intent.events import event_from_fields
-from intent.models import Context, Event, IntentEvent
+from intent.models import BatchItem, BatchResult, Context, Event, IntentEvent
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.reference.data import context_for
 from intent.runtime import get_runtime

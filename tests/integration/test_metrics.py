@@ -15,10 +15,9 @@ import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from intent.batch import BatchResult
 from intent.errors import ServiceRequestError, ValidationError
 from intent.metrics import _host_name, exposition, shared_admin
-from intent.models import Context
+from intent.models import BatchResult, Context
 from intent.reference import ReferenceControl
 from intent.reference.data import context_for
 from intent.runtime import Runtime

@@ -15,7 +15,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from intent import metrics
-from intent.batch import BatchItem, BatchResult, ItemError
 from intent.breaker import (
     BreakerStatus,
     CircuitAdmin,
@@ -25,7 +24,7 @@ from intent.breaker import (
     StoreError,
 )
 from intent.errors import ServiceUnavailableError
-from intent.models import IntentRequest, IntentResult
+from intent.models import BatchItem, BatchResult, IntentRequest, IntentResult, ItemError
 from intent.runtime import Runtime
 from intent.settings import load_settings
 

@@ -27,13 +27,35 @@ task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 result_expires = _settings.result_expires
 
-# Redis broker: an unacked message (a running task, or one waiting for its countdown) is
-# redelivered after visibility_timeout; settings refuse a value below the longest
-# countdown plus the hard time limit, so a scheduled retry never runs twice. An amqp://
-# broker ignores the option (py-amqp drops unknown transport options); RabbitMQ's bound on
-# an unacked message is its server-side consumer_timeout (README: RabbitMQ as the broker).
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# Redis broker: a message unacked for visibility_timeout (its worker died) is delivered
+# again. No message waits in a worker (waiting steps are parked in Redis, intent/waiting.py),
+# so the default is one run plus a margin; each worker sweeps for such messages every
+# broker_restore_interval seconds (kombu's default sweep is every 100 s), and a sweeper that
+# dies mid-sweep holds the sweep's lock for 15 s at most. An amqp:// broker ignores these
+# (py-amqp drops unknown transport options): RabbitMQ redelivers a dead consumer's
+# messages as soon as its connection drops.
+broker_transport_options = {
+    "visibility_timeout": _settings.effective_visibility_timeout,
+    "unacked_restore_interval": _settings.broker_restore_interval,
+    "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": 15,
+    "socket_connect_timeout": _settings.redis_socket_timeout,
+}
 broker_connection_retry_on_startup = True
+
+# A Redis restart of up to redis_outage_tolerance seconds fails nothing in flight: every
+# publish (a chain's next step, a waiting step's release, submit()) retries that long, and
+# so do result stores and a waiting caller's subscription.
+task_publish_retry = True
+task_publish_retry_policy = _settings.publish_retry_policy
+result_backend_always_retry = True
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
+result_backend_max_retries = int(_settings.redis_outage_tolerance) + 10  # ~1 s each
+result_backend_transport_options = {
+    "retry_policy": {"max_retries": int(_settings.redis_outage_tolerance) + 10,
+                     "interval_start": 0, "interval_step": 1, "interval_max": 1},
+}  # fmt: skip
 
 task_default_queue = _settings.queue
 worker_send_task_events = True

@@ -100,6 +100,21 @@ class RetriesExhaustedError(ServiceError):
     """A transient failure outlived every retry; ``cause`` is the last failure."""
 
 
+class Deferred(IntentError):
+    """Not a failure: ``step`` waits until ``resume_at`` (epoch seconds) for ``reason`` (an
+    open breaker, a full rate limit), without spending a retry. What Celery stores as the
+    step's RETRY state, so Flower tells a deferral from a retry."""
+
+    def __init__(self, step: str, reason: str, resume_at: float):
+        super().__init__(step, reason, resume_at)
+        self.step = step
+        self.reason = reason
+        self.resume_at = float(resume_at)
+
+    def __str__(self) -> str:
+        return f"{self.step} deferred until {self.resume_at:.3f}: {self.reason}"
+
+
 class CircuitBreakerError(IntentError):
     """Base of the circuit breaker's errors."""
 

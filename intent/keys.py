@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BREAKER_PARTS = ("state", "failures", "calls", "leases", "permits")
+WAITING_PARTS = ("due", "entries", "leased", "deadlines", "pace")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class Keys:
     def request_claim(self, request_id: str) -> str:
         """Who owns a request_id: holds the analysis id (TTL settings.result_expires)."""
         return f"{self.prefix}request:{request_id}"
+
+    # -- steps waiting to run again ----------------------------------------------------
+    def waiting(self, lane: str, part: str) -> str:
+        """One of a lane's keys (``WAITING_PARTS``), all under the hash tag
+        ``{<prefix>wait:LANE}``: ``due`` (zset of step ids by the time they may run),
+        ``entries`` (hash of each step's message and why it waits), ``leased`` (zset of
+        steps taken by a releaser, by the end of its lease), ``deadlines`` (zset of their
+        analyses' deadlines): durable, they are the work itself; ``pace`` (the lane's
+        token bucket): TTL an hour."""
+        return f"{{{self.prefix}wait:{lane}}}:{part}"
 
     # -- circuit breakers -------------------------------------------------------------
     def breaker(self, name: str) -> str:

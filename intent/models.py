@@ -6,7 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -120,7 +120,46 @@ class Event(_Model):
     schema_version: int = SCHEMA_VERSION
 
 
-class IntentResult(_Model):
+Self_ = TypeVar("Self_", bound="_Waits")
+
+
+class _Waits:
+    """What a step spends, kept in the analysis (or batch) itself: transient-error retries
+    per step, deferrals per step, the seconds waited for breakers and limits in all, and
+    since when it waits now. The recovery decision (intent.pipeline.recovery) reads them;
+    Celery's own retry counter is never used."""
+
+    if TYPE_CHECKING:  # the models below declare them as fields, in their own order
+        retries: dict[str, int]
+        deferrals: dict[str, int]
+        deferred_seconds: float
+        waiting_since: float | None
+
+        def model_copy(
+            self: Self_, *, update: dict[str, Any] | None = None, deep: bool = False
+        ) -> Self_: ...
+
+    def with_retries(self: Self_, step: str, count: int) -> Self_:
+        if not count:
+            return self
+        return self.model_copy(update={"retries": {**self.retries, step: count}})
+
+    def with_deferral(self: Self_, step: str, now: float) -> Self_:
+        """One more deferral of ``step``, waiting from ``now``."""
+        deferrals = {**self.deferrals, step: self.deferrals.get(step, 0) + 1}
+        return self.model_copy(update={"deferrals": deferrals, "waiting_since": now})
+
+    def resumed(self: Self_, now: float) -> Self_:
+        """Running again at ``now``: the time waited since a deferral counts, as waited."""
+        if self.waiting_since is None:
+            return self
+        waited = max(0.0, now - self.waiting_since)
+        return self.model_copy(
+            update={"deferred_seconds": self.deferred_seconds + waited, "waiting_since": None}
+        )
+
+
+class IntentResult(_Model, _Waits):
     """The analysis as it moves down the chain; each step fills in its part."""
 
     request: IntentRequest
@@ -131,9 +170,10 @@ class IntentResult(_Model):
     published: int = 0  # events this analysis added to the stream (0 on a replay)
     retries: dict[str, int] = Field(default_factory=dict)  # transient-error retries per step
     # Re-schedules that waited for an open breaker (or a rate limit): per step, and the
-    # total seconds waited. They are not retries and spend none.
+    # total seconds waited (while waiting: since when). They are not retries, spend none.
     deferrals: dict[str, int] = Field(default_factory=dict)
     deferred_seconds: float = 0.0
+    waiting_since: float | None = None
     degraded: bool = False
     degraded_reasons: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)  # "context", "predictions"
@@ -141,11 +181,6 @@ class IntentResult(_Model):
     # Epoch seconds the analysis was submitted (its chain built): the start of its duration.
     submitted_at: float | None = None
     expired_at: str | None = None  # the step that found the deadline passed
-
-    def with_retries(self, step: str, count: int) -> IntentResult:
-        if not count:
-            return self
-        return self.model_copy(update={"retries": {**self.retries, step: count}})
 
     def degrade(self, fallback: str, reason: str, **update: object) -> IntentResult:
         """This result, with ``fallback`` used instead of a live answer because of ``reason``."""
@@ -155,14 +190,6 @@ class IntentResult(_Model):
                 "degraded": True,
                 "degraded_reasons": [*self.degraded_reasons, f"{fallback}: {reason}"],
                 "fallbacks": [*self.fallbacks, fallback],
-            }
-        )
-
-    def with_deferral(self, step: str, seconds: float) -> IntentResult:
-        return self.model_copy(
-            update={
-                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
-                "deferred_seconds": self.deferred_seconds + seconds,
             }
         )
 
@@ -219,7 +246,7 @@ class BatchItem(_Model):
         return self.model_copy(update={"status": "failed", "error": ItemError.from_exception(exc)})
 
 
-class BatchResult(_Model):
+class BatchResult(_Model, _Waits):
     """A batch as it moves down the chain; ``status`` is ``completed`` once no item runs."""
 
     batch_id: str
@@ -228,6 +255,7 @@ class BatchResult(_Model):
     retries: dict[str, int] = Field(default_factory=dict)  # of the batch's own calls, per step
     deferrals: dict[str, int] = Field(default_factory=dict)  # waits for a breaker or a limit
     deferred_seconds: float = 0.0
+    waiting_since: float | None = None
 
     def by_status(self, status: ItemStatus) -> list[BatchItem]:
         return [item for item in self.items if item.status == status]
@@ -238,17 +266,6 @@ class BatchResult(_Model):
         running = any(item.status == "running" for item in items)
         return self.model_copy(
             update={"items": items, "status": "running" if running else "completed"}
-        )
-
-    def with_retries(self, step: str, count: int) -> BatchResult:
-        return self.model_copy(update={"retries": {**self.retries, step: count}})
-
-    def with_deferral(self, step: str, seconds: float) -> BatchResult:
-        return self.model_copy(
-            update={
-                "deferrals": {**self.deferrals, step: self.deferrals.get(step, 0) + 1},
-                "deferred_seconds": self.deferred_seconds + seconds,
-            }
         )
 
 

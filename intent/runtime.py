@@ -14,12 +14,13 @@ import redis
 
 from intent.breaker import BreakerStore, CircuitBreaker, CircuitConfig, store_from_settings
 from intent.cache import ContextCache
-from intent.clients import ServiceClients
+from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.events import EventPublisher
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
-from intent.ratelimit import RateLimits
+from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
 from intent.settings import Settings, get_settings
+from intent.waiting import Lane, WaitingRoom
 
 
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
@@ -85,6 +86,23 @@ class Runtime:
     def detector(self) -> PatternDetector:
         rules = Rules(self.settings.detection_threshold, self.settings.update_delta)
         return PatternDetector(self.redis, self.keys, rules, self.settings.result_expires)
+
+    @cached_property
+    def waiting(self) -> WaitingRoom:
+        """Steps parked until they may run again, in a lane per endpoint, each released at
+        its endpoint's shared rate limit while its breaker admits calls."""
+        s = self.settings
+        period = float(s.downstream_rate_period)
+        lanes = [
+            Lane(GET_CONTEXT, ContextServiceClient.service, s.rate_limit_get_context / period),
+            Lane(ANALYZE_CONTEXT, ContextServiceClient.service,
+                 s.rate_limit_analyze_context / period),
+            Lane(PREDICT, PredictionServiceClient.service, s.rate_limit_predict / period),
+        ]  # fmt: skip
+        # A leased step goes back to waiting if its releaser could not publish it: after
+        # the publish's own retries at the latest.
+        lease = s.redis_outage_tolerance + 30.0
+        return WaitingRoom(self.redis, self.keys, lanes, lease=lease, batch=s.release_batch)
 
     @cached_property
     def publisher(self) -> EventPublisher:

@@ -6,6 +6,7 @@ Defaults are the integration guide's. A bad value stops the process at start wit
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Annotated
 
@@ -13,6 +14,9 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTENT_"
+# Default visibility timeout: the hard time limit plus this, for a message that waited for
+# a free pool process and for the releasers' sweep.
+VISIBILITY_MARGIN = 30.0
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -78,6 +82,10 @@ class Settings(BaseSettings):
     # The breaker's own Redis client: a dead Redis must cost milliseconds per call.
     circuit_redis_socket_timeout: PositiveFloat = 0.25
     circuit_redis_probe_interval: PositiveFloat = 5.0  # retry Redis this often when down
+    # A call in flight this long, started after the last call the service answered, counts
+    # as a pending failure: a service that hangs stops receiving calls before any read
+    # timeout fires, and such calls count toward tripping.
+    circuit_slow_call_duration: PositiveFloat = 5.0
     circuit_fallback_log_interval: PositiveFloat = 30.0  # "using memory" warning, at most
     # A step meeting an open breaker or a downstream rate limit re-schedules itself for
     # the moment it will be admitted plus up to defer_jitter seconds, waiting at most
@@ -152,11 +160,29 @@ class Settings(BaseSettings):
     # "user:password[,user:password...]"; required by `intent flower` in production.
     flower_basic_auth: SecretStr | None = None
 
+    # Waiting steps (intent/waiting.py): a step that waits (a retry's backoff, an open
+    # breaker, a full limit) is parked in Redis; each worker's releaser looks every
+    # release_interval seconds and publishes at most release_batch steps per lane at a time.
+    release_interval: PositiveFloat = 0.25
+    release_batch: PositiveInt = 100
+    # While Redis is unreachable each process may use this share of every rate limit.
+    rate_limit_fallback_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+    rate_limit_fallback_log_interval: PositiveFloat = 30.0
+    # How long a Redis (broker, results, state) may be away without failing the work in
+    # flight: publishing a next step or a waiting one, parking, storing a result retry
+    # this long; a step that still cannot go on is left for redelivery.
+    redis_outage_tolerance: PositiveFloat = 30.0
+
     # Tasks
     task_soft_time_limit: PositiveFloat = 30.0
     task_time_limit: PositiveFloat = 60.0
     result_expires: PositiveInt = 24 * 3600
-    visibility_timeout: PositiveInt = 3600
+    # Redis broker: a message neither acked nor rejected after this long (its worker died)
+    # is delivered again. Unset: the hard time limit plus VISIBILITY_MARGIN, since no message
+    # waits in a worker (waiting steps are parked in Redis, not held as ETA messages).
+    visibility_timeout: PositiveInt | None = None
+    # How often a worker looks for such messages (kombu's sweep; its default is 100 s).
+    broker_restore_interval: PositiveFloat = 2.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -175,25 +201,33 @@ class Settings(BaseSettings):
                 f"circuit_half_open_timeout must exceed the slowest downstream call "
                 f"(connect + read timeout: {slowest_call:.0f} s)"
             )
-        longest = self.longest_countdown + self.task_time_limit
-        if self.visibility_timeout <= longest:
-            # A Redis broker redelivers an unacked message after visibility_timeout: a
-            # countdown longer than that runs the task twice.
+        if self.visibility_timeout is not None and self.visibility_timeout <= (
+            self.task_time_limit
+        ):
+            # A Redis broker redelivers a message unacked for visibility_timeout: a run
+            # allowed to last longer would run twice.
             raise ValueError(
-                f"visibility_timeout must exceed the longest countdown plus the hard time "
-                f"limit ({longest:.0f} s)"
+                f"visibility_timeout must exceed the hard time limit ({self.task_time_limit:g} s)"
             )
+        if self.circuit_slow_call_duration >= self.circuit_half_open_timeout:
+            # A call stops counting when its lease (half_open_timeout) lapses.
+            raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")
         return self
 
     @property
-    def longest_countdown(self) -> float:
-        """The longest delay a task can schedule for itself."""
-        return max(
-            self.retry_max_delay,
-            self.retry_after_max,
-            self.circuit_recovery_timeout + self.defer_jitter,
-            self.downstream_rate_period + self.defer_jitter,
-        )
+    def effective_visibility_timeout(self) -> int:
+        """How long the Redis broker waits before delivering an unacked message again."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return math.ceil(self.task_time_limit + VISIBILITY_MARGIN)
+
+    @property
+    def publish_retry_policy(self) -> dict[str, float]:
+        """kombu's retry policy for every publish: waits of 0, 0.5, 1, 1.5, then 2 s each,
+        as many as cover ``redis_outage_tolerance``."""
+        retries = 4 + math.ceil(max(0.0, self.redis_outage_tolerance - 3.0) / 2.0)
+        return {"max_retries": retries, "interval_start": 0, "interval_step": 0.5,
+                "interval_max": 2.0}  # fmt: skip
 
     @property
     def effective_broker_url(self) -> str:

@@ -3,6 +3,9 @@
 from celery import Celery
 
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
+from tasks.release import ReleaseStep
 
 app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
 app.config_from_object("celeryconfig")
+# Every worker publishes the waiting steps that are due (intent/waiting.py).
+app.steps["consumer"].add(ReleaseStep)

@@ -1,57 +1,46 @@
-"""How a task meets the domain's errors.
+"""How a step task carries out the recovery decision (``intent.pipeline.recovery``).
 
-- transient errors are retried on the backoff schedule, at most ``retry_max`` times;
-  when they are spent, the step's fallback answers if it can (stale context, last
-  predictions), else the analysis fails with ``RetriesExhaustedError``;
-- an open circuit breaker: the fallback answers if it can; else, like a downstream rate
-  limit, the step re-schedules itself for the moment it will be admitted (plus jitter),
-  without spending a retry, up to ``max_deferral`` seconds in all (then it fails with
-  the breaker's or limit's error), or stops as ``expired`` if that is past its deadline;
-- everything else fails the task at once (and with it the rest of the chain).
+- continue: the step's fallback answered (a degraded result goes on down the chain);
+- retry or defer: the step's next run is parked in Redis (``intent.waiting``) until it is
+  due, and Celery records the run as RETRY (a deferral's stored error is ``Deferred``, so
+  Flower tells the two apart); the message is acked. Celery's own retry counter and its
+  countdown messages are not used: nothing waits in a worker or in the broker;
+- expire: the analysis goes on as ``expired`` (later steps pass it on);
+- fail: the error is raised, and Celery fails the rest of the chain with it.
 
-Celery's own ``autoretry_for`` + ``retry_backoff`` is not used: it truncates delays to
-whole seconds and its jitter draws from ``[0, base]``, so a retry can fire immediately.
-Here the countdown comes from :class:`intent.retry.Backoff`, and a service's Retry-After
-is honoured.
+A Redis restart never fails a step on its own: parking and publishing the next step retry
+for ``INTENT_REDIS_OUTAGE_TOLERANCE`` seconds, then the message is rejected with requeue,
+that is left for redelivery (with Redis still away it stays unacked, and the broker's
+visibility timeout brings it back).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import random
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-import redis
-from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery import Task, signature
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from intent import metrics
-from intent.errors import (
-    CircuitOpenError,
-    IntentError,
-    RateLimitExceeded,
-    RetriesExhaustedError,
-    ServiceError,
-    ServiceUnavailableError,
-)
+from intent.errors import CircuitOpenError, Deferred, RateLimitExceeded, ServiceUnavailableError
 from intent.models import IntentResult
-from intent.pipeline.steps import FALLBACKS, STEPS
-from intent.retry import Backoff
+from intent.pipeline import recovery, steps
 from intent.runtime import get_runtime
-from intent.settings import Settings, get_settings
+from intent.settings import get_settings
 
 log = logging.getLogger("intent.tasks")
 
-STEP_TASK_NAMES = frozenset(f"intent.{name}" for name, _ in STEPS)
+STEP_TASK_NAMES = frozenset(f"intent.{name}" for name, _ in steps.STEPS)
 
 
-def _as_domain_error(step: str, exc: Exception) -> Exception:
+def step_error(step: str, exc: Exception) -> Exception:
+    """A task's error as the recovery decision sees it."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return ServiceUnavailableError(step, "soft time limit exceeded")
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return ServiceUnavailableError("redis", f"{type(exc).__name__}: {exc}")
-    return exc
+    return recovery.as_domain_error(exc)
 
 
 def log_fields(step: str, exc: Exception, task_id: str | None, **more: Any) -> dict[str, Any]:
@@ -77,113 +66,139 @@ def chain_step_options(last: bool) -> dict[str, Any]:
     return {"ignore_result": not last, "store_errors_even_if_ignored": True}
 
 
-def deferral_delay(
-    exc: CircuitOpenError | RateLimitExceeded, settings: Settings, now: float
-) -> float:
-    """Seconds until the breaker or the limit admits a call, plus jitter to spread the fleet."""
-    if isinstance(exc, RateLimitExceeded):
-        wait = min(max(0.0, exc.retry_after), float(settings.downstream_rate_period))
-    else:
-        until = exc.until if exc.until is not None else now + settings.circuit_recovery_timeout
-        wait = min(max(0.0, until - now), settings.circuit_recovery_timeout)
-    return wait + random.uniform(0.0, settings.defer_jitter)
+def budgets() -> recovery.Budgets:
+    return recovery.Budgets.from_settings(get_settings())
 
 
 class PipelineTask(Task):
-    """Base of the pipeline's tasks: maps domain errors onto retry, deferral, fallback or
-    failure."""
+    """Base of the pipeline's tasks: carries out the recovery decision for a failed step,
+    parks waiting runs, and publishes the chain's next step itself."""
 
     abstract = True
     typing = True
+    # Never Celery's: retries and deferrals have budgets of their own (recovery.py).
+    max_retries = None
     # How much of a result Celery puts in its "succeeded" log line and event (Flower): an
     # analysis is kilobytes, and Celery builds this repr for every task it runs; the whole
     # result stays in the result backend.
     resultrepr_maxsize = 256
 
     def recover(self, step: str, exc: Exception, current: IntentResult) -> IntentResult:
-        """Answer a failed step: a fallback result to continue with, or raise the retry,
-        deferral or failure it calls for."""
-        settings = get_settings()
-        exc = _as_domain_error(step, exc)
-        fallback = FALLBACKS.get(step)
-        if isinstance(exc, CircuitOpenError | RateLimitExceeded):
-            if isinstance(exc, CircuitOpenError) and fallback is not None:
-                degraded = fallback(get_runtime(), current, exc)
-                if degraded is not None:
-                    return degraded
-            return self._defer(step, exc, current, settings)
-        if not (isinstance(exc, IntentError) and exc.transient):
-            # Permanent. An incompatible service is not called: its fallback may serve.
-            if isinstance(exc, ServiceUnavailableError) and fallback is not None:
-                degraded = fallback(get_runtime(), current, exc)
-                if degraded is not None:
-                    return degraded
-            raise exc
-        # request.retries counts every re-run of this step, deferrals included.
-        spent = self.request.retries - current.deferrals.get(step, 0)
-        if spent >= settings.retry_max:
-            if fallback is not None:
-                degraded = fallback(get_runtime(), current, exc)
-                if degraded is not None:
-                    return degraded
-            service = exc.service if isinstance(exc, ServiceError) else step
-            raise RetriesExhaustedError(
-                service, f"{step} failed after {spent} retries", str(exc)
-            ) from exc
-        countdown = Backoff.from_settings(settings).countdown(
-            spent, getattr(exc, "retry_after", None), settings.retry_after_max
-        )
-        log.warning(
-            "retrying %s in %.2f s (retry %d of %d): %s",
-            step, countdown, spent + 1, settings.retry_max, exc,
-            extra=log_fields(step, exc, self.request.id, countdown=round(countdown, 3),
-                          retry=spent + 1, max_retries=settings.retry_max),
-        )  # fmt: skip
-        metrics.record_retry(step)
-        payload = current.with_retries(step, spent + 1).model_dump(mode="json")
-        raise self.retry(
-            args=(payload,), exc=exc, countdown=countdown, max_retries=None, **self._shown(current)
-        )
+        """Answer a failed step: a fallback's (or an expired) result to go on with, or park
+        the step's next run (raising Celery's Retry), or raise the failure."""
+        outcome = steps.recover(get_runtime(), step, step_error(step, exc), current)
+        if isinstance(outcome, IntentResult):
+            return outcome
+        self.carry_out(outcome, shown=_shown(current))
 
-    def _defer(
+    def carry_out(
         self,
-        step: str,
-        exc: CircuitOpenError | RateLimitExceeded,
-        current: IntentResult,
-        settings: Settings,
-    ) -> IntentResult:
-        now = time.time()
-        delay = deferral_delay(exc, settings, now)
-        deadline = current.request.deadline
-        if deadline is not None and now + delay > deadline:
-            # Waiting would only reach the step after its deadline.
-            return current.model_copy(update={"status": "expired", "expired_at": step})
-        if current.deferred_seconds + delay > settings.max_deferral:
-            log.error(
-                "%s gives up after waiting %.1f s: %s", step, current.deferred_seconds, exc,
-                extra=log_fields(step, exc, self.request.id, waited=current.deferred_seconds),
-            )  # fmt: skip
-            raise exc
-        log.info(
-            "deferring %s by %.2f s: %s", step, delay, exc,
-            extra=log_fields(step, exc, self.request.id, countdown=round(delay, 3)),
-        )  # fmt: skip
-        metrics.record_deferral(step, circuit_open=isinstance(exc, CircuitOpenError))
-        payload = current.with_deferral(step, delay).model_dump(mode="json")
-        raise self.retry(args=(payload,), countdown=delay, max_retries=None, **self._shown(current))
+        wait: recovery.Wait[Any],
+        *,
+        shown: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Log and count a retry or a deferral, then park the step's next run."""
+        then, step = wait.then, wait.step
+        fields = log_fields(step, then.error, self.request.id, countdown=round(wait.delay, 3))
+        fields.update(extra or {})
+        if isinstance(then, recovery.Retry):
+            retry_max = budgets().retry_max
+            log.warning(
+                "retrying %s in %.2f s (retry %d of %d): %s",
+                step,
+                wait.delay,
+                then.retry,
+                retry_max,
+                then.error,
+                extra={**fields, "retry": then.retry, "max_retries": retry_max},
+            )
+            metrics.record_retry(step)
+        else:
+            log.info("deferring %s by %.2f s: %s", step, wait.delay, then.error, extra=fields)
+            metrics.record_deferral(step, circuit_open=isinstance(then.error, CircuitOpenError))
+        self.park(wait, wait.result.model_dump(mode="json"), shown)
 
-    @staticmethod
-    def _shown(current: IntentResult) -> dict[str, str]:
-        # Keep the re-sent message's repr short too (see tasks.pipeline.analysis_chain).
-        return {"argsrepr": f"(<analysis {current.request.request_id}>,)", "kwargsrepr": "{}"}
+    def park(
+        self, wait: recovery.Wait[Any], payload: Any, argsrepr: dict[str, str] | None
+    ) -> NoReturn:
+        """Park this step's next run (with ``payload``) for the wait's delay, then raise
+        Celery's Retry so the run is recorded as one and its message acked."""
+        request = self.request
+        now = time.time()
+        reason = wait.reason(budgets())
+        run = self.signature_from_request(
+            request, (payload,), {}, retries=(request.retries or 0) + 1, **(argsrepr or {})
+        )
+        try:
+            get_runtime().waiting.park(
+                wait.lane,
+                str(request.id),
+                json.dumps(dict(run)),
+                due=now + wait.delay,
+                reason=reason,
+                release_by=wait.release_by,
+                now=now,
+                patience=get_settings().redis_outage_tolerance,
+            )
+        except Exception as exc:  # Redis stayed away: this message runs again later
+            log.error(
+                "could not park %s (%s); leaving it for redelivery",
+                self.name,
+                exc,
+                extra={"task_id": request.id, "error": type(exc).__name__},
+            )
+            raise Reject(exc, requeue=True) from exc
+        shown_error = (
+            Deferred(wait.step, reason, now + wait.delay) if wait.deferred else wait.then.error
+        )
+        raise Retry(exc=shown_error, when=wait.delay)
+
+    def continue_chain(self, retval: Any) -> None:
+        """Publish the chain's next step with ``retval`` (Celery would do it after the task,
+        where a broker that is away fails the analysis); one that cannot be published
+        leaves this step's message for redelivery, the step being safe to run again."""
+        request = self.request
+        chain = request.chain
+        if not chain:
+            return
+        request.chain = None  # published here, not again by Celery's tracer
+        following = signature(chain[-1], app=self.app)
+        priority = (request.delivery_info or {}).get("priority")
+        try:
+            following.apply_async(
+                (retval,),
+                chain=chain[:-1],
+                parent_id=request.id,
+                root_id=request.root_id or request.id,
+                priority=priority,
+                retry=True,
+                retry_policy=get_settings().publish_retry_policy,
+            )
+        except Exception as exc:
+            log.error(
+                "could not publish the step after %s (%s); leaving it for redelivery",
+                self.name,
+                exc,
+                extra={"task_id": request.id, "error": type(exc).__name__},
+            )
+            raise Reject(exc, requeue=True) from exc
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         log.error(
-            "task %s[%s] failed: %s", self.name, task_id, exc,
+            "task %s[%s] failed: %s",
+            self.name,
+            task_id,
+            exc,
             extra={"task_id": task_id, "error": type(exc).__name__},
-        )  # fmt: skip
+        )
         # The chain stops at a failed step: the analysis ends here.
         if self.name == "intent.analyze":
             metrics.record_failed("rejected")
         elif self.name in STEP_TASK_NAMES:
             metrics.record_failed("failed")
+
+
+def _shown(current: IntentResult) -> dict[str, str]:
+    # Keep the re-sent message's repr short too (see tasks.pipeline.analysis_chain).
+    return {"argsrepr": f"(<analysis {current.request.request_id}>,)", "kwargsrepr": "{}"}

@@ -10,7 +10,6 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from intent.errors import IntentError
 from intent.pipeline.steps import run_local
-from intent.retry import Backoff, RetryHandler
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request
@@ -25,8 +24,7 @@ def submit_one(request: dict[str, Any], timeout: float, local: bool) -> int:
     try:
         parsed = parse_request(request, get_settings().max_payload_bytes)
         if local:
-            retry = RetryHandler(Backoff.from_settings(get_settings()))
-            result = run_local(get_runtime(), parsed, retry)
+            result = run_local(get_runtime(), parsed)
         else:
             from tasks.submit import submit
 

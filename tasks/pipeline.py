@@ -23,7 +23,7 @@ def _step_task(name: str) -> Task:
 
     @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
     def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
-        result = parse_result(payload, get_settings().max_payload_bytes)
+        result = parse_result(payload, get_settings().max_payload_bytes).resumed(time.time())
         try:
             out = steps.run_step(get_runtime(), name, result)
         except Exception as exc:
@@ -34,7 +34,9 @@ def _step_task(name: str) -> Task:
         # Between steps the analysis travels as JSON text: Celery takes a saferepr of every
         # return value, which walks a whole dict (a quarter of a pool process's CPU under
         # a profile) but only cuts a string short.
-        return out.model_dump_json()
+        text = out.model_dump_json()
+        self.continue_chain(text)
+        return text
 
     return run
 

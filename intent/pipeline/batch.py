@@ -4,11 +4,14 @@ with one bulk call per service per step and every error kept on its own item."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from intent.errors import (
+    IntentError,
     RateLimitExceeded,
     ServiceRequestError,
     ServiceUnavailableError,
@@ -17,10 +20,13 @@ from intent.errors import (
 from intent.events import build_events
 from intent.models import BatchItem, BatchResult, Context, IntentResult, PredictionSet
 from intent.patterns import DetectionConflict
+from intent.pipeline import recovery
 from intent.pipeline.intake import admit
 from intent.pipeline.steps import FALLBACKS, detect_pattern, expire_if_late, parse_body
+from intent.ratelimit import GET_CONTEXT, PREDICT
 from intent.runtime import Runtime
 from intent.validation import parse_request
+from intent.waiting import OTHER
 
 BatchStep = Callable[[Runtime, "BatchResult"], "BatchResult"]
 
@@ -92,6 +98,11 @@ def start_batch(rt: Runtime, requests: Any, batch_id: str, max_size: int) -> Bat
 
 
 # -- the steps ---------------------------------------------------------------------------
+
+
+def batch_lane(step: str) -> str:
+    """Where a batch step waits to run again: the endpoint its bulk call counts against."""
+    return {"fetch_context": GET_CONTEXT, "predict": PREDICT}.get(step, OTHER)
 
 
 def pending(step: str, batch: BatchResult) -> list[BatchItem]:
@@ -287,3 +298,53 @@ def fallback_pending(rt: Runtime, step: str, batch: BatchResult, exc: Exception)
 def fail_pending(step: str, batch: BatchResult, exc: BaseException) -> BatchResult:
     """Every item still pending at ``step`` failed with ``exc``."""
     return batch.with_items({item.index: item.fail(exc) for item in pending(step, batch)})
+
+
+def recover_batch(
+    rt: Runtime,
+    step: str,
+    exc: Exception,
+    current: BatchResult,
+    now: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> BatchResult | recovery.Wait[BatchResult]:
+    """The single pipeline's recovery decision for a failed bulk step, applied to the
+    items it concerns: what the step had decided is kept, fallbacks serve the items they
+    can, items past their deadline expire, what cannot be recovered fails those items (not
+    the batch); else the wait for the caller to carry out. A bug (not an IntentError) is
+    raised: the batch fails loudly."""
+    now = time.time() if now is None else now
+    error = recovery.as_domain_error(exc)
+    if not isinstance(error, IntentError):
+        raise exc
+    # The step raised with its decisions unreturned: keep what it did decide.
+    current = settle_pending(rt, step, current, now)
+    if not pending(step, current):
+        return current
+    budgets = recovery.Budgets.from_settings(rt.settings)
+    attempt = recovery.Attempt(step, current.retries.get(step, 0), current.deferred_seconds)
+    decision = recovery.decide(error, attempt, budgets, now, rand)
+    if decision.fallback:
+        current = fallback_pending(rt, step, current, error)
+        if not pending(step, current):
+            return current
+    then = decision.then
+    if isinstance(then, recovery.Fail | recovery.Expire):
+        return fail_pending(step, current, then.error)
+    if isinstance(then, recovery.Retry):
+        following = current.with_retries(step, then.retry)
+    else:
+        # Items that would only reach the step after their deadline stop now.
+        current = expire_pending(step, current, now + then.delay)
+        if not pending(step, current):
+            return current
+        following = current.with_deferral(step, now)
+    deadlines = [
+        item.result.request.deadline
+        for item in pending(step, following)
+        if item.result is not None and item.result.request.deadline is not None
+    ]
+    # Held no longer than the earliest deadline: those items expire at their next run.
+    attempt = replace(attempt, deadline=min(deadlines, default=None))
+    latest = recovery.release_by(then, attempt, budgets, now)
+    return recovery.Wait(f"batch_{step}", then, following, batch_lane(step), latest)

@@ -7,6 +7,7 @@ chains them in-process (``intent submit --local``) with the same retry schedule.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from intent.errors import ServiceRequestError
 from intent.events import build_events
 from intent.models import Context, IntentRequest, IntentResult, PredictionSet
-from intent.retry import RetryHandler
+from intent.pipeline import recovery
 from intent.runtime import Runtime
 
 Step = Callable[[Runtime, IntentResult], IntentResult]
@@ -100,6 +101,13 @@ def last_predictions(rt: Runtime, result: IntentResult, exc: Exception) -> Inten
     )
 
 
+def lane_of(step: str, request: IntentRequest) -> str:
+    """The endpoint a step calls (where it waits to run again: intent/waiting.py)."""
+    if step == "fetch_context":
+        return "get_context" if request.context_id is not None else "analyze_context"
+    return "predict" if step == "predict" else "other"
+
+
 STEPS: tuple[tuple[str, Step], ...] = (
     ("fetch_context", fetch_context),
     ("predict", predict),
@@ -140,17 +148,66 @@ def with_deadline(
     return request.model_copy(update={"deadline": (now or time.time()) + seconds})
 
 
-def run_local(rt: Runtime, request: IntentRequest, retry: RetryHandler) -> IntentResult:
-    """Run the whole analysis in this process, each step retried on transient errors."""
-    result = IntentResult(request=with_deadline(request, rt.settings.analysis_deadline))
+def recover(
+    rt: Runtime,
+    name: str,
+    exc: Exception,
+    current: IntentResult,
+    now: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> IntentResult | recovery.Wait[IntentResult]:
+    """The recovery decision for failed step ``name``, carried out as far as the domain
+    goes: a fallback's degraded result or an expired one to go on with, or the wait (retry
+    or deferral) for the caller to carry out; a failure is raised."""
+    now = time.time() if now is None else now
+    budgets = recovery.Budgets.from_settings(rt.settings)
+    error = recovery.as_domain_error(exc)
+    attempt = recovery.Attempt(
+        name, current.retries.get(name, 0), current.deferred_seconds, current.request.deadline
+    )
+    decision = recovery.decide(error, attempt, budgets, now, rand)
+    fallback = FALLBACKS.get(name)
+    if decision.fallback and fallback is not None:
+        degraded = fallback(rt, current, error)
+        if degraded is not None:
+            return degraded
+    then = decision.then
+    if isinstance(then, recovery.Expire):
+        return current.model_copy(update={"status": "expired", "expired_at": name})
+    if isinstance(then, recovery.Fail):
+        if then.error is exc:
+            raise exc
+        raise then.error from exc
+    if isinstance(then, recovery.Retry):
+        following = current.with_retries(name, then.retry)
+    else:
+        following = current.with_deferral(name, now)
+    latest = recovery.release_by(then, attempt, budgets, now)
+    return recovery.Wait(name, then, following, lane_of(name, current.request), latest)
+
+
+def run_local(
+    rt: Runtime,
+    request: IntentRequest,
+    sleep: Callable[[float], None] = time.sleep,
+    rand: Callable[[], float] = random.random,
+) -> IntentResult:
+    """Run the whole analysis in this process, each failed step recovered as a worker
+    would (the same decision), its waits slept here."""
+    result = IntentResult(
+        request=with_deadline(request, rt.settings.analysis_deadline), submitted_at=time.time()
+    )
     for name, _ in STEPS:
-        attempts = 0
-
-        def attempt(name: str = name, current: IntentResult = result) -> IntentResult:
-            nonlocal attempts
-            attempts += 1
-            return run_step(rt, name, current)
-
-        result = retry.with_retry(attempt, rt.settings.retry_after_max)
-        result = result.with_retries(name, attempts - 1)
+        while True:
+            result = result.resumed(time.time())
+            try:
+                result = run_step(rt, name, result)
+                break
+            except Exception as exc:
+                outcome = recover(rt, name, exc, result, rand=rand)
+            if not isinstance(outcome, recovery.Wait):
+                result = outcome
+                break
+            sleep(outcome.delay)
+            result = outcome.result
     return result

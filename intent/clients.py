@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 
 from intent import metrics
 from intent.errors import (
+    CircuitBreakerError,
     IncompatibleServiceError,
     ServiceError,
     ServiceRequestError,
@@ -215,7 +216,8 @@ class ServiceClient:
             )  # fmt: skip
 
     def health(self) -> dict[str, Any]:
-        return self._send("GET", "/health", None, "health")
+        """``GET /health``, guarded like every call to the service (never rate limited)."""
+        return self._request("GET", "/health", label="health")
 
     # -- bulk calls -------------------------------------------------------------------
 
@@ -308,7 +310,7 @@ class ContextServiceClient(ServiceClient):
         self.required_version = required_version
         self.version_check_interval = version_check_interval
         self._version_checked_at: float | None = None
-        self._version_ok = False
+        self._version_ok: bool | None = None  # None: never verified (the probe failed)
         self._version_reported = ""
 
     def get_context(self, context_id: str) -> dict[str, Any]:
@@ -348,18 +350,28 @@ class ContextServiceClient(ServiceClient):
 
     def ensure_compatible(self) -> None:
         """Refuse to call a service whose /health version is not compatible with the
-        required one; the verdict is kept for ``version_check_interval`` seconds."""
+        required one. The probe is a guarded call like any other (a dead host counts toward
+        its breaker, an open breaker is not probed) and its verdict holds for
+        ``version_check_interval`` seconds, a failed probe's too: the attempt that probed
+        fails with the probe's error, and the later ones call the API (through the breaker)
+        on the last verdict known, rather than probe on every attempt."""
         if self.required_version is None:
             return
         now = time.monotonic()
-        if self._version_checked_at is None or now - self._version_checked_at >= (
-            self.version_check_interval
-        ):
-            reported = str(self.health().get("version", ""))
+        checked = self._version_checked_at
+        if checked is None or now - checked >= self.version_check_interval:
+            try:
+                body = self.health()
+            except CircuitBreakerError:
+                raise  # not probed: the next admitted attempt probes
+            except ServiceError:
+                self._version_checked_at = now  # remembered: probed again after the interval
+                raise
+            reported = str(body.get("version", ""))
             self._version_ok = compatible(reported, self.required_version)
             self._version_reported = reported
             self._version_checked_at = now
-        if not self._version_ok:
+        if self._version_ok is False:
             raise IncompatibleServiceError(
                 self.service,
                 f"incompatible version {self._version_reported or '(none)'}: "

@@ -27,7 +27,8 @@ import requests
 
 from intent.breaker import CircuitAdmin, RedisStore, StoreError
 from intent.breaker.policy import HALF_OPEN, OPEN
-from intent.clients import compatible
+from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, compatible
+from intent.errors import CircuitOpenError
 from intent.keys import Keys
 from intent.logs import mask_secrets, mask_url
 from intent.scripts import register
@@ -55,15 +56,40 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
+class _Unhealthy(Exception):
+    """A /health that answered 5xx: a failure for the service's breaker."""
+
+    def __init__(self, response: requests.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
 def check_service_health(
-    url: str, timeout: float, required_version: str | None = None
+    url: str,
+    timeout: float,
+    required_version: str | None = None,
+    guard: Guard[requests.Response] | None = None,
 ) -> Component:
     """``GET {url}/health`` within ``timeout`` seconds (connect and read); with
-    ``required_version``, the reported version must be semver-compatible with it."""
+    ``required_version``, the reported version must be semver-compatible with it. With
+    ``guard`` (the service's breaker), the probe is a guarded call: a host that is down
+    counts toward its breaker, and an open breaker is reported, not probed."""
     started = time.perf_counter()
     shown = mask_url(url)  # the snapshot is served and logged: no credentials in it
-    try:
+
+    def probe() -> requests.Response:
         response = requests.get(url.rstrip("/") + "/health", timeout=(timeout, timeout))
+        if response.status_code >= 500:
+            raise _Unhealthy(response)
+        return response
+
+    try:
+        response = guard(probe) if guard is not None else probe()
+    except _Unhealthy as exc:
+        response = exc.response
+    except CircuitOpenError as exc:
+        until = f" until {exc.until:.3f}" if exc.until is not None else ""
+        return {"status": DOWN, "error": f"circuit breaker open{until}: not probed", "url": shown}
     except requests.RequestException as exc:
         return {"status": DOWN, "error": f"{type(exc).__name__}: unreachable", "url": shown}
     component: Component = {
@@ -164,8 +190,11 @@ class HealthChecker:
         keys: Keys,
         workers: WorkerProbe,
         breaker_admin: CircuitAdmin | None = None,
+        guard_for: Callable[[str], Guard[Any]] | None = None,
     ):
         self.settings = settings
+        # Each service's breaker guards its probe (health probes are downstream calls too).
+        self.guard_for = guard_for
         self.redis = client
         self.keys = keys
         self.workers = workers
@@ -187,11 +216,20 @@ class HealthChecker:
         """A fresh snapshot (not stored)."""
         s = self.settings
         timeout = s.health_timeout
+
+        def guard(service: str) -> Guard[Any] | None:
+            return self.guard_for(service) if self.guard_for is not None else None
+
         checks: dict[str, Callable[[], Component]] = {
             "context_service": lambda: check_service_health(
-                s.context_service_url, timeout, s.required_context_service_version
+                s.context_service_url,
+                timeout,
+                s.required_context_service_version,
+                guard(ContextServiceClient.service),
             ),
-            "prediction_service": lambda: check_service_health(s.prediction_service_url, timeout),
+            "prediction_service": lambda: check_service_health(
+                s.prediction_service_url, timeout, guard=guard(PredictionServiceClient.service)
+            ),
             "redis": lambda: check_redis(self.redis),
             "circuit_breakers": lambda: check_breakers(self.breaker_admin),
             "workers": lambda: check_workers(self.workers, timeout),

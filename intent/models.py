@@ -139,10 +139,15 @@ class _Waits:
             self: Self_, *, update: dict[str, Any] | None = None, deep: bool = False
         ) -> Self_: ...
 
-    def with_retries(self: Self_, step: str, count: int) -> Self_:
+    def with_retries(self: Self_, step: str, count: int, due: float | None = None) -> Self_:
+        """``count`` retries of ``step``; the next one due at ``due``: held past it (for an
+        open breaker), the step counts the extra time as waited."""
         if not count:
             return self
-        return self.model_copy(update={"retries": {**self.retries, step: count}})
+        update: dict[str, Any] = {"retries": {**self.retries, step: count}}
+        if due is not None:
+            update["waiting_since"] = due
+        return self.model_copy(update=update)
 
     def with_deferral(self: Self_, step: str, now: float) -> Self_:
         """One more deferral of ``step``, waiting from ``now``."""

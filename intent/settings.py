@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     # Waiting steps (intent/waiting.py): a step that waits (a retry's backoff, an open
     # breaker, a full limit) is parked in Redis; each worker's releaser looks every
     # release_interval seconds and publishes at most release_batch steps per lane at a time.
-    release_interval: PositiveFloat = 0.25
+    release_interval: PositiveFloat = 0.1
     release_batch: PositiveInt = 100
     # While Redis is unreachable each process may use this share of every rate limit.
     rate_limit_fallback_share: Annotated[float, Field(gt=0, le=1)] = 0.1

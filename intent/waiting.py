@@ -135,19 +135,31 @@ class WaitingRoom:
         """Take what may run now in ``lane``: ``mode`` FREE (all that is due), PACED (at
         ``rate`` per second fleet-wide, default the lane's; a breaker's trial calls while it
         is half-open), HELD (none but those past their deadline or deferral budget)."""
-        spec = self.lane(lane)
-        rate = spec.rate if rate is None else rate
-        if mode == PACED and rate <= 0:
-            mode = FREE
-        keys = self._keys(spec.name, *WAITING_PARTS[:4], "pace")
-        burst = max(1.0, rate)
-        args: list[str | int] = [mode, self.batch, repr(rate), repr(burst), repr(self.lease)]
-        reply = self._release(keys=keys, args=args)
-        first, waiting, *flat = (_text(part) for part in reply)
-        messages = [
-            (flat[i], json.loads(flat[i + 1])["message"]) for i in range(0, len(flat) - 1, 2)
-        ]
-        return Released(spec.name, messages, int(waiting), float(first) if first else None)
+        (released,) = self.release_all({lane: (mode, rate)})
+        return released
+
+    def release_all(self, modes: Mapping[str, tuple[str, float | None]]) -> list[Released]:
+        """:meth:`release` for several lanes in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            names = []
+            for lane, (mode, rate) in modes.items():
+                spec = self.lane(lane)
+                rate = spec.rate if rate is None else rate
+                if mode == PACED and rate <= 0:
+                    mode = FREE
+                keys = self._keys(spec.name, *WAITING_PARTS[:4], "pace")
+                burst = max(1.0, rate)
+                args: list[str | int] = [
+                    mode,
+                    self.batch,
+                    repr(rate),
+                    repr(burst),
+                    repr(self.lease),
+                ]
+                self._release(keys=keys, args=args, client=pipe)
+                names.append(spec.name)
+            replies = pipe.execute()
+        return [_released(name, reply) for name, reply in zip(names, replies, strict=True)]
 
     def done(self, lane: str, task_ids: Iterable[str]) -> int:
         """Forget published steps (not those parked again meanwhile)."""
@@ -180,6 +192,12 @@ class WaitingRoom:
                 pipe.hlen(self.keys.waiting(name, "entries"))
             counts = pipe.execute()
         return {name: int(count) for name, count in zip(self.lanes, counts, strict=True)}
+
+
+def _released(lane: str, reply: Any) -> Released:
+    first, waiting, *flat = (_text(part) for part in reply)
+    messages = [(flat[i], json.loads(flat[i + 1])["message"]) for i in range(0, len(flat) - 1, 2)]
+    return Released(lane, messages, int(waiting), float(first) if first else None)
 
 
 def patiently(

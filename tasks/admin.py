@@ -20,7 +20,14 @@ def build_app() -> AdminApp:
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     circuits = shared_circuits(settings)
     return AdminApp(
-        health=HealthChecker(settings, rt.redis, rt.keys, ping_workers, circuits),
+        health=HealthChecker(
+            settings,
+            rt.redis,
+            rt.keys,
+            ping_workers,
+            circuits,
+            guard_for=lambda service: rt.breaker(service).call,
+        ),
         circuits=circuits,
         rate_limits=rt.rate_limits,
         metrics=lambda: metrics.exposition(rt),

@@ -31,7 +31,9 @@ def health_checker() -> HealthChecker:
     rt = get_runtime()
     if _checkers.get(os.getpid()) is None or _checkers[os.getpid()].redis is not rt.redis:
         _checkers.clear()  # a forked child or a rebuilt runtime starts afresh
-        _checkers[os.getpid()] = HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers)
+        _checkers[os.getpid()] = HealthChecker(
+            rt.settings, rt.redis, rt.keys, ping_workers, guard_for=lambda s: rt.breaker(s).call
+        )
     return _checkers[os.getpid()]
 
 

@@ -55,19 +55,21 @@ class Releaser:
         self.busy: set[str] = set()
 
     def tick(self) -> int:
-        """One pass over the lanes; returns how many steps it published."""
+        """One pass over the lanes (one round trip, and one per busy lane's breaker);
+        returns how many steps it published."""
         rt = get_runtime()
-        published = 0
+        modes: dict[str, tuple[str, float | None]] = {}
         for lane in rt.waiting.lanes.values():
             # An idle lane needs no look at its breaker: what is parked while the breaker
             # is open waits for it to admit calls, so it is never due at once.
-            mode, rate = lane_mode(rt, lane) if lane.name in self.busy else (PACED, None)
-            released = rt.waiting.release(lane.name, mode, rate)
+            modes[lane.name] = lane_mode(rt, lane) if lane.name in self.busy else (PACED, None)
+        published = 0
+        for released in rt.waiting.release_all(modes):
             if released.waiting or released.messages:
-                self.busy.add(lane.name)
+                self.busy.add(released.lane)
             else:
-                self.busy.discard(lane.name)
-            published += self.publish(rt, lane.name, released.messages)
+                self.busy.discard(released.lane)
+            published += self.publish(rt, released.lane, released.messages)
         return published
 
     def publish(self, rt: Runtime, lane: str, messages: list[tuple[str, str]]) -> int:

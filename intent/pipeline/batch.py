@@ -332,7 +332,7 @@ def recover_batch(
     if isinstance(then, recovery.Fail | recovery.Expire):
         return fail_pending(step, current, then.error)
     if isinstance(then, recovery.Retry):
-        following = current.with_retries(step, then.retry)
+        following = current.with_retries(step, then.retry, due=now + then.countdown)
     else:
         # Items that would only reach the step after their deadline stop now.
         current = expire_pending(step, current, now + then.delay)

@@ -179,7 +179,7 @@ def recover(
             raise exc
         raise then.error from exc
     if isinstance(then, recovery.Retry):
-        following = current.with_retries(name, then.retry)
+        following = current.with_retries(name, then.retry, due=now + then.countdown)
     else:
         following = current.with_deferral(name, now)
     latest = recovery.release_by(then, attempt, budgets, now)

@@ -150,11 +150,26 @@ def test_breaker_transitions_and_deferrals_carry_their_fields(
     worker: LoggedWorker, prediction_service: ReferenceControl
 ) -> None:
     rid = f"logs-b-{uuid.uuid4().hex[:8]}"
+    later = f"{rid}-later"
     prediction_service.set_faults(status=503, count=2)  # two failures trip the breaker
-    result = worker.analyse(request_id=rid, context_id=f"ctx-l-{rid}")
+    first = worker.app.send_task(
+        "intent.analyze",
+        args=[{"client_id": "web", "pattern_id": "checkout", "request_id": rid,
+               "context_id": f"ctx-l-{rid}"}],
+        queue=worker.queue,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not any(
+        line.get("new_state") == "open" for line in worker.lines() if line.get("request_id") == rid
+    ):
+        assert time.monotonic() < deadline, "the breaker never opened"
+        time.sleep(0.02)
+    # An analysis reaching the open breaker waits for it: a deferral, not a retry.
+    result = worker.analyse(request_id=later, context_id=f"ctx-l-{later}")
     assert result["status"] == "completed"
+    assert first.get(timeout=30)["status"] == "completed"
 
-    lines = [line for line in worker.lines() if line.get("request_id") == rid]
+    lines = [line for line in worker.lines() if line.get("request_id") in (rid, later)]
     transitions = [line for line in lines if line["logger"] == "intent.breaker"]
     assert [(t["old_state"], t["new_state"]) for t in transitions] == [
         ("closed", "open"), ("open", "half-open"), ("half-open", "closed"),
@@ -162,12 +177,12 @@ def test_breaker_transitions_and_deferrals_carry_their_fields(
     for line in transitions:
         assert line["breaker"] == "prediction-service"
         assert line["reason"]
-        assert line["task_id"] == f"{rid}.predict"
+        assert line["task_id"] in (f"{rid}.predict", f"{later}.predict")
     (deferral,) = [line for line in lines if line["message"].startswith("deferring")]
     assert deferral["step"] == "predict"
     assert deferral["service"] == "prediction-service"
     assert deferral["error"] == "CircuitOpenError"
-    assert deferral["task_id"] == f"{rid}.predict"
+    assert deferral["task_id"] == f"{later}.predict"
     assert deferral["countdown"] > 0
 
 

@@ -52,11 +52,18 @@ class EmbeddedRedis(Background):
     """Start/stop a valkey-server child process. ``url`` is valid once started."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", password: str | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        password: str | None = None,
+        appendonly: bool = False,
     ):
         self.host = host
         self.port = port or free_port(host)
         self.password = password  # requirepass: clients must AUTH (tests of secret masking)
+        # Append-only persistence (fsync every second, as production Redis runs): a stop and
+        # a start on the same port bring the data back, as a Redis restart does.
+        self.appendonly = appendonly
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="intent-valkey-")
 
@@ -73,7 +80,8 @@ class EmbeddedRedis(Background):
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--dir", self._dir,
             "--daemonize", "no",
             "--loglevel", "warning",
@@ -110,7 +118,8 @@ class EmbeddedRedis(Background):
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
-        """Stop the server (data is lost; start() again gives an empty server, same port)."""
+        """Stop the server (start() again serves on the same port: empty, or with what the
+        append-only file kept)."""
         process, self._process = self._process, None
         if process is None:
             return

@@ -58,8 +58,14 @@ class Runtime:
     def breaker(self, service: str) -> CircuitBreaker:
         """The process's breaker for ``service`` (state shared fleet-wide by name)."""
         if service not in self.breakers:
+            # A call whose failure opens the breaker (a trip, a failed trial) raises the
+            # breaker's CircuitOpenError: its step waits for the breaker, spending no retry
+            # on an outage that the breaker has already called.
             self.breakers[service] = CircuitBreaker(
-                service, CircuitConfig.from_settings(self.settings), store=self.breaker_store
+                service,
+                CircuitConfig.from_settings(self.settings),
+                store=self.breaker_store,
+                throw_new_error_on_trip=True,
             )
         return self.breakers[service]
 

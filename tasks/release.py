@@ -30,7 +30,8 @@ PUBLISH_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "
 
 def lane_mode(rt: Runtime, lane: Lane) -> tuple[str, float | None]:
     """How a lane may release now, from its breaker's shared state: the lane's pace while
-    it is closed, its trial calls per second while half-open, nothing while open."""
+    it is closed, its trial calls per recovery timeout while half-open (or due to be),
+    nothing while open."""
     if lane.service is None:
         return FREE, None
     breaker = rt.breaker(lane.service)
@@ -39,7 +40,9 @@ def lane_mode(rt: Runtime, lane: Lane) -> tuple[str, float | None]:
         return HELD, None
     if snapshot.state == CLOSED or snapshot.forced == "closed":
         return PACED, None
-    trials = float(breaker.config.half_open_max_calls)
+    # One cycle's trials per recovery timeout: a failed trial reopens the breaker for that
+    # long, and the steps released meanwhile would only be refused.
+    trials = breaker.config.half_open_max_calls / breaker.config.recovery_timeout
     if snapshot.state == HALF_OPEN:
         return PACED, trials
     if snapshot.until is not None and snapshot.now >= snapshot.until:

@@ -174,7 +174,9 @@ class Settings(BaseSettings):
     redis_outage_tolerance: PositiveFloat = 30.0
 
     # Tasks
-    task_soft_time_limit: PositiveFloat = 30.0
+    # Soft limit above redis_outage_tolerance: a step that waited that long for Redis to
+    # come back can still publish its next step before Celery interrupts it.
+    task_soft_time_limit: PositiveFloat = 40.0
     task_time_limit: PositiveFloat = 60.0
     result_expires: PositiveInt = 24 * 3600
     # Redis broker: a message neither acked nor rejected after this long (its worker died)
@@ -209,6 +211,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"visibility_timeout must exceed the hard time limit ({self.task_time_limit:g} s)"
             )
+        if self.redis_outage_tolerance >= self.task_soft_time_limit:
+            raise ValueError("redis_outage_tolerance must be below task_soft_time_limit")
         if self.circuit_slow_call_duration >= self.circuit_half_open_timeout:
             # A call stops counting when its lease (half_open_timeout) lapses.
             raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")

@@ -3,7 +3,10 @@
 from celery import Celery
 
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
+from tasks import transport
 from tasks.release import ReleaseStep
+
+transport.install()  # before any broker connection: the Redis transport, one defect mended
 
 app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
 app.config_from_object("celeryconfig")

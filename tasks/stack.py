@@ -81,8 +81,11 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with code {self.process.returncode}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
-                return
+            try:
+                if app.control.ping(destination=[self.name], timeout=0.5):
+                    return
+            except app.connection_for_write().connection_errors:
+                time.sleep(0.1)  # a broker that restarted: the next ping reconnects
         raise RuntimeError(f"worker {self.name} did not answer a ping within {timeout:.0f} s")
 
     def child_pids(self) -> list[int]:

@@ -25,7 +25,8 @@ def pytest_configure(config: pytest.Config) -> None:
     global _embedded
     url = os.environ.get("INTENT_TEST_REDIS_URL")
     if not url:
-        _embedded = EmbeddedRedis().start()
+        # Append-only, as production runs: a test may restart it and find its data again.
+        _embedded = EmbeddedRedis(appendonly=True).start()
         url = _embedded.url
     os.environ["INTENT_REDIS_URL"] = url
     for name in ("INTENT_BROKER_URL", "INTENT_RESULT_BACKEND_URL"):
@@ -50,6 +51,16 @@ def embedded_only() -> None:
     """Skip a test that stops or restarts the server unless the tests started it."""
     if _embedded is None:
         pytest.skip("needs the embedded Redis (INTENT_TEST_REDIS_URL is set)")
+
+
+@pytest.fixture
+def session_redis(embedded_only: None) -> EmbeddedRedis:
+    """The tests' own server (append-only), for a test that restarts it; running again
+    afterwards whatever the test did."""
+    assert _embedded is not None
+    yield _embedded
+    if not _embedded.running:
+        _embedded.start()
 
 
 def delete_service_keys(client: redis.Redis) -> None:

@@ -42,10 +42,24 @@ def run(args: argparse.Namespace) -> int:
         socket_timeout=settings.redis_socket_timeout,
     )  # fmt: skip
     try:
-        return _act(CircuitAdmin(store), args)
+        code = _act(CircuitAdmin(store), args)
     except StoreError as exc:
         print(f"intent circuits: the shared breaker state is unreachable: {exc}", file=sys.stderr)
         return 1
+    if args.action == "list" and not args.json:
+        print(_waiting())
+    return code
+
+
+def _waiting() -> str:
+    """Steps parked until they may run again, per lane (intent/waiting.py)."""
+    from intent.runtime import get_runtime
+
+    try:
+        depth = get_runtime().waiting.depth()
+    except Exception as exc:  # the listing of breakers stands on its own
+        return f"waiting steps: unknown ({type(exc).__name__})"
+    return "waiting steps: " + ", ".join(f"{lane} {count}" for lane, count in depth.items())
 
 
 def _act(admin: CircuitAdmin, args: argparse.Namespace) -> int:

@@ -285,6 +285,28 @@ class BreakerStateCollector:
         yield from (state, failures, calls)
 
 
+class WaitingCollector:
+    """Steps parked until they may run again, per lane, read at each scrape:
+    ``waiting_steps{lane}`` (during an outage, what the fleet will do once it recovers)."""
+
+    def __init__(self, depth: Callable[[], dict[str, int]]):
+        self._depth = depth
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            depth = self._depth()
+        except Exception as exc:  # the store_up gauge already says Redis is away
+            log.warning("metrics: waiting steps unreadable: %s", exc)
+            return
+        gauge = GaugeMetricFamily(
+            "waiting_steps", "Steps parked until they may run again (a retry's backoff, an "
+            "open breaker, a full rate limit), per lane.", labels=["lane"],
+        )  # fmt: skip
+        for lane, count in depth.items():
+            gauge.add_metric([lane], count)
+        yield gauge
+
+
 class _Merged:
     """Several collectors as one, for the encoders."""
 
@@ -319,6 +341,7 @@ def exposition(
     else:
         sources.append(metrics(runtime.settings).registry)
     sources.append(BreakerStateCollector(lambda: circuits or shared_admin(runtime)))
+    sources.append(WaitingCollector(runtime.waiting.depth))
     encode, content_type = choose_encoder(accept or "")
     return encode(_Merged(sources)), content_type
 

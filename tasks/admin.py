@@ -32,6 +32,7 @@ def build_app() -> AdminApp:
         rate_limits=rt.rate_limits,
         metrics=lambda: metrics.exposition(rt),
         token=token,
+        waiting=rt.waiting.depth,
     )
 
 

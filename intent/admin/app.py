@@ -57,7 +57,9 @@ class AdminApp:
         rate_limits: RateLimits,
         metrics: Metrics,
         token: str | None,
+        waiting: Callable[[], dict[str, int]] | None = None,
     ):
+        self.waiting = waiting  # steps parked per lane (intent/waiting.py)
         self.health = health
         self.circuits = circuits
         self.rate_limits = rate_limits
@@ -126,7 +128,10 @@ class AdminApp:
         return Response(body, content_type=content_type)
 
     def _circuits(self, request: Request) -> Response:
-        return _json({"circuits": [s.as_dict() for s in self.circuits.list()]})
+        body: dict[str, Any] = {"circuits": [s.as_dict() for s in self.circuits.list()]}
+        if self.waiting is not None:
+            body["waiting"] = self.waiting()
+        return _json(body)
 
     def _circuit_action(self, request: Request, name: str, action: str) -> Response:
         known = set(self.circuits.names()) | set(SERVICES)

@@ -58,6 +58,9 @@ result_backend_transport_options = {
 }  # fmt: skip
 
 task_default_queue = _settings.queue
+# Every task message passes a gate before Celery handles it (tasks/consumer.py): a bad one
+# is answered and dead-lettered, never able to crash or wedge the worker.
+worker_consumer = "tasks.consumer:Consumer"
 worker_send_task_events = True
 task_send_sent_event = True
 

@@ -70,7 +70,7 @@ class Idempotency:
         self.lease = lease
         self.group = group
         self._claim = scripts.register(client, "idempotency_claim")
-        self._release = scripts.register(client, "idempotency_release")
+        self._release = scripts.register(client, "release_if_owner")
 
     @classmethod
     def from_runtime(cls, group: str | None = None) -> Idempotency:

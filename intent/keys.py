@@ -39,6 +39,12 @@ class Keys:
         (TTL settings.event_dedup_ttl)."""
         return f"{self.prefix}handled:{group}:{event_id}"
 
+    @property
+    def dead_tasks(self) -> str:
+        """Task messages a worker refused (undecodable, a wrong shape), with the reason and
+        their raw bytes (bounded): a stream, MAXLEN ~ events_maxlen."""
+        return f"{self.prefix}tasks:dead"
+
     # -- rate limits ------------------------------------------------------------------
     @property
     def rate_limits(self) -> str:

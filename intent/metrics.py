@@ -341,7 +341,7 @@ def exposition(
     else:
         sources.append(metrics(runtime.settings).registry)
     sources.append(BreakerStateCollector(lambda: circuits or shared_admin(runtime)))
-    sources.append(WaitingCollector(runtime.waiting.depth))
+    sources.append(WaitingCollector(lambda: runtime.waiting.depth()))
     encode, content_type = choose_encoder(accept or "")
     return encode(_Merged(sources)), content_type
 

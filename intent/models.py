@@ -19,7 +19,14 @@ Identifier = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
 ]
-SignalValue = str | int | float | bool | None
+# Strict: a number is a number and a flag a flag, never a string coerced; finite only.
+SignalValue = (
+    Annotated[str, Field(strict=True)]
+    | Annotated[bool, Field(strict=True)]
+    | Annotated[int, Field(strict=True)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    | None
+)
 
 
 class _Model(BaseModel):
@@ -36,7 +43,7 @@ class IntentRequest(_Model):
     pattern_id: Identifier
     # Epoch seconds after which the analysis stops with status "expired" (submit() sets
     # now + INTENT_ANALYSIS_DEADLINE when absent).
-    deadline: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    deadline: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
     signals: (
         Annotated[
             dict[Annotated[str, StringConstraints(max_length=64)], SignalValue],

@@ -116,6 +116,8 @@ class Settings(BaseSettings):
 
     # Input limits
     max_payload_bytes: Annotated[int, Field(ge=256)] = 65536
+    # Nesting of a request's JSON (its inline data included), checked while it is decoded.
+    max_json_depth: Annotated[int, Field(ge=4, le=256)] = 32
     batch_max_size: PositiveInt = 100  # requests one intent.analyze_batch takes
 
     # Events

@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from intent import codec
 from intent.errors import ValidationError
 from intent.models import IntentRequest, IntentResult
+from intent.settings import Settings
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -33,29 +35,28 @@ def _describe(err: Any) -> dict[str, str]:
     return {"field": field, "message": message}
 
 
-def parse_model(model: type[M], payload: Any, *, what: str, max_bytes: int) -> M:
-    """Validate ``payload`` (a dict, or a JSON text of one) as ``model``."""
-    if isinstance(payload, bytes | bytearray):
-        try:
-            payload = payload.decode()
-        except UnicodeDecodeError:
-            raise ValidationError(what, "is not UTF-8 text") from None
-    if isinstance(payload, str):
-        # Characters first (cheap), then UTF-8 bytes: a character takes up to 4.
-        if len(payload) > max_bytes or (
-            len(payload) * 4 > max_bytes and len(payload.encode()) > max_bytes
-        ):
-            raise ValidationError(what, f"is larger than {max_bytes} bytes")
-        try:
-            payload = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(what, f"is not valid JSON ({exc.msg})") from None
+def request_limits(settings: Settings) -> codec.Limits:
+    """What one request may hold (``INTENT_MAX_PAYLOAD_BYTES``, ``INTENT_MAX_JSON_DEPTH``)."""
+    return codec.Limits(
+        max_bytes=settings.max_payload_bytes,
+        max_depth=settings.max_json_depth,
+        max_string=settings.max_payload_bytes,
+    )
+
+
+def parse_model(model: type[M], payload: Any, *, what: str, limits: codec.Limits) -> M:
+    """Validate ``payload`` (a dict, or a JSON text of one) as ``model``: the strict codec
+    first (size, depth, Unicode, finite numbers, no type markers: intent.codec), then the
+    model's own rules."""
+    max_bytes = limits.max_bytes
+    if isinstance(payload, str | bytes | bytearray):
+        payload = codec.loads(payload, limits, what)
         if not isinstance(payload, dict):
             raise ValidationError(what, f"must be a JSON object, not {type(payload).__name__}")
-        # Its size is known from its text: no need to serialise it again to measure it.
     elif not isinstance(payload, dict):
         raise ValidationError(what, f"must be a JSON object, not {type(payload).__name__}")
     else:
+        codec.check(payload, limits, what)
         try:
             size = len(json.dumps(payload, separators=(",", ":")))
         except (TypeError, ValueError) as exc:
@@ -74,10 +75,12 @@ def parse_model(model: type[M], payload: Any, *, what: str, max_bytes: int) -> M
         raise ValidationError(first["field"], message, errors) from None
 
 
-def parse_request(payload: Any, max_bytes: int) -> IntentRequest:
-    return parse_model(IntentRequest, payload, what="request", max_bytes=max_bytes)
+def parse_request(payload: Any, settings: Settings) -> IntentRequest:
+    return parse_model(IntentRequest, payload, what="request", limits=request_limits(settings))
 
 
-def parse_result(payload: Any, max_bytes: int) -> IntentResult:
-    # A step's input also carries the context and predictions: allow it more room.
-    return parse_model(IntentResult, payload, what="analysis", max_bytes=max_bytes * 8)
+def parse_result(payload: Any, settings: Settings) -> IntentResult:
+    # A step's input also carries the context and predictions: allow it more room, and the
+    # levels the analysis wraps its request in.
+    limits = request_limits(settings).nested(4, 8)
+    return parse_model(IntentResult, payload, what="analysis", limits=limits)

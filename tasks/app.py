@@ -3,12 +3,17 @@
 from celery import Celery
 
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
-from tasks import transport
+from tasks import serializer, transport
+from tasks.consumer import Watchdog
 from tasks.release import ReleaseStep
 
 transport.install()  # before any broker connection: the Redis transport, one defect mended
+
+serializer.install()  # application/json: plain JSON only, bounded, no type markers
 
 app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
 app.config_from_object("celeryconfig")
 # Every worker publishes the waiting steps that are due (intent/waiting.py).
 app.steps["consumer"].add(ReleaseStep)
+# A stopping worker exits within a bound, whatever hangs (tasks/consumer.py).
+app.steps["worker"].add(Watchdog)

@@ -25,9 +25,16 @@ from celery import Task, signature
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from intent import metrics
-from intent.errors import CircuitOpenError, Deferred, RateLimitExceeded, ServiceUnavailableError
+from intent.errors import (
+    CircuitOpenError,
+    Deferred,
+    RateLimitExceeded,
+    ServiceUnavailableError,
+    ValidationError,
+)
 from intent.models import IntentResult
 from intent.pipeline import recovery, steps
+from intent.pipeline.intake import release_request
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 
@@ -64,6 +71,39 @@ def chain_step_options(last: bool) -> dict[str, Any]:
     propagated to the last step's id, which callers wait on.
     """
     return {"ignore_result": not last, "store_errors_even_if_ignored": True}
+
+
+def refused_analysis(task_id: str, chain: Any, args: Any) -> tuple[str, str] | None:
+    """The (request_id, analysis id) a refused message belongs to, when it can be told:
+    a step's id is ``{request_id}.{step}`` (or the analysis id, for the last step), and the
+    analysis id is the chain's last task id; else a request in its first argument."""
+    analysis_id = task_id
+    if isinstance(chain, list) and chain and isinstance(chain[0], dict):
+        last = (chain[0].get("options") or {}).get("task_id")
+        analysis_id = last if isinstance(last, str) else task_id
+    for name, _ in steps.STEPS:
+        if task_id.endswith(f".{name}"):
+            return task_id[: -len(name) - 1], analysis_id
+    payload = args[0] if isinstance(args, list | tuple) and args else None
+    if isinstance(payload, dict):
+        inner = payload.get("request")
+        request_id = (inner if isinstance(inner, dict) else payload).get("request_id")
+        if isinstance(request_id, str):
+            return request_id, analysis_id
+    return None
+
+
+def release_refused(task_id: str, chain: Any, args: Any) -> None:
+    """A request refused after its request_id was claimed gives the claim back, so a
+    corrected resubmission runs instead of answering ``duplicate``."""
+    found = refused_analysis(task_id, chain, args)
+    if found is None:
+        return
+    request_id, analysis_id = found
+    try:
+        release_request(get_runtime(), request_id, analysis_id)
+    except Exception as exc:  # the refusal stands; the claim lapses with result_expires
+        log.warning("could not give back the claim of %s: %s", request_id, exc)
 
 
 def budgets() -> recovery.Budgets:
@@ -192,6 +232,8 @@ class PipelineTask(Task):
             exc,
             extra={"task_id": task_id, "error": type(exc).__name__},
         )
+        if isinstance(exc, ValidationError):
+            release_refused(task_id, self.request.chain, args)
         # The chain stops at a failed step: the analysis ends here.
         if self.name == "intent.analyze":
             metrics.record_failed("rejected")

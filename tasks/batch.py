@@ -16,7 +16,7 @@ from intent.models import BatchResult
 from intent.pipeline import batch as batch_steps
 from intent.runtime import get_runtime
 from intent.settings import get_settings
-from intent.validation import parse_model
+from intent.validation import parse_model, request_limits
 from tasks.app import app
 from tasks.base import PipelineTask, chain_step_options, step_error
 
@@ -32,8 +32,8 @@ def batch_max_size() -> int:
 
 def parse_batch(payload: Any) -> BatchResult:
     # A step's input carries up to a batch of analyses, contexts and predictions included.
-    max_bytes = get_settings().max_payload_bytes * 8 * batch_max_size()
-    return parse_model(BatchResult, payload, what="batch", max_bytes=max_bytes)
+    limits = request_limits(get_settings()).nested(8, 8 * batch_max_size())
+    return parse_model(BatchResult, payload, what="batch", limits=limits)
 
 
 class BatchTask(PipelineTask):

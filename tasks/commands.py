@@ -59,7 +59,7 @@ def waiting_for(request_id: str) -> dict[str, Any]:
 def submit_one(request: dict[str, Any], timeout: float, local: bool) -> int:
     parsed = None
     try:
-        parsed = parse_request(request, get_settings().max_payload_bytes)
+        parsed = parse_request(request, get_settings())
         if local:
             result = run_local(get_runtime(), parsed)
         else:

@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from celery import Task, chain
+from celery.exceptions import Ignore, Reject
 
 from intent import metrics
 from intent.models import IntentRequest, IntentResult
 from intent.pipeline import steps
-from intent.pipeline.intake import admit, claim_request
+from intent.pipeline.intake import admit, claim_request, release_request
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
@@ -23,7 +24,7 @@ def _step_task(name: str) -> Task:
 
     @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
     def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
-        result = parse_result(payload, get_settings().max_payload_bytes).resumed(time.time())
+        result = parse_result(payload, get_settings()).resumed(time.time())
         try:
             out = steps.run_step(get_runtime(), name, result)
         except Exception as exc:
@@ -74,10 +75,20 @@ def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
     """Entry point by name: validate a plain-dict request, then become the chain."""
     rt = get_runtime()
     # Over the client's intake limit: fails with RateLimitExceeded(retry_after), no retry.
-    parsed = admit(rt, parse_request(request, get_settings().max_payload_bytes))
+    parsed = admit(rt, parse_request(request, get_settings()))
     owner = claim_request(rt, parsed.request_id, self.request.id)
     if owner is not None and owner != self.request.id:
         return {"request_id": parsed.request_id, "status": "duplicate", "analysis_id": owner}
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
     # the analysis result.
-    raise self.replace(analysis_chain(parsed, self.request.id))
+    try:
+        chain_ = analysis_chain(parsed, self.request.id)
+    except Exception:
+        release_request(rt, parsed.request_id, self.request.id)  # refused after the claim
+        raise
+    try:
+        raise self.replace(chain_)
+    except Ignore:
+        raise  # replaced: the chain is on its way
+    except Exception as exc:  # the broker is away: this message runs again, claim kept
+        raise Reject(exc, requeue=True) from exc

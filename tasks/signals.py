@@ -70,7 +70,7 @@ def _log_configuration(**_: Any) -> None:
 def _ids(args: Any) -> dict[str, str]:
     """The request_id (or batch_id) a task's payload names, without parsing it: steps pass
     the analysis on as JSON text, which opens with its request's id."""
-    payload = args[0] if args else None
+    payload = args[0] if isinstance(args, list | tuple) and args else None
     if isinstance(payload, str):
         match = _RESULT_TEXT_HEAD.match(payload)
         return {"request_id": match.group(1)} if match else {}

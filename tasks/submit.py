@@ -50,7 +50,7 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
     """
     payload = request.model_dump(mode="json") if isinstance(request, IntentRequest) else request
     rt = get_runtime()
-    parsed = admit(rt, parse_request(payload, get_settings().max_payload_bytes))
+    parsed = admit(rt, parse_request(payload, get_settings()))
     owner = claim_request(rt, parsed.request_id, parsed.request_id)
     if owner is not None:
         return Analysis(parsed.request_id, AsyncResult(owner, app=app), duplicate=True)

@@ -3,13 +3,13 @@ with one bulk call per service per step and every error kept on its own item."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from intent import codec
 from intent.errors import (
     IntentError,
     RateLimitExceeded,
@@ -25,7 +25,7 @@ from intent.pipeline.intake import admit
 from intent.pipeline.steps import FALLBACKS, detect_pattern, expire_if_late, parse_body
 from intent.ratelimit import GET_CONTEXT, PREDICT
 from intent.runtime import Runtime
-from intent.validation import parse_request
+from intent.validation import parse_request, request_limits
 from intent.waiting import OTHER
 
 BatchStep = Callable[[Runtime, "BatchResult"], "BatchResult"]
@@ -37,21 +37,12 @@ _STEP_OUTPUT = {"fetch_context": "context", "predict": "predictions", "detect_pa
 # -- intake ------------------------------------------------------------------------------
 
 
-def parse_requests(requests: Any, max_size: int, max_bytes: int) -> list[Any]:
+def parse_requests(requests: Any, max_size: int, limits: codec.Limits) -> list[Any]:
     """The raw requests of a batch (a list, or a JSON text of one) of 1 to ``max_size``
-    items; anything else is refused as a whole with ``ValidationError("requests", ...)``."""
-    if isinstance(requests, bytes | bytearray):
-        try:
-            requests = requests.decode()
-        except UnicodeDecodeError:
-            raise ValidationError("requests", "is not UTF-8 text") from None
-    if isinstance(requests, str):
-        if len(requests) > max_bytes * max_size:
-            raise ValidationError("requests", f"is larger than {max_size} requests can be")
-        try:
-            requests = json.loads(requests)
-        except json.JSONDecodeError as exc:
-            raise ValidationError("requests", f"is not valid JSON ({exc.msg})") from None
+    items; anything else is refused as a whole with ``ValidationError("requests", ...)``.
+    ``limits`` are one request's: the text may hold ``max_size`` of them, a level down."""
+    if isinstance(requests, str | bytes | bytearray):
+        requests = codec.loads(requests, limits.nested(1, max_size), "requests")
     if not isinstance(requests, list | tuple):
         raise ValidationError(
             "requests", f"must be a list of requests, not {type(requests).__name__}"
@@ -68,15 +59,15 @@ def parse_requests(requests: Any, max_size: int, max_bytes: int) -> list[Any]:
 def start_batch(rt: Runtime, requests: Any, batch_id: str, max_size: int) -> BatchResult:
     """Validate and admit each request: a bad one (or one over its client's intake limit)
     fails alone with its error, the others start running."""
-    max_bytes = rt.settings.max_payload_bytes
     submitted_at = time.time()  # each item's duration runs from here, as a chain's does
     first_index: dict[str, int] = {}
     items: list[BatchItem] = []
-    for index, payload in enumerate(parse_requests(requests, max_size, max_bytes)):
+    limits = request_limits(rt.settings)
+    for index, payload in enumerate(parse_requests(requests, max_size, limits)):
         given = payload.get("request_id") if isinstance(payload, dict) else None
         item = BatchItem(index=index, request_id=given if isinstance(given, str) else None)
         try:
-            request = parse_request(payload, max_bytes)
+            request = parse_request(payload, rt.settings)
             first = first_index.setdefault(request.request_id, index)
             if first != index:
                 # Its events and decision are keyed by request_id: it would be item `first`.

@@ -3,6 +3,7 @@ request_id, so a resubmission does not run it twice."""
 
 from __future__ import annotations
 
+from intent import scripts
 from intent.models import IntentRequest
 from intent.pipeline.steps import with_deadline
 from intent.ratelimit import INTAKE
@@ -31,6 +32,12 @@ def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> str | None:
     return owner.decode() if isinstance(owner, bytes) else str(owner)
 
 
-def release_request(rt: Runtime, request_id: str) -> None:
-    """Give a claim back (the analysis could not be enqueued)."""
-    rt.redis.delete(rt.keys.request_claim(request_id))
+def release_request(rt: Runtime, request_id: str, analysis_id: str | None = None) -> bool:
+    """Give a claim back: the analysis could not be enqueued, or it was refused (bad input)
+    after the claim, so a corrected resubmission runs. With ``analysis_id``, only that
+    analysis's claim is given back (never a later owner's). True if one was."""
+    key = rt.keys.request_claim(request_id)
+    if analysis_id is None:
+        return bool(rt.redis.delete(key))
+    release = scripts.register(rt.redis, "release_if_owner")
+    return bool(release(keys=[key], args=[analysis_id]))

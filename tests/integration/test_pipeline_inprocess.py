@@ -76,7 +76,7 @@ def test_stable_task_ids_derive_from_the_request_id(clean: redis.Redis) -> None:
     rid = payload["request_id"]
     # The chain submit() sends: each step's id derives from the request_id, the last one's
     # is the request_id itself (the analysis result).
-    sent = analysis_chain(parse_request(payload, 1 << 20), rid)
+    sent = analysis_chain(parse_request(payload, get_settings()), rid)
     assert [(s.task, s.options["task_id"]) for s in sent.tasks] == [
         ("intent.fetch_context", f"{rid}.fetch_context"),
         ("intent.predict", f"{rid}.predict"),
@@ -127,6 +127,10 @@ def test_malformed_payload_by_name_fails_once_naming_the_field(
 ) -> None:
     if isinstance(payload, bytes):
         payload = payload.decode("latin-1")  # a JSON broker carries text, not bytes
+    try:
+        json.dumps(payload)
+    except ValueError:
+        pytest.skip("no client can send it: JSON cannot say it (submit() refuses it: unit test)")
     result = app.send_task("intent.analyze", args=[payload])
     with pytest.raises(ValidationError) as info:
         result.get(timeout=15)

@@ -8,10 +8,19 @@ import pytest
 
 from intent.errors import ValidationError
 from intent.models import IntentRequest
+from intent.settings import Settings
 from intent.validation import parse_request
 
 GOOD = {"request_id": "r-1", "client_id": "web", "context_id": "ctx-1", "pattern_id": "p1"}
 CAP = 65536
+SETTINGS = Settings(max_payload_bytes=CAP, max_json_depth=32)
+
+
+def nested(levels: int) -> dict:
+    data: dict = {"leaf": 1}
+    for _ in range(levels):
+        data = {"d": data}
+    return data
 
 
 def without(field: str) -> dict:
@@ -43,7 +52,24 @@ MALFORMED: list[tuple[object, str]] = [
     ({**GOOD, "signals": ["a"]}, "signals"),
     ({**GOOD, "signals": {f"s{i}": i for i in range(65)}}, "signals"),
     ({**GOOD, "unexpected": 1}, "unexpected"),
-    ({**without("context_id"), "data": {"blob": "x" * (CAP + 1)}}, "request"),
+    ({**without("context_id"), "data": {"blob": "x" * (CAP + 1)}}, "data.blob"),
+    # Bounded and strict while decoding: depth, Unicode, numbers, no type markers.
+    ({**without("context_id"), "data": nested(500)}, "data" + ".d" * 31),  # level 33
+    ('{"client_id": "web", "pattern_id": "p", "data": ' + "[" * 1000 + "]" * 1000 + "}", "request"),
+    ({**without("context_id"), "data": {"name": "\ud800"}}, "data.name"),
+    ('{"client_id": "web", "pattern_id": "p", "data": {"name": "\\ud800"}}', "data.name"),
+    ({**without("context_id"), "data": {"x": float("nan")}}, "data.x"),
+    ('{"client_id": "web", "pattern_id": "p", "data": {"x": NaN}}', "data.x"),
+    ('{"client_id": "web", "pattern_id": "p", "data": {"x": 1e400}}', "data.x"),
+    ('{"client_id": "web", "pattern_id": "p", "data": {"x": ' + "9" * 5000 + "}}", "request"),
+    ({**without("context_id"), "data": {"x": 10**5000}}, "data.x"),
+    (
+        {**without("context_id"), "data": {"b": {"__type__": "bytes", "__value__": "eA=="}}},
+        "data.b",
+    ),
+    ({**GOOD, "deadline": "4102444800"}, "deadline"),
+    ({**GOOD, "deadline": True}, "deadline"),
+    ({**GOOD, "signals": {"k": float("inf")}}, "signals.k"),
     ("this is not json", "request"),
     ('{"client_id": ', "request"),
     (b"\xff\xfe", "request"),
@@ -56,7 +82,7 @@ MALFORMED: list[tuple[object, str]] = [
 @pytest.mark.parametrize(("payload", "field"), MALFORMED)
 def test_malformed_payload_names_the_field(payload: object, field: str) -> None:
     with pytest.raises(ValidationError) as info:
-        parse_request(payload, CAP)
+        parse_request(payload, SETTINGS)
     assert info.value.field == field
     assert field in str(info.value)
     assert not info.value.transient
@@ -67,12 +93,15 @@ def test_at_least_twenty_malformed_cases() -> None:
 
 
 def test_good_payload_as_dict_or_json_text() -> None:
-    assert parse_request(GOOD, CAP).context_id == "ctx-1"
-    assert parse_request(json.dumps(GOOD), CAP).client_id == "web"
+    assert parse_request(GOOD, SETTINGS).context_id == "ctx-1"
+    assert parse_request(json.dumps(GOOD), SETTINGS).client_id == "web"
 
 
 def test_request_id_is_generated_when_absent() -> None:
-    a, b = parse_request(without("request_id"), CAP), parse_request(without("request_id"), CAP)
+    a, b = (
+        parse_request(without("request_id"), SETTINGS),
+        parse_request(without("request_id"), SETTINGS),
+    )
     assert a.request_id != b.request_id
     assert IntentRequest.model_validate({**without("request_id")}).request_id
 
@@ -80,7 +109,7 @@ def test_request_id_is_generated_when_absent() -> None:
 def test_validation_error_survives_a_json_round_trip_of_its_args() -> None:
     # Celery's JSON backend stores exc.args and rebuilds the error as cls(*args).
     with pytest.raises(ValidationError) as info:
-        parse_request(without("client_id"), CAP)
+        parse_request(without("client_id"), SETTINGS)
     rebuilt = ValidationError(*json.loads(json.dumps(info.value.args)))
     assert rebuilt.field == "client_id"
     assert str(rebuilt) == str(info.value)

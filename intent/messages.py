@@ -162,7 +162,7 @@ def _body_field(field: str) -> str:
         return field
     part, index, rest = match.group(1), match.group(2), match.group(3).lstrip(".")
     if part == "0" and index == "0":
-        return rest or "args[0]"
+        return "args[0]" + rest if not rest or rest.startswith("[") else rest
     base = {"0": f"args[{index}]", "1": "kwargs", "2": "embed"}.get(part, "body")
     if part != "0" and index is not None:
         base += f"[{index}]"

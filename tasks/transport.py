@@ -1,4 +1,4 @@
-"""The Redis broker transport, with one kombu defect mended.
+"""The Redis broker transport, with two kombu gaps closed.
 
 When the worker loses its broker connection, Celery closes it, and closing a channel
 restores the messages it holds unacknowledged; by then kombu's channel may have no
@@ -8,14 +8,75 @@ instead of a connection error: Celery treats it as unrecoverable and the worker 
 every Redis restart that finds work in flight. Here that case is the connection error it
 is, which Celery and kombu already handle (the messages stay unacknowledged in Redis and
 the visibility sweep brings them back).
+
+And a message on the queue's list that is not a kombu envelope at all (not JSON, no
+properties, headers that are not an object: anyone who can write to Redis can put one
+there) made kombu's message constructor raise inside the event loop, which ends the
+worker; here it is dead-lettered with its reason (the worker's gate, tasks/consumer.py,
+sees every well-formed envelope).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger("intent.worker")
+
+
+def envelope_problem(envelope: Any) -> str | None:
+    """What is wrong with a decoded kombu envelope, or None."""
+    if not isinstance(envelope, Mapping):
+        return f"the envelope must be an object, not {type(envelope).__name__}"
+    properties = envelope.get("properties")
+    if not isinstance(properties, Mapping):
+        return "the envelope has no properties object"
+    if not isinstance(properties.get("delivery_tag"), str | int):
+        return "the envelope has no delivery tag"
+    if not isinstance(properties.get("delivery_info", {}), Mapping):
+        return "the envelope's delivery_info is not an object"
+    if properties.get("body_encoding") not in (None, "base64", "utf-8"):
+        return "the envelope's body encoding is unknown"
+    headers = envelope.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        return f"the envelope's headers must be an object, not {type(headers).__name__}"
+    body = envelope.get("body")
+    if body is not None and not isinstance(body, str):
+        return f"the envelope's body must be text, not {type(body).__name__}"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(envelope.get(key), str | None):
+            return f"the envelope's {key} must be text"
+    return None
+
+
+def dead_letter(reason: str, envelope: Any) -> None:
+    """Keep a message the worker could not even read as a message."""
+    log.error("refused a broker message: %s", reason)
+    try:
+        from intent.poison import DeadTasks
+        from intent.runtime import get_runtime
+
+        rt = get_runtime()
+        try:
+            raw = json.dumps(envelope, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            raw = repr(type(envelope))
+        DeadTasks(rt.redis, rt.keys, rt.settings.events_maxlen).add(
+            field="envelope",
+            reason=reason,
+            task=None,
+            task_id=None,
+            content_type=None,
+            headers=None,
+            body=raw,
+        )
+    except Exception as exc:
+        log.error("could not keep the refused broker message: %s", exc)
 
 
 class Channel(kombu_redis.Channel):
@@ -25,9 +86,33 @@ class Channel(kombu_redis.Channel):
             raise redis.ConnectionError("the broker connection is already closed")
         return super()._connparams(asynchronous=asynchronous)
 
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)
+        except (ValueError, TypeError) as exc:  # the item was not a JSON envelope
+            dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
+            return True
+
+    def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._get(queue, *args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
+            raise kombu_redis.Empty() from exc
+
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        problem = envelope_problem(message)
+        if problem is not None:
+            dead_letter(problem, message)
+            return
+        try:
+            super()._deliver(message, queue)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            dead_letter(f"could not be read as a message: {type(exc).__name__}: {exc}", message)
 
 
 def install() -> None:

@@ -1,0 +1,204 @@
+"""No message takes a worker down: raw broker messages of every bad shape, sent to a real
+prefork worker. Each is answered (a ValidationError naming what is wrong, stored under its
+task id when it has one) and dead-lettered with its reason and bytes; none is delivered
+again; the worker stays up (the same processes) and goes on serving analyses."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Producer
+
+from intent.errors import ValidationError
+from intent.poison import DeadTasks
+from intent.reference import ReferenceServices
+from intent.runtime import get_runtime
+from tasks import submit
+from tasks.app import app
+from tasks.stack import WorkerProcess, running_worker
+from tests.helpers import wait_until
+from tests.integration.conftest import FAST_RETRY_ENV
+from tests.integration.test_pipeline_inprocess import request
+
+pytestmark = pytest.mark.integration
+
+GOOD_BODY = json.dumps([[request()], {}, {"callbacks": None, "errbacks": None, "chain": None}])
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def body_of(args: Any, kwargs: Any = None, embed: Any = None) -> str:
+    embed = embed if embed is not None else {"callbacks": None, "errbacks": None, "chain": None}
+    return json.dumps([args, {} if kwargs is None else kwargs, embed])
+
+
+# (name, header changes, body, content type, the field the answer must name)
+CASES: list[tuple[str, dict[str, Any], Any, str, str]] = [
+    ("no content type", {}, GOOD_BODY, "", "content_type"),
+    ("a binary content type", {}, GOOD_BODY, "application/x-python-serialize", "content_type"),
+    ("an empty body", {}, b"", "application/json", "body"),
+    ("a body of two elements", {}, json.dumps([[], {}]), "application/json", "body"),
+    ("a body of four", {}, json.dumps([[], {}, {}, 1]), "application/json", "body"),
+    ("a body 5", {}, "5", "application/json", "body"),
+    ("a body null", {}, "null", "application/json", "body"),
+    ("a string body", {}, json.dumps("hello"), "application/json", "body"),
+    ("not JSON", {}, b"\x80\x04not json at all", "application/json", "body"),
+    ("invalid UTF-8", {}, b'[["\xff\xfe"], {}, {}]', "application/json", "body"),
+    ("nested 10,000 deep", {}, "[" * 10000 + "]" * 10000, "application/json", "body"),
+    ("a 5,000-digit integer", {}, "[[" + "9" * 5000 + "], {}, {}]", "application/json", "body"),
+    ("args nested 500 deep", {}, body_of(nested(500)), "application/json", "args[0]"),
+    ("data nested 500 deep", {}, body_of([{**request(), "context_id": None, "data": nested(500)}]),
+     "application/json", "data"),
+    ("a type marker", {}, body_of([{**request(), "signals": {"__type__": "uuid",
+                                                            "__value__": "x"}}]),
+     "application/json", "signals"),
+    ("a lone surrogate", {}, body_of([{**request(), "context_id": None,
+                                       "data": {"name": "\ud800"}}]),
+     "application/json", "data.name"),
+    ("kwargs as a list", {}, json.dumps([[request()], [1], {}]), "application/json", "kwargs"),
+    ("args as an object", {}, json.dumps([{"a": 1}, {}, {}]), "application/json", "args"),
+    ("too many args", {}, body_of([request(), request()]), "application/json", "args"),
+    ("timelimit x", {"timelimit": "x"}, GOOD_BODY, "application/json", "headers.timelimit"),
+    ("timelimit of three", {"timelimit": [1, 2, 3]}, GOOD_BODY, "application/json",
+     "headers.timelimit"),
+    ("stamped_headers 5", {"stamped_headers": 5}, GOOD_BODY, "application/json",
+     "headers.stamped_headers"),
+    ("an eta that is no date", {"eta": "soon"}, GOOD_BODY, "application/json", "headers.eta"),
+    ("retries a string", {"retries": "1"}, GOOD_BODY, "application/json", "headers.retries"),
+    ("an unknown task", {"task": "intent.analyse"}, GOOD_BODY, "application/json",
+     "headers.task"),
+    ("headers nested deep", {"origin": None, "x-deep": nested(50)}, GOOD_BODY,
+     "application/json", "headers.x-deep"),
+    ("an embed chain of numbers", {}, body_of([request()], embed={"chain": [5]}),
+     "application/json", "embed.chain"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def worker(reference: ReferenceServices) -> Iterator[WorkerProcess]:
+    with running_worker(concurrency=2, env=FAST_RETRY_ENV) as process:
+        yield process
+
+
+def publish(body: Any, content_type: str, headers: dict[str, Any]) -> None:
+    queue = app.amqp.default_queue
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    with app.connection_for_write() as conn:
+        producer = Producer(conn, exchange=queue.exchange, routing_key=queue.routing_key)
+        producer.publish(
+            raw,
+            content_type=content_type,
+            content_encoding="utf-8",
+            headers=headers,
+            declare=[],
+            serializer=None,
+        )
+
+
+def dead_letters() -> DeadTasks:
+    rt = get_runtime()
+    return DeadTasks(rt.redis, rt.keys, 1000)
+
+
+@pytest.mark.parametrize(("name", "changes", "body", "content_type", "field"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_a_bad_message_is_answered_and_dead_lettered_and_the_worker_stays_up(
+    worker: WorkerProcess,
+    redis_client: redis.Redis,
+    name: str,
+    changes: dict[str, Any],
+    body: Any,
+    content_type: str,
+    field: str,
+) -> None:
+    pids = (worker.process.pid, sorted(worker.child_pids()))
+    task_id = f"poison-{uuid.uuid4().hex[:10]}"
+    headers = {"task": "intent.analyze", "id": task_id, "lang": "py", **changes}
+    publish(body, content_type, headers)
+
+    result = app.AsyncResult(task_id)
+    with pytest.raises(ValidationError) as info:
+        result.get(timeout=15)
+    assert info.value.field.startswith(field), info.value
+    kept = wait_until(
+        lambda: [d for d in dead_letters().list() if d.task_id == task_id], 5, "the dead letter"
+    )
+    assert kept[0].field == info.value.field
+    assert kept[0].reason == info.value.message
+    assert kept[0].body == (body if isinstance(body, bytes) else body.encode(
+        "utf-8", "surrogatepass"))[:65536]  # fmt: skip
+    # The worker answered without a death: the same main process and pool processes.
+    assert (worker.process.pid, sorted(worker.child_pids())) == pids
+    assert worker.process.poll() is None
+
+
+def test_a_message_without_an_id_is_dead_lettered_and_the_worker_serves_on(
+    worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    marker = f"no-id-{uuid.uuid4().hex[:8]}"
+    publish(GOOD_BODY, "application/json", {"task": "intent.analyze", "origin": marker})
+    kept = wait_until(
+        lambda: [d for d in dead_letters().list() if marker in d.headers], 10, "the dead letter"
+    )
+    assert kept[0].field == "headers.id"
+    # Acked, never delivered again: one dead letter, and the worker serves the next one.
+    assert submit(request()).get(timeout=30).status == "completed"
+    assert len([d for d in dead_letters().list() if marker in d.headers]) == 1
+    assert worker.process.poll() is None
+
+
+def envelope(**changes: Any) -> str:
+    """A raw kombu envelope on the queue's list, as a hand-made message would be."""
+    raw = {
+        "body": GOOD_BODY,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"task": "intent.analyze", "id": str(uuid.uuid4())},
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "utf-8",
+            "delivery_info": {"exchange": "", "routing_key": "intent"},
+            "priority": 0,
+        },
+    }
+    return json.dumps({**raw, **changes})
+
+
+ENVELOPES = [
+    ("headers a list", envelope(headers=["not", "an", "object"])),
+    ("headers a string", envelope(headers="x")),
+    ("no properties", envelope(properties=None)),
+    ("a body that is a number", envelope(body=5)),
+    ("a base64 body that is not", envelope(properties={"delivery_tag": "t",
+                                                       "body_encoding": "base64"}, body="x")),
+    ("not JSON", "garbage"),
+    ("a list", json.dumps([1, 2])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", [e[1] for e in ENVELOPES], ids=[e[0] for e in ENVELOPES])
+def test_an_item_on_the_queue_that_is_no_message_is_dead_lettered(
+    worker: WorkerProcess, redis_client: redis.Redis, raw: str
+) -> None:
+    pids = (worker.process.pid, sorted(worker.child_pids()))
+    before = len(dead_letters().list(1000))
+    redis_client.lpush(app.amqp.default_queue.name, raw)
+    wait_until(lambda: len(dead_letters().list(1000)) > before, 10, "the dead letter")
+    assert dead_letters().list(1)[0].field == "envelope"
+    assert submit(request()).get(timeout=30).status == "completed"
+    assert (worker.process.pid, sorted(worker.child_pids())) == pids
+
+
+def test_a_good_analysis_after_all_of_them_completes(worker: WorkerProcess) -> None:
+    assert submit(request()).get(timeout=30).status == "completed"
+    assert worker.process.poll() is None

@@ -188,6 +188,11 @@ def _big_numbers(text: str, limits: Limits) -> bool:
     return "0" * (limits.max_int_digits + 1) in zeros or any(e in zeros for e in _EXPONENTS)
 
 
+def within_depth(value: Any, max_depth: int) -> bool:
+    """A decoded value within ``max_depth`` levels and free of type markers."""
+    return _plain_shape(value, max_depth)
+
+
 def _plain_shape(value: Any, max_depth: int) -> bool:
     """Within ``max_depth`` and free of type markers: a walk over the containers alone, a
     level at a time (the cheap path for a decoded document; :func:`check` says where)."""

@@ -13,7 +13,8 @@ from typing import Any
 
 import redis
 
-from intent import scripts
+from intent import codec, scripts
+from intent.errors import ValidationError
 from intent.keys import Keys
 from intent.models import Event, IntentEvent, IntentResult
 
@@ -77,15 +78,40 @@ def _stream_fields(event: Event) -> list[str]:
     ]  # fmt: skip
 
 
+# An entry's data: what an event may carry, and no more (a consumer reads untrusted entries).
+DATA_LIMITS = codec.Limits(max_bytes=1 << 20, max_depth=32, max_string=1 << 20)
+
+
 def event_from_fields(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
-    """Parse a stream entry back into an :class:`Event` (raises pydantic's ValidationError)."""
-    text = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in fields.items()
-    }
+    """Parse a stream entry back into an :class:`Event`; raises pydantic's ValidationError
+    or :class:`~intent.errors.ValidationError` (not UTF-8, data too deep, not JSON...)."""
+    text: dict[str, str] = {}
+    for key, value in fields.items():
+        name, content = _text(key, "a field name"), _text(value, f"field {key!r}")
+        text[name] = content
     payload: dict[str, Any] = dict(text)
-    payload["data"] = json.loads(text.get("data", "{}"))
+    try:
+        payload["data"] = codec.loads(text.get("data", "{}"), DATA_LIMITS, "data")
+    except ValidationError as exc:
+        field = exc.field if exc.field == "data" else f"data.{exc.field}"
+        raise ValidationError(field, exc.message) from None
     return Event.model_validate(payload)
+
+
+def _text(value: str | bytes, what: str) -> str:
+    """UTF-8 text: a client reading with errors="surrogateescape" hands undecodable bytes
+    over as lone surrogates, refused here."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError(what, "is not UTF-8 text") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(what, "is not UTF-8 text") from None
+    return value
 
 
 class EventPublisher:

@@ -46,6 +46,7 @@ def _client(settings: Settings, timeout: float | None = None) -> redis.Redis:
     return redis.Redis.from_url(
         settings.require_redis_url(),
         decode_responses=True,
+        encoding_errors="surrogateescape",  # an undecodable entry is shown, not fatal
         socket_timeout=timeout or settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
     )

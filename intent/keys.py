@@ -31,8 +31,9 @@ class Keys:
 
     @property
     def dead_letters(self) -> str:
-        """Events a consumer gave up on, with the error: a stream (MAXLEN ~ events_maxlen)."""
-        return f"{self.prefix}events:dead"
+        """Events a consumer gave up on, with the error: a stream (MAXLEN ~ events_maxlen).
+        Hash-tagged with the events stream: one script moves an entry between them."""
+        return f"{{{self.events_stream}}}:dead"
 
     def event_handled(self, group: str, event_id: str) -> str:
         """A handler's "done" mark for one event in one consumer group

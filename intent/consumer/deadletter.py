@@ -3,17 +3,19 @@
 A dead letter keeps the original entry's fields as they were and adds ``dead_*`` fields
 (reason, error, group, consumer, deliveries, original id, time). Requeueing adds the
 original fields back to ``intent:events`` as a new entry and deletes the dead letter.
+Both moves are one Lua script each over keys that share a hash tag (one Cluster slot).
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
+from intent import scripts
 from intent.keys import Keys
 from intent.models import utcnow_iso
 
@@ -103,7 +105,8 @@ class DeadLetter:
 
 
 class DeadLetters:
-    """Read and requeue ``intent:events:dead`` (needs a client with decode_responses)."""
+    """Read, add and requeue ``{intent:events}:dead`` (a client with decode_responses and
+    encoding_errors="surrogateescape")."""
 
     def __init__(self, client: redis.Redis, keys: Keys, maxlen: int):
         self.client = client
@@ -126,35 +129,36 @@ class DeadLetters:
     def requeue(self, dead_id: str) -> str | None:
         """Put one dead letter back on the events stream; its new entry id (None: no such
         dead letter). Every consumer group receives it again, as a new entry."""
-        added = self._requeue_batch(
-            lambda pipe: pipe.xrange(self.keys.dead_letters, dead_id, dead_id)
-        )
+        added = self._requeue(dead_id, dead_id, 1)
         return added[0] if added else None
 
     def requeue_all(self, batch: int = 100) -> int:
         """Put every dead letter back, oldest first; how many were requeued."""
         total = 0
         while True:
-            added = self._requeue_batch(
-                lambda pipe: pipe.xrange(self.keys.dead_letters, "-", "+", count=batch)
-            )
+            added = self._requeue("-", "+", batch)
             if not added:
                 return total
             total += len(added)
 
-    def _requeue_batch(self, read: Callable[[redis.client.Pipeline], object]) -> builtins.list[str]:
-        # WATCH the dead stream: two operators requeueing the same letters at once must not
-        # add them twice. The XADDs and XDELs then go in one MULTI/EXEC.
-        def move(pipe: redis.client.Pipeline) -> None:
-            rows = cast(Rows, read(pipe))
-            pipe.multi()
-            for _, entry in rows:
-                fields: dict[Any, Any] = {k: v for k, v in entry.items() if k not in DEAD_FIELDS}
-                pipe.xadd(self.keys.events_stream, fields, maxlen=self.maxlen, approximate=True)
-            if rows:
-                pipe.xdel(self.keys.dead_letters, *(dead_id for dead_id, _ in rows))
+    def _requeue(self, first: str, last: str, count: int) -> builtins.list[str]:
+        script = scripts.register(self.client, "requeue_dead")
+        keys = [self.keys.dead_letters, self.keys.events_stream]
+        added = script(keys=keys, args=[self.maxlen, first, last, count])
+        return [a.decode() if isinstance(a, bytes) else str(a) for a in added]
 
-        results = cast(builtins.list[object], self.client.transaction(move, self.keys.dead_letters))
-        if not results:
-            return []
-        return [str(new_id) for new_id in results[:-1]]
+    def add(self, group: str, entry_id: str, letter: Mapping[str, str | bytes]) -> str:
+        """Dead-letter pending entry ``entry_id`` of ``group`` (its ``letter`` from
+        :func:`dead_letter_fields`) and acknowledge it, in one step."""
+        script = scripts.register(self.client, "dead_letter")
+        flat: builtins.list[bytes | str | int] = [group, entry_id, self.maxlen]
+        for key, value in letter.items():
+            flat += [as_bytes(key), as_bytes(value)]
+        dead_id = script(keys=[self.keys.events_stream, self.keys.dead_letters], args=flat)
+        return dead_id.decode() if isinstance(dead_id, bytes) else str(dead_id)
+
+
+def as_bytes(text: str | bytes) -> bytes:
+    """A field as written: undecodable bytes, read as lone surrogates (surrogateescape),
+    go back as the bytes they were."""
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")

@@ -16,7 +16,9 @@ import pydantic
 import pydantic_core
 from pydantic import TypeAdapter
 
-from intent.events import event_from_fields
+from intent import codec
+from intent.errors import ValidationError
+from intent.events import DATA_LIMITS, event_from_fields
 from intent.models import Event, IntentEvent
 
 StreamEntry = tuple[str, dict[str, str]]
@@ -40,6 +42,8 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
 
 def describe_error(exc: Exception) -> str:
     """A one-line reason for a malformed entry."""
+    if isinstance(exc, ValidationError):
+        return f"{exc.field}: {exc.message}"
     if isinstance(exc, pydantic.ValidationError):
         return "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
@@ -54,7 +58,7 @@ def parse_entry(fields: Mapping[str, str]) -> Event | Exception:
     """One entry as an Event, or the exception :func:`event_from_fields` raises for it."""
     try:
         return event_from_fields(fields)
-    except (pydantic.ValidationError, ValueError, TypeError) as exc:
+    except (pydantic.ValidationError, ValidationError, ValueError, TypeError) as exc:
         return exc
 
 
@@ -63,8 +67,13 @@ def parse_entries(fields: Sequence[Mapping[str, str]]) -> list[Event | Exception
     payloads: list[dict[str, Any]] = []
     for entry in fields:
         payload = dict(entry)
+        raw = entry.get("data", "{}")
         try:
-            payload["data"] = pydantic_core.from_json(entry["data"]) if "data" in entry else {}
+            if not _plain(entry) or len(raw) > DATA_LIMITS.max_string:
+                raise ValueError("needs the strict parser")
+            payload["data"] = pydantic_core.from_json(raw)
+            if not _shallow(payload["data"]):
+                raise ValueError("needs the strict parser")
         except ValueError:
             return [parse_entry(entry) for entry in fields]
         payloads.append(payload)
@@ -75,7 +84,25 @@ def parse_entries(fields: Sequence[Mapping[str, str]]) -> list[Event | Exception
         return [parse_entry(entry) for entry in fields]
 
 
+def _plain(entry: Mapping[str, str]) -> bool:
+    """Every name and value plain ASCII, or UTF-8 (no lone surrogate from undecodable
+    bytes): the fast path's precondition."""
+    for key, value in entry.items():
+        for text in (key, value):
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+    return True
+
+
+def _shallow(data: Any) -> bool:
+    return codec.within_depth(data, DATA_LIMITS.max_depth)
+
+
 def is_unknown_type(fields: Mapping[str, str]) -> bool:
     """An entry with a ``type`` this code does not know (a newer producer, another service)."""
     event_type = fields.get("type")
-    return event_type is not None and event_type not in KNOWN_TYPES
+    # A type that is not even UTF-8 text is a malformed entry, not a producer's new type.
+    return event_type is not None and event_type not in KNOWN_TYPES and _plain(fields)

@@ -167,7 +167,8 @@ class _StreamReader:
 class EventConsumer:
     """Runs ``handler`` over ``intent:events`` as one consumer of ``config.group``.
 
-    ``client`` must decode responses (``decode_responses=True``) and have a socket timeout
+    ``client`` must decode responses (``decode_responses=True``, with
+    ``encoding_errors="surrogateescape"``) and have a socket timeout
     longer than ``config.block``; :meth:`from_settings` builds such a client.
     """
 
@@ -182,8 +183,14 @@ class EventConsumer:
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
     ):
-        if not client.get_encoder().decode_responses:
-            raise ValueError("EventConsumer needs a client with decode_responses=True")
+        encoder = client.get_encoder()
+        if not encoder.decode_responses or encoder.encoding_errors != "surrogateescape":
+            # An entry holding a byte that is not UTF-8 must not stop the reader: with
+            # surrogateescape it is read (and dead-lettered, its bytes written back intact).
+            raise ValueError(
+                "EventConsumer needs a client with decode_responses=True and "
+                'encoding_errors="surrogateescape"'
+            )
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if timeout is not None and timeout <= config.block:
             raise ValueError(
@@ -231,6 +238,9 @@ class EventConsumer:
         client = redis.Redis.from_url(
             settings.require_redis_url(),
             decode_responses=True,
+            # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
+            # XADD writes the original bytes back), never as an error that stops the reader.
+            encoding_errors="surrogateescape",
             socket_timeout=config.block + settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout,
             health_check_interval=30,
@@ -545,12 +555,7 @@ class EventConsumer:
             deliveries=deliveries,
             original_id=entry_id,
         )
-        # One MULTI/EXEC: the entry is never both dead-lettered and still pending, nor
-        # acknowledged without its dead letter.
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead_letters, letter, maxlen=self.dead_letters.maxlen, approximate=True)  # type: ignore[arg-type]
-        pipe.xack(self._stream, self.config.group, entry_id)
-        pipe.execute()
+        self.dead_letters.add(self.config.group, entry_id, letter)
         self._retries.pop(entry_id, None)
         self.stats.dead_lettered += 1
 

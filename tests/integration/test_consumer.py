@@ -105,6 +105,13 @@ class Running:
 StartConsumer = Callable[..., Running]
 
 
+def consumer_client(url: str, socket_timeout: float = 5) -> redis.Redis:
+    """A client as a consumer needs: decoded replies, undecodable bytes kept."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=socket_timeout
+    )
+
+
 @pytest.fixture
 def start_consumer(redis_url: str, redis_client: redis.Redis) -> Iterator[StartConsumer]:
     """Starts consumers in threads (quick timings); stops them and checks they did not crash."""
@@ -121,7 +128,7 @@ def start_consumer(redis_url: str, redis_client: redis.Redis) -> Iterator[StartC
             "shutdown_grace": 0.0,
             **overrides,
         }
-        client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+        client = consumer_client(redis_url)
         run = Running(
             EventConsumer(client, KEYS, handler, ConsumerConfig(consumer=consumer, **values))
         )
@@ -249,11 +256,49 @@ def test_malformed_entries_are_dead_lettered_with_the_reason_and_never_stop_the_
     assert set(letters) == set(bad_ids)
     assert all(letter.reason == "malformed" for letter in letters.values())
     assert "pattern_id: Field required" in letters[bad_ids[0]].error
-    assert "data: not valid JSON" in letters[bad_ids[1]].error
+    assert "data: is not valid JSON" in letters[bad_ids[1]].error
     assert "schema_version" in letters[bad_ids[2]].error
     assert "data" in letters[bad_ids[3]].error
     assert letters[bad_ids[1]].fields == bad[1]
     wait_until(lambda: settled(redis_client))
+
+
+def test_entries_of_undecodable_bytes_or_deep_data_are_dead_lettered_bytes_intact(
+    redis_url: str, redis_client: redis.Redis, start_consumer: StartConsumer
+) -> None:
+    """The five entries that stopped the consumer for good: data nested 1,000 deep, and a
+    byte that is not UTF-8 in a field name, in a value, in data, in the type."""
+    raw = redis.Redis.from_url(redis_url)  # bytes in, bytes out
+    stream = KEYS.events_stream
+    redis_client.xgroup_create(stream, "g", "0", mkstream=True)
+    valid = {
+        b"id": b"evt_x", b"type": b"context_changed", b"pattern_id": b"p", b"request_id": b"r",
+        b"timestamp": b"t", b"source": b"s", b"schema_version": b"1", b"data": b"{}",
+    }  # fmt: skip
+    bad = [
+        {**valid, b"data": b"[" * 1000 + b"]" * 1000},
+        {**valid, b"pattern\xff": b"p"},
+        {**valid, b"pattern_id": b"p\xfe"},
+        {**valid, b"data": b'{"k": "\xc3\x28"}'},
+        {**valid, b"type": b"\xff"},
+    ]
+    bad_ids = [raw.xadd(stream, fields).decode() for fields in bad]  # type: ignore[arg-type]
+    good = make_event(1)
+    publish(redis_client, [good])
+    start_consumer(all_types(recorder(redis_client)))
+    reader = consumer_client(redis_url)  # as `intent events dead` reads them
+    wait_until(lambda: len(dead(reader)) == 5 and handled(redis_client) == [good.id])
+    letters = {letter.original_id: letter for letter in dead(reader)}
+    reader.close()
+    assert set(letters) == set(bad_ids)
+    assert "nested deeper" in letters[bad_ids[0]].error
+    assert all("UTF-8" in letters[i].error for i in bad_ids[1:])
+    # The dead letters keep the original bytes, as they were in the stream.
+    for dead_id, original in zip(bad_ids, bad, strict=True):
+        (entry,) = raw.xrange(KEYS.dead_letters, letters[dead_id].dead_id, letters[dead_id].dead_id)
+        assert all(entry[1][key] == value for key, value in original.items())
+    wait_until(lambda: settled(redis_client))
+    raw.close()
 
 
 @pytest.mark.parametrize("policy", ["ack", "dead_letter"])
@@ -493,7 +538,7 @@ def test_a_consumer_stops_with_max_events_and_acknowledges_them(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
     publish(redis_client, [make_event(i) for i in range(25)])
-    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    client = consumer_client(redis_url)
     config = ConsumerConfig(group="g", consumer="c", batch_size=10, start_id="0", block=0.1)
     stats = EventConsumer(client, KEYS, all_types(lambda e: None), config).run(
         install_signal_handlers=False, max_events=20
@@ -508,7 +553,10 @@ def test_the_consumer_needs_a_decoding_client_with_a_long_enough_timeout(redis_u
     config = ConsumerConfig(group="g", consumer="c", block=1.0)
     with pytest.raises(ValueError, match="decode_responses"):
         EventConsumer(redis.Redis.from_url(redis_url), KEYS, EventHandler(), config)
-    short = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.5)
+    strict = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    with pytest.raises(ValueError, match="surrogateescape"):
+        EventConsumer(strict, KEYS, EventHandler(), config)
+    short = consumer_client(redis_url, socket_timeout=0.5)
     with pytest.raises(ValueError, match="socket_timeout"):
         EventConsumer(short, KEYS, EventHandler(), config)
 
@@ -521,7 +569,7 @@ def test_the_consumer_outlives_a_redis_restart_that_lost_its_group() -> None:
         seen: list[str] = []
         config = ConsumerConfig(group="g", consumer="c", block=0.1, start_id="0")
         consumer = EventConsumer(
-            redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2),
+            consumer_client(server.url, socket_timeout=2),
             KEYS,
             all_types(lambda event: seen.append(event.id)),
             config,

@@ -20,6 +20,7 @@ from intent.consumer.entries import (
     parse_entry,
 )
 from intent.consumer.handler import Delivery, _current_delivery
+from intent.errors import ValidationError
 from intent.events import event_from_fields
 from intent.idempotency import EventInProgress, Idempotency
 from intent.keys import Keys
@@ -174,15 +175,23 @@ def test_bulk_parsing_reports_each_malformed_entry_with_the_reference_error() ->
     bad_json = {**good, "data": '{"context_id": '}
     bad_version = {**good, "schema_version": "one"}
     missing = {"id": "x", "type": "context_changed"}
-    lone_surrogate = {**good, "data": '{"s": "\\ud800"}'}  # pydantic-core refuses, json accepts
-    results = parse_entries([good, bad_json, bad_version, missing, lone_surrogate])
+    lone_surrogate = {**good, "data": '{"s": "\\ud800"}'}  # valid JSON text, no character
+    deep = {**good, "data": "[" * 1000 + "]" * 1000}
+    undecodable = {**good, "pattern_id": "p\udcff"}  # a byte 0xff, read with surrogateescape
+    results = parse_entries([good, bad_json, bad_version, missing, lone_surrogate, deep,
+                             undecodable])  # fmt: skip
     assert results[0] == make_event(1)
-    assert isinstance(results[1], json.JSONDecodeError)
+    assert isinstance(results[1], ValidationError) and results[1].field == "data"
     assert isinstance(results[2], pydantic.ValidationError)
     assert "schema_version" in str(results[2])
     assert isinstance(results[3], pydantic.ValidationError)
-    assert results[4] == parse_entry(lone_surrogate)
-    assert isinstance(results[4], Event) and results[4].data == {"s": "\ud800"}
+    assert isinstance(results[4], ValidationError) and results[4].field == "data.s"
+    assert isinstance(results[5], ValidationError) and "nested deeper" in results[5].message
+    assert isinstance(results[6], ValidationError) and "UTF-8" in results[6].message
+    assert [str(r) for r in results[1:]] == [
+        str(parse_entry(e)) for e in (bad_json, bad_version, missing, lone_surrogate, deep,
+                                      undecodable)
+    ]  # fmt: skip
 
 
 def test_unknown_types_are_told_from_malformed_entries() -> None:

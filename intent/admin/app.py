@@ -25,8 +25,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from intent import codec
 from intent.breaker import CircuitAdmin, StoreError
 from intent.clients import ContextServiceClient, PredictionServiceClient
+from intent.errors import ValidationError
 from intent.health import DOWN, HealthChecker
 from intent.logs import mask_secrets
 from intent.ratelimit import RateLimits
@@ -34,6 +36,10 @@ from intent.ratelimit import RateLimits
 log = logging.getLogger("intent.admin")
 
 SERVICES = (ContextServiceClient.service, PredictionServiceClient.service)
+# The only bodies the admin takes are {"reason": "..."}: anything much larger is refused
+# (413) by the server before it is read, and before any authentication work.
+MAX_BODY_BYTES = 16384
+BODY_LIMITS = codec.Limits(max_bytes=MAX_BODY_BYTES, max_depth=4, max_string=MAX_BODY_BYTES)
 Metrics = Callable[[], tuple[bytes, str]]
 
 
@@ -137,7 +143,11 @@ class AdminApp:
         known = set(self.circuits.names()) | set(SERVICES)
         if name not in known:
             return _error(f"no circuit breaker {name!r}; known: {', '.join(sorted(known))}", 404)
-        body = request.get_json(silent=True, force=True) if request.content_length else {}
+        try:
+            raw = request.get_data(cache=False) if request.content_length else b"{}"
+            body = codec.loads(raw or b"{}", BODY_LIMITS, "body")
+        except ValidationError as exc:
+            return _error(f"{exc.field}: {exc.message}", 422)
         if not isinstance(body, dict):
             return _error('body: must be a JSON object such as {"reason": "..."}', 422)
         reason = body.get("reason")

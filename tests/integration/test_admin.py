@@ -14,6 +14,7 @@ import redis
 import requests
 
 from intent.admin import AdminApp
+from intent.breaker import CircuitAdmin
 from intent.health import RECHECK_DOWN_AFTER, HealthChecker, shared_circuits
 from intent.keys import Keys
 from intent.reference import ReferenceControl
@@ -402,3 +403,78 @@ def test_redis_down_is_503_naming_it_without_its_password(reference: object) -> 
     assert body["workers"]["status"] == "ok"  # the broker is another Redis here
     assert circuits_answer.status_code == 503
     assert "hunter2-pw" not in health.text + circuits_answer.text
+
+
+@pytest.fixture
+def served_admin(clean: redis.Redis) -> Iterator[str]:
+    """The admin app on the server `intent admin` runs (Tornado, with its body limit)."""
+    from intent.admin.app import MAX_BODY_BYTES
+    from intent.serving import TornadoWsgiServer
+
+    rt = get_runtime()
+    circuits = shared_circuits(rt.settings)
+    app = AdminApp(
+        health=HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers, circuits),
+        circuits=circuits,
+        rate_limits=rt.rate_limits,
+        metrics=lambda: (b"# no metrics in this test\n", "text/plain"),
+        token=TOKEN,
+    )
+    with TornadoWsgiServer(app, max_body=MAX_BODY_BYTES) as server:
+        yield server.url
+
+
+def _raw_exchange(url: str, head: bytes, body: bytes) -> bytes:
+    """Send a request's head and the start of its body; the answer the server gives."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_a_large_unauthenticated_body_is_refused_before_it_is_read(served_admin: str) -> None:
+    """A 95 MiB body announced, a kilobyte sent: the answer (413) comes at once, without
+    the server waiting for (or buffering) the rest, and before authentication."""
+    head = (
+        b"POST /admin/circuits/context-service/open HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 99614720\r\n\r\n"
+    )
+    answer = _raw_exchange(served_admin, head, b"x" * 1024)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_when_it_passes_it(served_admin: str) -> None:
+    from intent.admin.app import MAX_BODY_BYTES
+
+    head = (
+        b"POST /admin/circuits/context-service/open HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 8192
+    body = b"".join(
+        b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY_BYTES // 8192 + 2)
+    )
+    answer = _raw_exchange(served_admin, head, body)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"reason": "\\ud800"}', '{"reason": ' + "[" * 100 + "]" * 100 + "}", '{"reason": NaN}'],
+    ids=["lone surrogate", "nested", "NaN"],
+)
+def test_a_bad_body_with_a_valid_token_is_422_not_500(served_admin: str, body: str) -> None:
+    url = f"{served_admin}/admin/circuits/{CONTEXT}/open"
+    response = requests.post(url, data=body.encode(), headers=auth(), timeout=5)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(("body", "reason"))
+    assert CircuitAdmin(get_runtime().breaker_store).status(CONTEXT).forced is None

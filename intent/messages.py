@@ -10,6 +10,7 @@ message has a usable one) and dead-letters the message (:mod:`intent.poison`).
 from __future__ import annotations
 
 import inspect as pyinspect
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ def inspect(
     try:
         decoded = codec.loads(body, limits, "body")
     except ValidationError as exc:
-        return refuse(_body_field(exc.field), exc.message)
+        chain, args = _lax_parts(body, limits)
+        return refuse(_body_field(exc.field), exc.message, chain, args)
     if not isinstance(decoded, list) or len(decoded) != 3:
         kind = f"a list of {len(decoded)}" if isinstance(decoded, list) else type(decoded).__name__
         return refuse("body", f"must be [args, kwargs, embed], not {kind}")
@@ -152,6 +154,22 @@ def inspect(
         field = exc.field if exc.field.startswith("headers") else f"headers.{exc.field}"
         return refuse(field, exc.message, chain, args)
     return Checked(args, kwargs, embed)
+
+
+def _lax_parts(body: Any, limits: codec.Limits) -> tuple[tuple[dict[str, Any], ...], Any]:
+    """What of a refused body still tells whom to answer (the chain, the request), read
+    by Python's own parser; nothing when even that cannot read it. Within the size limit
+    only (checked first), and never handed on."""
+    try:
+        raw = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+        if not isinstance(raw, str) or len(raw) > limits.max_bytes:
+            return (), None
+        decoded = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return (), None
+    if not isinstance(decoded, list) or len(decoded) != 3 or not isinstance(decoded[2], dict):
+        return (), None
+    return _chain(decoded[2]), decoded[0]
 
 
 def _body_field(field: str) -> str:

@@ -34,7 +34,7 @@ from intent.errors import (
 )
 from intent.models import IntentResult
 from intent.pipeline import recovery, steps
-from intent.pipeline.intake import release_request
+from intent.pipeline.intake import give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 
@@ -101,9 +101,16 @@ def release_refused(task_id: str, chain: Any, args: Any) -> None:
         return
     request_id, analysis_id = found
     try:
-        release_request(get_runtime(), request_id, analysis_id)
+        give_back(get_runtime(), request_id, analysis_id)
     except Exception as exc:  # the refusal stands; the claim lapses with result_expires
         log.warning("could not give back the claim of %s: %s", request_id, exc)
+
+
+def forget_analysis(app: Any, request_id: str, analysis_id: str) -> None:
+    """Delete what an analysis stored: its result and its steps' failures."""
+    ids = [analysis_id, *(f"{request_id}.{name}" for name, _ in steps.STEPS[:-1])]
+    for task_id in ids:
+        app.AsyncResult(task_id).forget()
 
 
 def budgets() -> recovery.Budgets:

@@ -11,12 +11,12 @@ from celery.exceptions import Ignore, Reject
 from intent import metrics
 from intent.models import IntentRequest, IntentResult
 from intent.pipeline import steps
-from intent.pipeline.intake import admit, claim_request, release_request
+from intent.pipeline.intake import admit, claim_request, give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
 from tasks.app import app
-from tasks.base import PipelineTask, chain_step_options
+from tasks.base import PipelineTask, chain_step_options, forget_analysis
 
 
 def _step_task(name: str) -> Task:
@@ -76,15 +76,18 @@ def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
     rt = get_runtime()
     # Over the client's intake limit: fails with RateLimitExceeded(retry_after), no retry.
     parsed = admit(rt, parse_request(request, get_settings()))
-    owner = claim_request(rt, parsed.request_id, self.request.id)
+    claim = claim_request(rt, parsed.request_id, self.request.id)
+    owner = claim.owner
     if owner is not None and owner != self.request.id:
         return {"request_id": parsed.request_id, "status": "duplicate", "analysis_id": owner}
+    if claim.replaces is not None:
+        forget_analysis(app, parsed.request_id, claim.replaces)
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
     # the analysis result.
     try:
         chain_ = analysis_chain(parsed, self.request.id)
     except Exception:
-        release_request(rt, parsed.request_id, self.request.id)  # refused after the claim
+        give_back(rt, parsed.request_id, self.request.id)  # refused after the claim
         raise
     try:
         raise self.replace(chain_)

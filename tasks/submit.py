@@ -14,6 +14,7 @@ from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request
 from tasks.app import app
+from tasks.base import forget_analysis
 from tasks.pipeline import analysis_chain
 
 
@@ -51,9 +52,12 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
     payload = request.model_dump(mode="json") if isinstance(request, IntentRequest) else request
     rt = get_runtime()
     parsed = admit(rt, parse_request(payload, get_settings()))
-    owner = claim_request(rt, parsed.request_id, parsed.request_id)
-    if owner is not None:
-        return Analysis(parsed.request_id, AsyncResult(owner, app=app), duplicate=True)
+    claim = claim_request(rt, parsed.request_id, parsed.request_id)
+    if claim.owner is not None:
+        return Analysis(parsed.request_id, AsyncResult(claim.owner, app=app), duplicate=True)
+    if claim.replaces is not None:
+        # Refused and given back: forget its stored refusal, so the new run answers.
+        forget_analysis(app, parsed.request_id, claim.replaces)
     try:
         analysis_chain(parsed, parsed.request_id).apply_async()
     except BaseException:

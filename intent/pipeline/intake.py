@@ -3,6 +3,8 @@ request_id, so a resubmission does not run it twice."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from intent import scripts
 from intent.models import IntentRequest
 from intent.pipeline.steps import with_deadline
@@ -17,27 +19,45 @@ def admit(rt: Runtime, request: IntentRequest) -> IntentRequest:
     return with_deadline(request, rt.settings.analysis_deadline)
 
 
-def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> str | None:
-    """Claim ``request_id`` for ``analysis_id``; None when claimed, else the current owner.
+GIVEN_BACK = "given-back:"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a claim: ``owner`` is None when ``request_id`` is now ours, else the
+    analysis that holds it; ``replaces`` names an earlier analysis of the id, refused and
+    given back, whose stored results the caller must forget before running anew."""
+
+    owner: str | None
+    replaces: str | None = None
+
+
+def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> Claim:
+    """Claim ``request_id`` for ``analysis_id``, in one script.
 
     The claim lives as long as results do (``result_expires``): within that time a
-    resubmission gets the first analysis back instead of a second run.
+    resubmission gets the first analysis back instead of a second run, unless that first
+    one was refused after its claim (:func:`give_back`).
     """
-    key = rt.keys.request_claim(request_id)
-    if rt.redis.set(key, analysis_id, nx=True, ex=rt.settings.result_expires):
-        return None
-    owner = rt.redis.get(key)
-    if owner is None:  # expired between the two commands: try once more
-        return claim_request(rt, request_id, analysis_id)
-    return owner.decode() if isinstance(owner, bytes) else str(owner)
+    claim = scripts.register(rt.redis, "claim_request")
+    owner = claim(
+        keys=[rt.keys.request_claim(request_id)], args=[analysis_id, rt.settings.result_expires]
+    )
+    if owner is None:
+        return Claim(None)
+    text = owner.decode() if isinstance(owner, bytes) else str(owner)
+    if text.startswith(GIVEN_BACK):
+        return Claim(None, replaces=text[len(GIVEN_BACK) :])
+    return Claim(text)
 
 
-def release_request(rt: Runtime, request_id: str, analysis_id: str | None = None) -> bool:
-    """Give a claim back: the analysis could not be enqueued, or it was refused (bad input)
-    after the claim, so a corrected resubmission runs. With ``analysis_id``, only that
-    analysis's claim is given back (never a later owner's). True if one was."""
-    key = rt.keys.request_claim(request_id)
-    if analysis_id is None:
-        return bool(rt.redis.delete(key))
-    release = scripts.register(rt.redis, "release_if_owner")
-    return bool(release(keys=[key], args=[analysis_id]))
+def release_request(rt: Runtime, request_id: str) -> None:
+    """Give a claim back: the analysis could not be enqueued at all."""
+    rt.redis.delete(rt.keys.request_claim(request_id))
+
+
+def give_back(rt: Runtime, request_id: str, analysis_id: str) -> bool:
+    """Give back ``analysis_id``'s claim (never a later owner's): it was refused after the
+    claim (bad input), so a corrected resubmission runs. True if it was."""
+    script = scripts.register(rt.redis, "give_back")
+    return bool(script(keys=[rt.keys.request_claim(request_id)], args=[analysis_id]))

@@ -6,6 +6,7 @@ again; the worker stays up (the same processes) and goes on serving analyses."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -202,3 +203,45 @@ def test_an_item_on_the_queue_that_is_no_message_is_dead_lettered(
 def test_a_good_analysis_after_all_of_them_completes(worker: WorkerProcess) -> None:
     assert submit(request()).get(timeout=30).status == "completed"
     assert worker.process.poll() is None
+
+
+def test_a_lone_surrogate_is_refused_never_retried_and_the_breaker_never_hears_of_it(
+    worker: WorkerProcess, redis_client: redis.Redis, reference: ReferenceServices
+) -> None:
+    from intent.breaker import CircuitAdmin
+    from intent.reference import ReferenceControl
+    from tests.integration.conftest import api_calls
+
+    control = ReferenceControl(reference.context_url)
+    control.clear_requests()
+    bad = {**request(), "context_id": None, "data": {"name": "\ud800"}}
+    for _ in range(5):  # as many as would trip the breaker, were they failures
+        result = app.send_task("intent.analyze", args=[bad])
+        with pytest.raises(ValidationError) as info:
+            result.get(timeout=15)
+        assert info.value.field == "data.name"
+    assert api_calls(control) == []
+    status = CircuitAdmin(get_runtime().breaker_store).status("context-service")
+    assert (status.state, status.failures) == ("closed", 0)
+    assert submit(request()).get(timeout=30).status == "completed"
+
+
+def test_a_stopping_worker_that_hangs_exits_after_the_watchdogs_bound(tmp_path: Any) -> None:
+    """The watchdog a stopping worker arms ends a process stuck in its shutdown."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "wedged.py"
+    script.write_text(
+        "import time, tasks.consumer as c\n"
+        "c.WEDGE_GRACE = 0.5\n"
+        "dog = object.__new__(c.Watchdog); dog._armed = False; dog.arm()\n"
+        "time.sleep(120)  # a shutdown that never ends\n"
+    )
+    env = {**os.environ, "INTENT_TASK_SOFT_TIME_LIMIT": "0.5", "INTENT_TASK_TIME_LIMIT": "1",
+           "INTENT_REDIS_OUTAGE_TOLERANCE": "0.2"}  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], env=env, timeout=60, check=False)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 30

@@ -396,7 +396,12 @@ def calls_per_open_cycle(
 
 
 def figures(
-    n: int, counts: Tally, monitor: Monitor, window: FaultWindow, ready_at: dict[str, float]
+    n: int,
+    counts: Tally,
+    monitor: Monitor,
+    window: FaultWindow,
+    ready_at: dict[str, float],
+    duplicates: int,
 ) -> dict[str, Any]:
     arrivals = monitor.arrivals()
     after = window.cleared
@@ -407,7 +412,7 @@ def figures(
         "degraded": counts.degraded,
         "failed": counts.failed,
         "lost": counts.lost,
-        "duplicate_events": stream_events()[1],
+        "duplicate_events": duplicates,
         "calls_to_dead_service_per_open_cycle": calls_per_open_cycle(
             arrivals, window, monitor.opens
         ),
@@ -418,9 +423,7 @@ def figures(
         ),
         "peak_worker_rss_mb": round(monitor.peak_rss_kb / 1024, 1),
         "drain_s": (
-            None
-            if after is None or last_ready is None
-            else round(max(0.0, last_ready - after), 1)
+            None if after is None or last_ready is None else round(max(0.0, last_ready - after), 1)
         ),
     }
 
@@ -467,5 +470,103 @@ def measure(stack: Any, args: argparse.Namespace) -> Run:
     finally:
         monitor.finish()
     counts = tally(inflow, ready_at)
-    result = figures(args.n, counts, monitor, window, ready_at)
-    return Run(result, counts, monitor, window, inflow, t0, clients, stream_events()[0])
+    events, duplicates = stream_events()
+    result = figures(args.n, counts, monitor, window, ready_at, duplicates)
+    return Run(result, counts, monitor, window, inflow, t0, clients, events)
+
+
+# -- printing -------------------------------------------------------------------------------------
+
+
+def settings_line(env: dict[str, str]) -> str:
+    shown = ", ".join(f"{name}={value}" for name, value in env.items())
+    return (
+        f"settings         {shown} (INTENT_MAX_DEFERRAL raised with the deadline: the whole "
+        "run is one long outage); every other setting at its default"
+    )
+
+
+def relative(at: float | None, origin: float | None) -> str:
+    if at is None or origin is None:
+        return "-"
+    return f"{at - origin:+.1f} s"
+
+
+def transitions_lines(run: Run) -> list[str]:
+    """The breaker's states as sampled, times from the fault's start."""
+    origin = run.window.started
+    return [
+        f"  {relative(s.at, origin):>10}  {s.state:<15} opened_at {relative(s.opened_at, origin)}"
+        f"  until {relative(s.until, origin)}  generation {s.generation}"
+        for s in run.monitor.samples
+    ]
+
+
+def report(run: Run, args: argparse.Namespace, env: dict[str, str]) -> None:
+    f, counts, inflow = run.figures, run.tally, run.inflow
+    span = (inflow.ended or run.t0) - run.t0
+    threshold = 5  # INTENT_CIRCUIT_FAILURE_THRESHOLD's default, which this run keeps
+    print(f"machine          {machine()}")
+    print(f"worker           prefork, {args.concurrency} processes")
+    print(settings_line(env))
+    print(
+        f"run              fault {args.fault} for {args.outage:g} s from t={WARMUP_S:g} s; "
+        f"{args.n} analyses of new contexts at {args.rate:g}/s over {run.clients} client_ids "
+        f"(inflow took {span:.1f} s, {args.n / span if span else 0:.1f}/s)"
+    )
+    for name in ("submitted", "completed", "degraded", "failed", "lost", "duplicate_events"):
+        print(f"{name:<16} {f[name]}")
+    if counts.reasons:
+        print("failed because   " + ", ".join(f"{k}: {v}" for k, v in counts.reasons.most_common()))
+    cycles = f["calls_to_dead_service_per_open_cycle"]
+    verdict = "ok" if cycles and max(cycles) <= threshold else f"over {threshold}"
+    print(f"calls per cycle  {cycles}  ({verdict}; bar: each <= {threshold})")
+    print(f"after recovery   {f['calls_first_10s_after_recovery']} calls in the first 10 s")
+    print(f"drain            {f['drain_s']} s from the fault cleared to the last result")
+    print(f"worker RSS peak  {f['peak_worker_rss_mb']} MB (main process and pool)")
+    lanes = ", ".join(f"{k}: {v}" for k, v in run.monitor.peak_waiting_lanes.items() if v)
+    print(f"waiting peak     {run.monitor.peak_waiting} steps ({lanes or 'none'})")
+    print(f"events           {run.events} in the stream")
+    print(f"retries          {counts.retries}, deferrals {counts.deferrals} (of ready results)")
+    print(f"breaker          {len(run.monitor.opens)} open periods; states as sampled:")
+    for line in transitions_lines(run):
+        print(line)
+    if run.monitor.errors:
+        print("monitor errors   " + ", ".join(f"{k}: {v}" for k, v in run.monitor.errors.items()))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--n", type=int, help="analyses (default: 2000, or enough to outlast the outage)")
+    add("--rate", type=float, default=20.0, help="analyses submitted per second")
+    add("--outage", type=float, default=120.0, help="seconds the fault lasts")
+    add("--fault", choices=sorted(FAULTS), default="down")
+    add("--recovery-timeout", type=float, default=60.0, help="INTENT_CIRCUIT_RECOVERY_TIMEOUT")
+    add("--deadline", type=float, default=1800.0, help="INTENT_ANALYSIS_DEADLINE")
+    add("--concurrency", type=int, default=8, help="worker pool processes")
+    add("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if args.n is None:
+        args.n = default_n(args.rate, args.outage)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    env = settings_env(args)
+
+    from tasks.stack import Stack
+
+    with stdout_to_stderr(), Stack(concurrency=args.concurrency, env=env) as stack:
+        run = measure(stack, args)
+    if args.json:
+        print(settings_line(env), file=sys.stderr)  # stdout carries the object alone
+        print(json.dumps(run.figures))
+        return 0
+    report(run, args, env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

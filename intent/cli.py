@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import Any
 
-from intent import circuits_cli, events_cli, ratelimits_cli
+from intent import circuits_cli, events_cli, ratelimits_cli, tasks_cli
 from intent.settings import SettingsError
 
 
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     circuits_cli.add_parser(sub)
     events_cli.add_parser(sub)
     ratelimits_cli.add_parser(sub)
+    tasks_cli.add_parser(sub)
 
     red = sub.add_parser("redis", help="run an embedded Valkey server in the foreground")
     red.add_argument("--port", type=int, default=None)

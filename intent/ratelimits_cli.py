@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import redis
 
+from intent.errors import ServiceUnavailableError
 from intent.runtime import get_runtime
 
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"intent ratelimits: {exc.args[0]}", file=sys.stderr)
         return 2
-    except redis.RedisError as exc:
+    except (redis.RedisError, ServiceUnavailableError) as exc:
         print(f"intent ratelimits: Redis is unreachable: {exc}", file=sys.stderr)
         return 1
     if args.json:

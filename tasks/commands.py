@@ -9,7 +9,7 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from intent.logs import mask_secrets
+from intent.logs import configure_logging, mask_secrets
 from intent.models import ItemError
 from intent.pipeline.steps import STEPS, run_local
 from intent.runtime import get_runtime
@@ -18,7 +18,8 @@ from intent.validation import parse_request
 
 
 def _print_error(error: dict[str, Any]) -> None:
-    print(json.dumps(error, indent=2), file=sys.stderr)
+    # One line, as the log lines beside it on stderr are (INTENT_LOG_FORMAT=json).
+    print(json.dumps(error), file=sys.stderr)
 
 
 def step_ids(request_id: str) -> list[tuple[str, str]]:
@@ -57,6 +58,7 @@ def waiting_for(request_id: str) -> dict[str, Any]:
 
 
 def submit_one(request: dict[str, Any], timeout: float, local: bool) -> int:
+    configure_logging(get_settings(), "submit", level="WARNING")
     parsed = None
     try:
         parsed = parse_request(request, get_settings())
@@ -65,7 +67,13 @@ def submit_one(request: dict[str, Any], timeout: float, local: bool) -> int:
         else:
             from tasks.submit import submit
 
-            result = submit(parsed).get(timeout=timeout)
+            analysis = submit(parsed)
+            try:
+                result = analysis.get(timeout=timeout)
+            finally:
+                # Unsubscribe now, not at interpreter exit (where Celery's cleanup of a
+                # pending result prints a traceback after the answer).
+                analysis.result.backend.remove_pending_result(analysis.result)
     except CeleryTimeout:
         assert parsed is not None
         _print_error(

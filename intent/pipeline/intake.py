@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from intent import scripts
+from intent.connections import redis_errors
 from intent.models import IntentRequest
 from intent.pipeline.steps import with_deadline
 from intent.ratelimit import INTAKE
@@ -40,9 +41,11 @@ def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> Claim:
     one was refused after its claim (:func:`give_back`).
     """
     claim = scripts.register(rt.redis, "claim_request")
-    owner = claim(
-        keys=[rt.keys.request_claim(request_id)], args=[analysis_id, rt.settings.result_expires]
-    )
+    with redis_errors(f"claiming request_id {request_id}"):
+        owner = claim(
+            keys=[rt.keys.request_claim(request_id)],
+            args=[analysis_id, rt.settings.result_expires],
+        )
     if owner is None:
         return Claim(None)
     text = owner.decode() if isinstance(owner, bytes) else str(owner)
@@ -53,11 +56,13 @@ def claim_request(rt: Runtime, request_id: str, analysis_id: str) -> Claim:
 
 def release_request(rt: Runtime, request_id: str) -> None:
     """Give a claim back: the analysis could not be enqueued at all."""
-    rt.redis.delete(rt.keys.request_claim(request_id))
+    with redis_errors(f"giving back request_id {request_id}"):
+        rt.redis.delete(rt.keys.request_claim(request_id))
 
 
 def give_back(rt: Runtime, request_id: str, analysis_id: str) -> bool:
     """Give back ``analysis_id``'s claim (never a later owner's): it was refused after the
     claim (bad input), so a corrected resubmission runs. True if it was."""
     script = scripts.register(rt.redis, "give_back")
-    return bool(script(keys=[rt.keys.request_claim(request_id)], args=[analysis_id]))
+    with redis_errors(f"giving back request_id {request_id}"):
+        return bool(script(keys=[rt.keys.request_claim(request_id)], args=[analysis_id]))

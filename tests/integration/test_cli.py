@@ -124,3 +124,82 @@ def test_ratelimits_shows_and_resets_the_current_rate(redis_url: str, redis_clie
     after = json.loads(intent("reset", "intake", "--id", "web-cli", "--json").stdout)
     assert {s["name"]: s["current"] for s in after}["intake"] == 0
     assert intent("reset", "nope").returncode == 2
+
+
+def test_submit_answers_every_failure_as_a_json_error_never_a_traceback() -> None:
+    from intent.embedded import free_port
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
+         "--context-id", "c", "--timeout", "5"],
+        capture_output=True, text=True, timeout=120, env=_env(INTENT_REDIS_URL=dead_redis),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    error = json.loads(out.stderr.splitlines()[-1])  # after the log lines, JSON too
+    assert error["type"] == "ServiceUnavailableError"
+    assert error["service"] == "redis"
+    assert "Traceback" not in out.stderr
+
+
+def test_a_submit_that_times_out_says_what_the_analysis_waits_for(
+    redis_url: str, redis_client: object
+) -> None:
+    """No worker consumes the queue: the timeout says so, as a JSON error."""
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
+         "--context-id", "c", "--timeout", "1"],
+        capture_output=True, text=True, timeout=120,
+        env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    error = json.loads(out.stderr.splitlines()[-1])
+    assert error["error"] == "Timeout"
+    assert "no worker answered" in error["waiting"]["reason"]
+
+
+def test_a_submit_that_times_out_names_the_step_it_waits_for(
+    redis_url: str, redis_client: object
+) -> None:
+    import redis
+
+    from intent.keys import Keys
+    from intent.waiting import WaitingRoom
+
+    rid = "cli-waits"
+    room = WaitingRoom(redis.Redis.from_url(redis_url), Keys(), [])
+    room.park("get_context", f"{rid}.fetch_context", "{}", due=1e10,
+              reason="Circuit breaker is open for service context-service")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
+         "--context-id", "c", "--request-id", rid, "--timeout", "1"],
+        capture_output=True, text=True, timeout=120,
+        env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
+    )  # fmt: skip
+    error = json.loads(out.stderr.splitlines()[-1])
+    assert error["waiting"]["step"] == "fetch_context"
+    assert "context-service" in error["waiting"]["reason"]
+
+
+def test_tasks_dead_lists_refused_messages(redis_url: str, redis_client: object) -> None:
+    import redis
+
+    from intent.keys import Keys
+    from intent.poison import DeadTasks
+
+    DeadTasks(redis.Redis.from_url(redis_url), Keys(), 100).add(
+        field="headers.timelimit", reason="must be [hard, soft] seconds", task="intent.analyze",
+        task_id="t-1", content_type="application/json", headers={"timelimit": "x"},
+        body=b'[[], {}, {}]',
+    )  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "tasks", "dead", "--json"],
+        capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert (row["field"], row["task_id"], row["body"]) == (
+        "headers.timelimit",
+        "t-1",
+        "[[], {}, {}]",
+    )

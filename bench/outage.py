@@ -23,11 +23,13 @@ The figures (``--json`` prints them as one object):
 - failed: refused by submit(), ended with an error, or expired.
 - lost: not ready when the wait ends (the last submission + the deadline + 300 s).
 - duplicate_events: entries of the events stream whose event id appears more than once.
-- calls_to_dead_service_per_open_cycle: requests (API and /health: the breaker guards both)
-  the Context Service received during the fault window, per open cycle of its breaker. The
-  fault window runs from the moment set_faults returned to the moment clear_faults was sent,
-  so every request in it met the fault. Cycle 1 runs from the start of the window to the
-  end (``until``) of the first open period, cycle k from the end of open period k - 1 to the
+- calls_to_dead_service_per_open_cycle: requests that met the fault (the paths it applies
+  to: API paths, and /health too for dead-host; a /health probe that was answered reached
+  no dead service and is left out, the text report counts it apart) that the Context
+  Service received during the fault window, per open cycle of its breaker. The fault window
+  runs from the moment set_faults returned to the moment clear_faults was sent, so every
+  request in it met the fault. Cycle 1 runs from the start of the window to the end
+  (``until``) of the first open period, cycle k from the end of open period k - 1 to the
   end of open period k, cut at the end of the window: each cycle is the calls that tripped
   (or re-tripped, by half-open trials) the breaker plus any that still arrived while it was
   open. Calls after the last open period that did not open the breaker again before the
@@ -176,6 +178,14 @@ def run_fault(
         control.close()
 
 
+def fault_applies(fault: dict[str, Any], path: str) -> bool:
+    """Whether the reference service applies ``fault`` to a request for ``path`` (its own
+    rule: /health only with include_health, and only paths containing ``match``)."""
+    if path == "/health" and not fault.get("include_health"):
+        return False
+    return fault.get("match") is None or fault["match"] in path
+
+
 # -- the monitor: breaker, request log, worker RSS, waiting steps ---------------------------
 
 
@@ -282,8 +292,14 @@ class Monitor(threading.Thread):
         for entry in self.control.requests_log():
             self.requests[(float(entry["time"]), entry["method"], entry["path"])] = entry
 
-    def arrivals(self) -> list[float]:
-        return sorted(key[0] for key in self.requests)
+    def arrivals(self, fault: dict[str, Any] | None = None, met: bool = True) -> list[float]:
+        """Arrival times of every request; with ``fault``, of those it applied to (``met``)
+        or of the others."""
+        return sorted(
+            at
+            for at, _, path in self.requests
+            if fault is None or fault_applies(fault, path) == met
+        )
 
 
 # -- waiting for the analyses and counting them ---------------------------------------------
@@ -397,6 +413,7 @@ def calls_per_open_cycle(
 
 def figures(
     n: int,
+    fault: dict[str, Any],
     counts: Tally,
     monitor: Monitor,
     window: FaultWindow,
@@ -414,7 +431,7 @@ def figures(
         "lost": counts.lost,
         "duplicate_events": duplicates,
         "calls_to_dead_service_per_open_cycle": calls_per_open_cycle(
-            arrivals, window, monitor.opens
+            monitor.arrivals(fault), window, monitor.opens
         ),
         "calls_first_10s_after_recovery": (
             None
@@ -471,7 +488,7 @@ def measure(stack: Any, args: argparse.Namespace) -> Run:
         monitor.finish()
     counts = tally(inflow, ready_at)
     events, duplicates = stream_events()
-    result = figures(args.n, counts, monitor, window, ready_at, duplicates)
+    result = figures(args.n, FAULTS[args.fault], counts, monitor, window, ready_at, duplicates)
     return Run(result, counts, monitor, window, inflow, t0, clients, events)
 
 
@@ -502,6 +519,14 @@ def transitions_lines(run: Run) -> list[str]:
     ]
 
 
+def spared(run: Run, fault: dict[str, Any]) -> int:
+    """Requests in the fault window that the fault let through (answered /health probes)."""
+    start, end = run.window.started, run.window.ended
+    if start is None or end is None:
+        return 0
+    return sum(1 for t in run.monitor.arrivals(fault, met=False) if start <= t < end)
+
+
 def report(run: Run, args: argparse.Namespace, env: dict[str, str]) -> None:
     f, counts, inflow = run.figures, run.tally, run.inflow
     span = (inflow.ended or run.t0) - run.t0
@@ -521,6 +546,10 @@ def report(run: Run, args: argparse.Namespace, env: dict[str, str]) -> None:
     cycles = f["calls_to_dead_service_per_open_cycle"]
     verdict = "ok" if cycles and max(cycles) <= threshold else f"over {threshold}"
     print(f"calls per cycle  {cycles}  ({verdict}; bar: each <= {threshold})")
+    print(
+        f"not faulted      {spared(run, FAULTS[args.fault])} requests in the fault window "
+        "the fault did not apply to (/health probes), left out of the cycles"
+    )
     print(f"after recovery   {f['calls_first_10s_after_recovery']} calls in the first 10 s")
     print(f"drain            {f['drain_s']} s from the fault cleared to the last result")
     print(f"worker RSS peak  {f['peak_worker_rss_mb']} MB (main process and pool)")

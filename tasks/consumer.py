@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import sys
 import threading
 from functools import cache
 from typing import Any
@@ -172,6 +173,13 @@ class Gate:
                 log.warning("could not send the task-failed event: %s", exc)
 
 
+def is_worker_process() -> bool:
+    """Whether this process is ``celery worker`` (as ``intent worker`` becomes)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    runs_celery = program in ("celery", "__main__.py") and "celery" in sys.argv[0]
+    return runs_celery and "worker" in sys.argv[1:]
+
+
 def _task_name(headers: Any) -> str | None:
     name = headers.get("task") if isinstance(headers, dict) else None
     return name if isinstance(name, str) else None
@@ -186,7 +194,10 @@ class Watchdog(bootsteps.StartStopStep):
         self._armed = False
 
     def stop(self, worker: Any) -> None:
-        self.arm()
+        # Only a worker that is its own process (`celery worker`, `intent worker`): a worker
+        # embedded in another program (tests' start_worker) stops without ending its host.
+        if is_worker_process():
+            self.arm()
 
     shutdown = terminate = stop
 

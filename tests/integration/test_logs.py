@@ -178,7 +178,10 @@ def test_breaker_transitions_and_deferrals_carry_their_fields(
         assert line["breaker"] == "prediction-service"
         assert line["reason"]
         assert line["task_id"] in (f"{rid}.predict", f"{later}.predict")
-    (deferral,) = [line for line in lines if line["message"].startswith("deferring")]
+    deferrals = [line for line in lines if line["message"].startswith("deferring")]
+    # The call whose failure opened the breaker waits for it too: a deferral, not a retry.
+    assert [d["request_id"] for d in deferrals] == [rid, later]
+    deferral = deferrals[1]
     assert deferral["step"] == "predict"
     assert deferral["service"] == "prediction-service"
     assert deferral["error"] == "CircuitOpenError"

@@ -21,6 +21,8 @@ LIMITS_ENV = {
     **FAST_RETRY_ENV,
     "INTENT_TASK_SOFT_TIME_LIMIT": "1",
     "INTENT_TASK_TIME_LIMIT": "3",
+    # Publishing and parking wait for Redis this long: below the soft limit.
+    "INTENT_REDIS_OUTAGE_TOLERANCE": "0.5",
     # A read timeout longer than the soft limit, so the limit is what ends the call.
     "INTENT_PREDICTION_READ_TIMEOUT": "10",
 }

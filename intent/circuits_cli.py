@@ -7,8 +7,7 @@ import json
 import sys
 import time
 
-from intent.breaker import BreakerStatus, CircuitAdmin, RedisStore, StoreError
-from intent.settings import get_settings
+from intent.breaker import BreakerStatus, CircuitAdmin, StoreError
 
 
 def _when(epoch: float | None, now: float) -> str:
@@ -36,13 +35,12 @@ def _table(statuses: list[BreakerStatus]) -> str:
 def run(args: argparse.Namespace) -> int:
     # The shared store itself, without the in-memory fallback: an operator must see the
     # fleet's state or an error, never this process's private view.
-    settings = get_settings()
-    store = RedisStore.from_url(
-        settings.require_redis_url(), prefix=settings.key_prefix,
-        socket_timeout=settings.redis_socket_timeout,
-    )  # fmt: skip
+    from intent.runtime import get_runtime
+
+    rt = get_runtime()
+    rt.settings.require_redis_url()
     try:
-        code = _act(CircuitAdmin(store), args)
+        code = _act(rt.circuits, args)
     except StoreError as exc:
         print(f"intent circuits: the shared breaker state is unreachable: {exc}", file=sys.stderr)
         return 1

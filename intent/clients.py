@@ -16,7 +16,6 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from intent import metrics
 from intent.errors import (
     CircuitBreakerError,
     IncompatibleServiceError,
@@ -25,11 +24,14 @@ from intent.errors import (
     ServiceUnavailableError,
 )
 from intent.logs import mask_secrets
+from intent.models import CONTEXT_SERVICE, PREDICTION_SERVICE
 from intent.settings import Settings
 
 log = logging.getLogger("intent.clients")
 
 T = TypeVar("T")
+# Told of every request: service, endpoint, status (or error kind), seconds.
+Observe = Callable[[str, str, int | str, float], None]
 # A guard wraps each HTTP call (the circuit breaker plugs in here): guard(send) -> result.
 Guard = Callable[[Callable[[], T]], T]
 # One answer of a bulk call: the item's JSON object, or the error that item met.
@@ -93,10 +95,12 @@ class ServiceClient:
         guard: Guard[Any] | None = None,
         trust_env: bool = False,
         limiter: Callable[[str], None] | None = None,
+        observe: Observe | None = None,
     ):
         # Order of every call: the shared rate limit (by endpoint name), then the guard
         # (circuit breaker), then HTTP. A limit refusal never reaches the breaker.
         self.limiter = limiter
+        self.observe = observe  # each request's service, endpoint, status, seconds (metrics)
         self.trust_env = trust_env
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
@@ -207,7 +211,8 @@ class ServiceClient:
         """Count and log one request: ``endpoint`` is its logical name (bounded label
         values), ``status`` the HTTP status or the error kind."""
         duration = time.perf_counter() - started
-        metrics.observe_request(self.service, endpoint, status, duration)
+        if self.observe is not None:
+            self.observe(self.service, endpoint, status, duration)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s %s -> %s in %.1f ms", self.service, method, path, status, duration * 1000,
@@ -295,7 +300,7 @@ class ServiceClient:
 
 
 class ContextServiceClient(ServiceClient):
-    service = "context-service"
+    service = CONTEXT_SERVICE
 
     def __init__(
         self,
@@ -380,7 +385,7 @@ class ContextServiceClient(ServiceClient):
 
 
 class PredictionServiceClient(ServiceClient):
-    service = "prediction-service"
+    service = PREDICTION_SERVICE
 
     def get_predictions(self, pattern_id: str, context: dict[str, Any]) -> dict[str, Any]:
         return self._request(
@@ -415,6 +420,7 @@ class ServiceClients:
         settings: Settings,
         guard_for: Callable[[str], Guard[Any]] | None = None,
         limiter: Callable[[str], None] | None = None,
+        observe: Observe | None = None,
     ):
         def guard(service: str) -> Guard[Any] | None:
             return guard_for(service) if guard_for else None
@@ -428,6 +434,7 @@ class ServiceClients:
             trust_env=settings.http_trust_env,
             guard=guard(ContextServiceClient.service),
             limiter=limiter,
+            observe=observe,
             required_version=settings.required_context_service_version,
             version_check_interval=settings.version_check_interval,
         )
@@ -439,6 +446,7 @@ class ServiceClients:
             trust_env=settings.http_trust_env,
             guard=guard(PredictionServiceClient.service),
             limiter=limiter,
+            observe=observe,
         )
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 import requests
 
-from intent.breaker import CircuitAdmin, RedisStore, StoreError
+from intent.breaker import CircuitAdmin, StoreError
 from intent.breaker.policy import HALF_OPEN, OPEN
 from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, compatible
 from intent.errors import CircuitOpenError
@@ -165,17 +165,6 @@ def check_workers(probe: WorkerProbe, timeout: float) -> Component:
     return {"status": OK, "answered": names, "count": len(names)}
 
 
-def shared_circuits(settings: Settings) -> CircuitAdmin:
-    """Operators' view of the shared breaker store itself, without the in-memory fallback:
-    the fleet's state or an error, never one process's private view."""
-    store = RedisStore.from_url(
-        settings.require_redis_url(),
-        prefix=settings.key_prefix,
-        socket_timeout=settings.redis_socket_timeout,
-    )
-    return CircuitAdmin(store)
-
-
 def overall(snapshot: dict[str, Any]) -> str:
     return max((snapshot[c]["status"] for c in COMPONENTS), key=_RANK.__getitem__)
 
@@ -189,7 +178,7 @@ class HealthChecker:
         client: redis.Redis,
         keys: Keys,
         workers: WorkerProbe,
-        breaker_admin: CircuitAdmin | None = None,
+        breaker_admin: CircuitAdmin,
         guard_for: Callable[[str], Guard[Any]] | None = None,
     ):
         self.settings = settings
@@ -199,7 +188,7 @@ class HealthChecker:
         self.keys = keys
         self.workers = workers
         # The shared store itself: health must show the fleet's breakers, not a fallback.
-        self.breaker_admin = breaker_admin or shared_circuits(settings)
+        self.breaker_admin = breaker_admin
         self._record = register(client, "health_record")
 
     @property

@@ -1,14 +1,22 @@
-"""Prometheus metrics of the pipeline, correct across prefork worker processes.
+"""Prometheus metrics of the pipeline, an observer at the bottom of the layers.
+
+Every family is declared once in :data:`FAMILIES` (name, type, labels, help): the README's
+table, the Grafana dashboard and the alert rules are checked against it. Every name starts
+with ``intent_``. Label values the pipeline knows (services, endpoints, steps, outcomes,
+fallbacks, breaker transitions) are present from the start, at 0, so a rate over them is
+defined before the first event.
+
+Recorders never fail their caller. The breaker reports through :class:`BreakerMetrics`,
+a listener; the clients through an ``observe`` callable; the task layer calls the
+recorders. This module imports only settings and models. The ``/metrics`` exposition
+(merging prefork processes, reading the shared state at scrape) is the operators'
+(``intent.admin.exposition``).
 
 With ``INTENT_METRICS_DIR`` set, every process writes its samples to files in that
 directory (prometheus_client's multiprocess mode, the files named by host and pid: see
-:class:`ProcessIdentifier`) and :func:`exposition` merges them;
-without it, metrics live in this process's registry. Breaker state is read from the shared
-store when scraped, so it is the fleet's state, not one process's last sight of it.
-
-The metrics are built on first use in each process: a prefork child builds its own after
-the fork, and multiprocess mode is switched on from the settings just before, whatever
-imported ``prometheus_client`` first.
+:class:`ProcessIdentifier`); without it, metrics live in this process's registry. The
+metrics are built on first use in each process: a prefork child builds its own after the
+fork, and multiprocess mode is switched on from the settings just before.
 """
 
 from __future__ import annotations
@@ -20,73 +28,139 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 
+from intent.models import (
+    FALLBACK_NAMES,
+    OUTCOMES,
+    SERVICES,
+    STEP_NAMES,
+    BatchResult,
+    IntentResult,
+)
 from intent.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from intent.breaker.admin import CircuitAdmin
-    from intent.models import BatchResult, IntentResult
-    from intent.runtime import Runtime
 
 log = logging.getLogger("intent.metrics")
 
+PREFIX = "intent_"
 BREAKER_STATES = ("closed", "open", "half-open")
+TRANSITIONS = (("closed", "open"), ("open", "half-open"), ("half-open", "closed"),
+               ("half-open", "open"), ("open", "closed"), ("closed", "half-open"))  # fmt: skip
+ENDPOINTS = {
+    SERVICES[0]: ("get_context", "analyze_context", "get_context_batch", "health"),
+    SERVICES[1]: ("predict", "predict_batch", "health"),
+}
+LANES = ("get_context", "analyze_context", "predict", "other")
 # An analysis can wait for breakers and limits up to max_deferral (600 s by default).
 ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
 
+@dataclass(frozen=True)
+class Family:
+    """One metric family as Prometheus shows it (``name`` without a ``_total`` suffix for a
+    counter); ``collected``: read from the shared state at each scrape, not recorded."""
+
+    name: str
+    kind: str  # counter, histogram, gauge
+    labels: tuple[str, ...]
+    help: str
+    collected: bool = False
+
+    @property
+    def exposed(self) -> str:
+        """The name a query uses (a counter's ``_total``; a histogram's base name)."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name
+
+
+FAMILIES = (
+    Family("intent_service_requests", "counter", ("service", "endpoint", "status"),
+           "Downstream HTTP requests by logical endpoint and outcome (HTTP status, or "
+           "timeout / connection_error)."),
+    Family("intent_service_request_duration_seconds", "histogram", ("service", "endpoint"),
+           "Downstream HTTP request duration, failures included."),
+    Family("intent_circuit_breaker_transitions", "counter", ("breaker", "from_state", "to_state"),
+           "Breaker state changes, counted once fleet-wide, by the process that performed "
+           "each (a worker, the CLI, the admin endpoint)."),
+    Family("intent_task_retries", "counter", ("step",),
+           "Steps run again after a transient failure."),
+    Family("intent_rate_limit_deferrals", "counter", ("step",),
+           "Steps that waited because a downstream rate limit was full (not retries)."),
+    Family("intent_circuit_open_deferrals", "counter", ("step",),
+           "Steps that waited because their service's breaker refused calls and no fallback "
+           "answered (not retries)."),
+    Family("intent_analyses_degraded", "counter", ("fallback",),
+           "Finished analyses that used a fallback (stale context, last known predictions)."),
+    Family("intent_analyses_finished", "counter", ("status",),
+           "Analyses that reached their end: completed, expired (deadline passed), failed, "
+           "or rejected at intake."),
+    Family("intent_analysis_duration_seconds", "histogram", ("status",),
+           "From submission to the end of the analysis, by how it ended."),
+    Family("intent_circuit_breaker_state", "gauge", ("breaker", "state"),
+           "1 for the breaker's current state, fleet-wide (read from the shared store).",
+           collected=True),
+    Family("intent_circuit_breaker_window_failures", "gauge", ("breaker",),
+           "Failures in the breaker's current window.", collected=True),
+    Family("intent_circuit_breaker_window_calls", "gauge", ("breaker",),
+           "Calls in the breaker's current window.", collected=True),
+    Family("intent_circuit_breaker_store_up", "gauge", (),
+           "Whether the shared breaker state could be read.", collected=True),
+    Family("intent_waiting_steps", "gauge", ("lane",),
+           "Steps parked until they may run again (a retry's backoff, an open breaker, a "
+           "full rate limit), per lane.", collected=True),
+    Family("intent_queue_messages", "gauge", ("queue",),
+           "Task messages waiting in the broker's queue (Redis broker).", collected=True),
+    Family("intent_dead_letters", "gauge", ("stream",),
+           "Entries in a dead-letter stream: events (consumers gave up) and tasks (workers "
+           "refused the message).", collected=True),
+)  # fmt: skip
+BY_NAME = {family.name: family for family in FAMILIES}
+
+
 class Metrics:
-    """The service's metrics in one registry. Hot-path recorders cache their labelled
-    children: ``labels()`` costs as much again as the increment itself."""
+    """The recorded families in one registry, every known label value at 0. Hot-path
+    recorders cache their labelled children: ``labels()`` costs as much again as the
+    increment itself."""
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
-        self.requests = Counter(
-            "service_requests", "Downstream HTTP requests by logical endpoint and outcome "
-            "(HTTP status, or timeout / connection_error).",
-            ["service", "endpoint", "status"], registry=registry,
-        )  # fmt: skip
-        self.request_duration = Histogram(
-            "service_request_duration_seconds", "Downstream HTTP request duration, failures "
-            "included.", ["service", "endpoint"], registry=registry,
-        )  # fmt: skip
-        self.transitions = Counter(
-            "circuit_breaker_transitions", "Breaker state changes, counted once fleet-wide "
-            "(by the process that performed each).",
-            ["breaker", "from_state", "to_state"], registry=registry,
-        )  # fmt: skip
-        self.retries = Counter(
-            "task_retries", "Steps re-scheduled after a transient failure.", ["step"],
-            registry=registry,
-        )  # fmt: skip
-        self.rate_limit_deferrals = Counter(
-            "rate_limit_deferrals", "Steps re-scheduled because a downstream rate limit was "
-            "full (not retries).", ["step"], registry=registry,
-        )  # fmt: skip
-        self.circuit_open_deferrals = Counter(
-            "circuit_open_deferrals", "Steps re-scheduled because their service's breaker "
-            "was open and no fallback answered (not retries).", ["step"], registry=registry,
-        )  # fmt: skip
-        self.degraded = Counter(
-            "analyses_degraded", "Finished analyses that used a fallback (stale context, "
-            "last known predictions), by fallback.", ["fallback"], registry=registry,
-        )  # fmt: skip
-        self.finished = Counter(
-            "analyses_finished", "Analyses that reached their end: completed, expired "
-            "(deadline passed), failed, or rejected at intake.", ["status"], registry=registry,
-        )  # fmt: skip
-        self.analysis_duration = Histogram(
-            "analysis_duration_seconds", "From submission to the end of emit_events.",
-            buckets=ANALYSIS_BUCKETS, registry=registry,
-        )  # fmt: skip
+
+        def build(name: str, **extra: Any) -> Any:
+            family = BY_NAME[name]
+            kind = Counter if family.kind == "counter" else Histogram
+            return kind(name, family.help, family.labels, registry=registry, **extra)
+
+        self.requests = build("intent_service_requests")
+        self.request_duration = build("intent_service_request_duration_seconds")
+        self.transitions = build("intent_circuit_breaker_transitions")
+        self.retries = build("intent_task_retries")
+        self.rate_limit_deferrals = build("intent_rate_limit_deferrals")
+        self.circuit_open_deferrals = build("intent_circuit_open_deferrals")
+        self.degraded = build("intent_analyses_degraded")
+        self.finished = build("intent_analyses_finished")
+        self.analysis_duration = build("intent_analysis_duration_seconds", buckets=ANALYSIS_BUCKETS)
         self._request_children: dict[tuple[str, str, int | str], tuple[Any, Any]] = {}
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Every label value the pipeline knows, at 0."""
+        for service, endpoints in ENDPOINTS.items():
+            for endpoint in endpoints:
+                self.requests.labels(service, endpoint, "200")
+                self.request_duration.labels(service, endpoint)
+            for old, new in TRANSITIONS:
+                self.transitions.labels(service, old, new)
+        for step in STEP_NAMES:
+            for counter in (self.retries, self.rate_limit_deferrals, self.circuit_open_deferrals):
+                counter.labels(step)
+        for fallback in FALLBACK_NAMES:
+            self.degraded.labels(fallback)
+        for status in OUTCOMES:
+            self.finished.labels(status)
+            self.analysis_duration.labels(status)
 
     def observe_request(
         self, service: str, endpoint: str, status: int | str, seconds: float
@@ -102,13 +176,18 @@ class Metrics:
         count.inc()
         duration.observe(seconds)
 
+    def finish(self, status: str, submitted_at: float | None, now: float) -> None:
+        self.finished.labels(status).inc()
+        if submitted_at is not None:
+            self.analysis_duration.labels(status).observe(max(0.0, now - submitted_at))
+
 
 _metrics: Metrics | None = None
 _metrics_pid = 0
 _lock = threading.Lock()
 
 
-def _host_name() -> str:
+def host_name() -> str:
     """This machine's (container's) name as it may appear in a file name: no ``_``
     (prometheus_client splits file names on it) and no path separator."""
     return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
@@ -133,12 +212,12 @@ class ProcessIdentifier:
     def __call__(self) -> str:
         pid = os.getpid()
         if pid != self._pid:  # first call, or a forked child
-            self._value = f"{_host_name()}-{pid}"
+            self._value = f"{host_name()}-{pid}"
             self._pid = pid
         return self._value
 
 
-def _use_directory(directory: str) -> None:
+def use_directory(directory: str) -> None:
     """Multiprocess mode from now on in this process: samples go to files in ``directory``.
 
     prometheus_client picks its value class when it is imported, from
@@ -162,7 +241,7 @@ def metrics(settings: Settings | None = None) -> Metrics:
         if _metrics is None or _metrics_pid != os.getpid():
             directory = (settings or get_settings()).metrics_dir
             if directory:
-                _use_directory(directory)
+                use_directory(directory)
             _metrics, _metrics_pid = Metrics(CollectorRegistry(auto_describe=False)), os.getpid()
         return _metrics
 
@@ -190,7 +269,25 @@ def observe_request(service: str, endpoint: str, status: int | str, seconds: flo
 
 
 def record_transition(breaker: str, old_state: str, new_state: str) -> None:
-    _safely(lambda m: m.transitions.labels(breaker, old_state, new_state).inc())
+    if old_state != new_state:
+        _safely(lambda m: m.transitions.labels(breaker, old_state, new_state).inc())
+
+
+class BreakerMetrics:
+    """A breaker listener (pybreaker's protocol) that counts the transitions its process
+    performs."""
+
+    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        """Calls are counted by the clients, with their outcome."""
+
+    def failure(self, cb: Any, exc: BaseException) -> None:
+        """Failures are counted by the clients, with their status."""
+
+    def success(self, cb: Any) -> None:
+        """Successes are counted by the clients."""
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        record_transition(cb.name, str(old_state), str(new_state))
 
 
 def record_retry(step: str) -> None:
@@ -206,11 +303,9 @@ def record_deferral(step: str, circuit_open: bool) -> None:
 
 
 def _finished(m: Metrics, result: IntentResult, now: float) -> None:
-    m.finished.labels(result.status).inc()
+    m.finish(result.status, result.submitted_at, now)
     for fallback in result.fallbacks:
         m.degraded.labels(fallback).inc()
-    if result.submitted_at is not None:
-        m.analysis_duration.observe(max(0.0, now - result.submitted_at))
 
 
 def record_finished(result: IntentResult, now: float | None = None) -> None:
@@ -228,122 +323,22 @@ def record_batch_finished(batch: BatchResult, now: float | None = None) -> None:
         at = time.time() if now is None else now
         for item in batch.items:
             if item.status == "failed":
-                m.finished.labels("rejected" if item.result is None else "failed").inc()
+                if item.result is None:
+                    m.finish("rejected", None, at)
+                else:
+                    m.finish("failed", item.result.submitted_at, at)
             elif item.status in ("completed", "expired") and item.result is not None:
                 _finished(m, item.result, at)
 
     _safely(record)
 
 
-def record_failed(status: str = "failed") -> None:
-    """An analysis stopped with an error (``rejected``: refused before it started)."""
-    _safely(lambda m: m.finished.labels(status).inc())
-
-
-# -- exposition -------------------------------------------------------------------------
-
-
-class BreakerStateCollector:
-    """The breakers' state as the shared store holds it, read at each scrape:
-    ``circuit_breaker_state{breaker,state}`` is 1 for the current state, 0 for the others."""
-
-    def __init__(self, admin: Callable[[], CircuitAdmin]):
-        self._admin = admin
-
-    def collect(self) -> Iterator[Metric]:
-        from intent.breaker.store import StoreError
-
-        up = GaugeMetricFamily(
-            "circuit_breaker_store_up", "Whether the shared breaker state could be read."
-        )
-        try:
-            statuses = self._admin().list()
-        except StoreError as exc:
-            log.warning("metrics: breaker state unreadable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        state = GaugeMetricFamily(
-            "circuit_breaker_state", "1 for the breaker's current state, fleet-wide.",
-            labels=["breaker", "state"],
-        )  # fmt: skip
-        failures = GaugeMetricFamily(
-            "circuit_breaker_window_failures", "Failures in the breaker's current window.",
-            labels=["breaker"],
-        )  # fmt: skip
-        calls = GaugeMetricFamily(
-            "circuit_breaker_window_calls", "Calls in the breaker's current window.",
-            labels=["breaker"],
-        )  # fmt: skip
-        for status in statuses:
-            for name in BREAKER_STATES:
-                state.add_metric([status.name, name], 1 if status.state == name else 0)
-            failures.add_metric([status.name], status.failures)
-            calls.add_metric([status.name], status.calls)
-        yield from (state, failures, calls)
-
-
-class WaitingCollector:
-    """Steps parked until they may run again, per lane, read at each scrape:
-    ``waiting_steps{lane}`` (during an outage, what the fleet will do once it recovers)."""
-
-    def __init__(self, depth: Callable[[], dict[str, int]]):
-        self._depth = depth
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            depth = self._depth()
-        except Exception as exc:  # the store_up gauge already says Redis is away
-            log.warning("metrics: waiting steps unreadable: %s", exc)
-            return
-        gauge = GaugeMetricFamily(
-            "waiting_steps", "Steps parked until they may run again (a retry's backoff, an "
-            "open breaker, a full rate limit), per lane.", labels=["lane"],
-        )  # fmt: skip
-        for lane, count in depth.items():
-            gauge.add_metric([lane], count)
-        yield gauge
-
-
-class _Merged:
-    """Several collectors as one, for the encoders."""
-
-    def __init__(self, collectors: Iterable[Any]):
-        self._collectors = list(collectors)
-
-    def collect(self) -> Iterator[Metric]:
-        for collector in self._collectors:
-            yield from collector.collect()
-
-
-def shared_admin(runtime: Runtime) -> CircuitAdmin:
-    """Operators' view over the shared store itself: not the in-memory fallback, which
-    would show this process's private state as the fleet's."""
-    from intent.breaker import CircuitAdmin, FallbackStore
-
-    store = runtime.breaker_store
-    return CircuitAdmin(store.primary if isinstance(store, FallbackStore) else store)
-
-
-def exposition(
-    runtime: Runtime, accept: str | None = None, circuits: CircuitAdmin | None = None
-) -> tuple[bytes, str]:
-    """The ``/metrics`` body and its content type (Prometheus text; OpenMetrics when
-    ``accept`` asks for it): every process's samples plus the breakers' state, read through
-    ``circuits`` (default: over the runtime's shared store)."""
-    directory = runtime.settings.metrics_dir
-    sources: list[Any] = []
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-        sources.append(MultiProcessCollector(None, path=directory))
-    else:
-        sources.append(metrics(runtime.settings).registry)
-    sources.append(BreakerStateCollector(lambda: circuits or shared_admin(runtime)))
-    sources.append(WaitingCollector(lambda: runtime.waiting.depth()))
-    encode, content_type = choose_encoder(accept or "")
-    return encode(_Merged(sources)), content_type
+def record_failed(
+    status: str = "failed", submitted_at: float | None = None, now: float | None = None
+) -> None:
+    """An analysis stopped with an error (``rejected``: refused before it started); with
+    ``submitted_at``, its duration too."""
+    _safely(lambda m: m.finish(status, submitted_at, time.time() if now is None else now))
 
 
 def clear_directory(directory: str) -> int:

@@ -14,6 +14,16 @@ from intent.errors import ServiceRequestError, ValidationError
 
 SCHEMA_VERSION = 1
 
+# The names the pipeline is built of (task names, breaker and metric labels, lanes).
+CONTEXT_SERVICE = "context-service"
+PREDICTION_SERVICE = "prediction-service"
+SERVICES = (CONTEXT_SERVICE, PREDICTION_SERVICE)
+STEP_NAMES = ("fetch_context", "predict", "detect_pattern", "emit_events")
+# How an analysis ends: its result's status, or an error (failed at a step, rejected at
+# intake: invalid, or over its client's limit).
+OUTCOMES = ("completed", "expired", "failed", "rejected")
+FALLBACK_NAMES = ("context", "predictions")
+
 # Identifiers end up in Redis keys, URLs and logs: a safe alphabet, bounded length.
 Identifier = Annotated[
     str,

@@ -12,7 +12,15 @@ from functools import cached_property
 
 import redis
 
-from intent.breaker import BreakerStore, CircuitBreaker, CircuitConfig, store_from_settings
+from intent import metrics
+from intent.breaker import (
+    BreakerStore,
+    CircuitAdmin,
+    CircuitBreaker,
+    CircuitConfig,
+    FallbackStore,
+    store_from_settings,
+)
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.events import EventPublisher
@@ -52,6 +60,15 @@ class Runtime:
         return store_from_settings(self.settings)
 
     @cached_property
+    def circuits(self) -> CircuitAdmin:
+        """Operators' view of the breakers over the shared store itself, not the in-memory
+        fallback (the fleet's state or an error, never this process's private view); the
+        transitions its actions make are counted."""
+        store = self.breaker_store
+        shared = store.primary if isinstance(store, FallbackStore) else store
+        return CircuitAdmin(shared, on_transition=metrics.record_transition)
+
+    @cached_property
     def breakers(self) -> dict[str, CircuitBreaker]:
         return {}
 
@@ -66,6 +83,7 @@ class Runtime:
                 CircuitConfig.from_settings(self.settings),
                 store=self.breaker_store,
                 throw_new_error_on_trip=True,
+                listeners=[metrics.BreakerMetrics()],
             )
         return self.breakers[service]
 
@@ -81,6 +99,7 @@ class Runtime:
             self.settings,
             guard_for=lambda service: self.breaker(service).call,
             limiter=self.rate_limits.hit,
+            observe=metrics.observe_request,
         )
 
     @cached_property

@@ -6,19 +6,18 @@ from __future__ import annotations
 import argparse
 
 from intent.admin import AdminApp, serve
-from intent.health import HealthChecker, shared_circuits
+from intent.admin.exposition import exposition
+from intent.health import HealthChecker
 from intent.logs import configure_logging
 from intent.runtime import get_runtime
 from tasks.health import ping_workers
 
 
 def build_app() -> AdminApp:
-    from intent import metrics
-
     rt = get_runtime()
     settings = rt.settings
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    circuits = shared_circuits(settings)
+    circuits = rt.circuits
     return AdminApp(
         health=HealthChecker(
             settings,
@@ -30,7 +29,7 @@ def build_app() -> AdminApp:
         ),
         circuits=circuits,
         rate_limits=rt.rate_limits,
-        metrics=lambda: metrics.exposition(rt),
+        metrics=lambda: exposition(rt, circuits=circuits),
         token=token,
         waiting=rt.waiting.depth,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any, NoReturn
 
@@ -245,7 +246,26 @@ class PipelineTask(Task):
         if self.name == "intent.analyze":
             metrics.record_failed("rejected")
         elif self.name in STEP_TASK_NAMES:
-            metrics.record_failed("failed")
+            metrics.record_failed("failed", submitted_at(args))
+
+
+_SUBMITTED_AT = re.compile(r'"submitted_at":\s*([0-9.eE+-]+)')
+
+
+def submitted_at(args: Any) -> float | None:
+    """When a failed step's analysis was submitted (for its duration), read off its
+    payload without validating it again: a dict, or the JSON text steps pass on."""
+    payload = args[0] if isinstance(args, list | tuple) and args else None
+    value: Any = None
+    if isinstance(payload, dict):
+        value = payload.get("submitted_at")
+    elif isinstance(payload, str):
+        match = _SUBMITTED_AT.search(payload)
+        value = match.group(1) if match else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _shown(current: IntentResult) -> dict[str, str]:

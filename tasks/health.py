@@ -32,7 +32,12 @@ def health_checker() -> HealthChecker:
     if _checkers.get(os.getpid()) is None or _checkers[os.getpid()].redis is not rt.redis:
         _checkers.clear()  # a forked child or a rebuilt runtime starts afresh
         _checkers[os.getpid()] = HealthChecker(
-            rt.settings, rt.redis, rt.keys, ping_workers, guard_for=lambda s: rt.breaker(s).call
+            rt.settings,
+            rt.redis,
+            rt.keys,
+            ping_workers,
+            rt.circuits,
+            guard_for=lambda s: rt.breaker(s).call,
         )
     return _checkers[os.getpid()]
 

@@ -8,10 +8,10 @@ that refuse locally until a known time notice a reset at that time at the latest
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from intent import metrics
 from intent.breaker.store import Action, BreakerStore, Report, Snapshot
 
 log = logging.getLogger("intent.breaker")
@@ -54,10 +54,17 @@ class BreakerStatus:
 
 
 class CircuitAdmin:
-    """Operators' actions over one store (use the Redis store itself: the shared state)."""
+    """Operators' actions over one store (use the Redis store itself: the shared state).
+    ``on_transition(breaker, old, new)`` hears of each state change an action makes (the
+    metrics count it: intent.metrics.record_transition)."""
 
-    def __init__(self, store: BreakerStore):
+    def __init__(
+        self,
+        store: BreakerStore,
+        on_transition: Callable[[str, str, str], None] | None = None,
+    ):
         self.store = store
+        self.on_transition = on_transition
 
     def names(self) -> list[str]:
         return self.store.names()
@@ -99,6 +106,7 @@ class CircuitAdmin:
                 "generation": report.snapshot.generation,
             },
         )
-        if transition is not None and transition.old_state != transition.new_state:
-            metrics.record_transition(name, transition.old_state, transition.new_state)
+        changed = transition is not None and transition.old_state != transition.new_state
+        if changed and transition is not None and self.on_transition is not None:
+            self.on_transition(name, transition.old_state, transition.new_state)
         return self.status(name)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from intent import metrics
 from intent.breaker.config import CircuitConfig, CircuitContext
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
 from intent.breaker.store import (
@@ -478,7 +477,6 @@ class CircuitBreaker:
         )
         if transition.old_state == transition.new_state:
             return  # a force that kept the state: logged, but no state change to report
-        metrics.record_transition(self.name, transition.old_state, transition.new_state)
         old = CircuitState(transition.old_state)
         new = CircuitState(transition.new_state, transition.generation, transition.reason)
         for listener in self._listeners:

@@ -15,7 +15,7 @@ import requests
 
 from intent.admin import AdminApp
 from intent.breaker import CircuitAdmin
-from intent.health import RECHECK_DOWN_AFTER, HealthChecker, shared_circuits
+from intent.health import RECHECK_DOWN_AFTER, HealthChecker
 from intent.keys import Keys
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime, reset_runtime
@@ -37,7 +37,7 @@ MUTATIONS = [
 
 def _serve(token: str | None) -> Iterator[str]:
     rt = get_runtime()
-    circuits = shared_circuits(rt.settings)
+    circuits = rt.circuits
     app = AdminApp(
         health=HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers, circuits),
         circuits=circuits,
@@ -118,7 +118,7 @@ def test_an_incompatible_context_service_version_is_down(
 
 
 def test_an_open_breaker_is_degraded_not_down(admin: str) -> None:
-    shared_circuits(get_runtime().settings).force_open(CONTEXT, "maintenance")
+    get_runtime().circuits.force_open(CONTEXT, "maintenance")
 
     response = requests.get(admin + "/health", timeout=10)
 
@@ -163,7 +163,9 @@ def test_a_status_change_is_logged_once_however_many_checkers_see_it(
     clean: redis.Redis, prediction_service: ReferenceControl, caplog: pytest.LogCaptureFixture
 ) -> None:
     rt = get_runtime()
-    checkers = [HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers) for _ in range(3)]
+    checkers = [
+        HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers, rt.circuits) for _ in range(3)
+    ]
     checkers[0].run()
     prediction_service.set_faults(down=True, include_health=True)
     caplog.clear()
@@ -178,7 +180,7 @@ def test_a_status_change_is_logged_once_however_many_checkers_see_it(
 
 
 def test_circuits_route_lists_the_shared_breakers(admin: str) -> None:
-    shared_circuits(get_runtime().settings).force_open(CONTEXT, "drill")
+    get_runtime().circuits.force_open(CONTEXT, "drill")
 
     body = requests.get(admin + "/admin/circuits", timeout=5).json()
 
@@ -191,7 +193,7 @@ def test_circuits_route_lists_the_shared_breakers(admin: str) -> None:
 def test_mutating_routes_are_refused_without_a_configured_token(
     admin_without_token: str, path: str
 ) -> None:
-    circuits = shared_circuits(get_runtime().settings)
+    circuits = get_runtime().circuits
     circuits.force_open(CONTEXT, "before")
     rt = get_runtime()
     rt.rate_limits["intake"].hit("web-1")
@@ -207,18 +209,18 @@ def test_mutating_routes_are_refused_without_a_configured_token(
 
 @pytest.mark.parametrize("path", MUTATIONS)
 def test_mutating_routes_need_the_right_bearer_token(admin: str, path: str) -> None:
-    shared_circuits(get_runtime().settings).force_open(CONTEXT, "before")
+    get_runtime().circuits.force_open(CONTEXT, "before")
     for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
         response = requests.post(admin + path, headers=headers, timeout=5)
         assert response.status_code == 401, headers
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert shared_circuits(get_runtime().settings).status(CONTEXT).forced == "open"
+    assert get_runtime().circuits.status(CONTEXT).forced == "open"
 
     assert requests.post(admin + path, headers=auth(), timeout=5).status_code == 200
 
 
 def test_circuit_actions_change_the_shared_state(admin: str) -> None:
-    circuits = shared_circuits(get_runtime().settings)
+    circuits = get_runtime().circuits
     url = f"{admin}/admin/circuits/{CONTEXT}"
 
     opened = requests.post(
@@ -241,14 +243,14 @@ def test_a_bad_body_is_refused_naming_it_and_changes_nothing(admin: str) -> None
         response = requests.post(url, data=body, headers=auth(), timeout=5)
         assert response.status_code == 422, body
         assert response.json()["error"].startswith(("body:", "reason:"))
-    assert shared_circuits(get_runtime().settings).status(CONTEXT).forced is None
+    assert get_runtime().circuits.status(CONTEXT).forced is None
 
 
 def test_unknown_breaker_or_limit_is_404_naming_the_known_ones(admin: str) -> None:
     response = requests.post(admin + "/admin/circuits/nope/open", headers=auth(), timeout=5)
     assert response.status_code == 404
     assert CONTEXT in response.json()["error"]
-    assert "nope" not in shared_circuits(get_runtime().settings).names()
+    assert "nope" not in get_runtime().circuits.names()
 
     response = requests.post(admin + "/admin/ratelimits/nope/reset", headers=auth(), timeout=5)
     assert response.status_code == 404
@@ -329,7 +331,7 @@ def test_the_wired_admin_app_reads_its_token_from_settings_and_serves_metrics(
 
     monkeypatch.setenv("INTENT_ADMIN_TOKEN", TOKEN)
     reset_runtime()
-    shared_circuits(get_runtime().settings).force_open(CONTEXT, "drill")
+    get_runtime().circuits.force_open(CONTEXT, "drill")
     try:
         with WsgiServer(build_app()) as server:
             url = f"{server.url}/admin/circuits/{CONTEXT}/reset"
@@ -344,7 +346,7 @@ def test_the_wired_admin_app_reads_its_token_from_settings_and_serves_metrics(
     families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
     states = {
         s.labels["state"]: s.value
-        for s in families["circuit_breaker_state"].samples
+        for s in families["intent_circuit_breaker_state"].samples
         if s.labels["breaker"] == CONTEXT
     }
     assert states["closed"] == 1  # the reset above, read from Redis at the scrape
@@ -368,7 +370,7 @@ def test_no_worker_answering_is_down(clean: redis.Redis) -> None:
         return [name for reply in replies for name in reply]
 
     rt = get_runtime()
-    snapshot = HealthChecker(rt.settings, rt.redis, rt.keys, nobody).run()
+    snapshot = HealthChecker(rt.settings, rt.redis, rt.keys, nobody, rt.circuits).run()
 
     assert snapshot["status"] == "down"
     assert snapshot["failing"] == ["workers"]
@@ -379,13 +381,13 @@ def test_no_worker_answering_is_down(clean: redis.Redis) -> None:
 def test_redis_down_is_503_naming_it_without_its_password(reference: object) -> None:
     from intent.embedded import free_port
     from intent.ratelimit import RateLimits
-    from intent.runtime import redis_client
+    from intent.runtime import Runtime
     from intent.settings import load_settings
 
     dead = f"redis://:hunter2-pw@127.0.0.1:{free_port()}/0"
     settings = load_settings(redis_url=dead)
-    client = redis_client(settings)
-    circuits = shared_circuits(settings)
+    runtime = Runtime(settings)
+    client, circuits = runtime.redis, runtime.circuits
     app = AdminApp(
         health=HealthChecker(settings, client, Keys(), ping_workers, circuits),
         circuits=circuits,
@@ -412,7 +414,7 @@ def served_admin(clean: redis.Redis) -> Iterator[str]:
     from intent.serving import TornadoWsgiServer
 
     rt = get_runtime()
-    circuits = shared_circuits(rt.settings)
+    circuits = rt.circuits
     app = AdminApp(
         health=HealthChecker(rt.settings, rt.redis, rt.keys, ping_workers, circuits),
         circuits=circuits,

@@ -15,8 +15,9 @@ import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from intent.admin.exposition import exposition
 from intent.errors import ServiceRequestError, ValidationError
-from intent.metrics import _host_name, exposition, shared_admin
+from intent.metrics import host_name
 from intent.models import BatchResult, Context
 from intent.reference import ReferenceControl
 from intent.reference.data import context_for
@@ -84,11 +85,14 @@ def scrape(runtime: Runtime) -> Callable[[], Samples]:
 
 def requests_total(service: str, endpoint: str, status: int | str) -> tuple[str, tuple]:
     labels = (("endpoint", endpoint), ("service", service), ("status", str(status)))
-    return "service_requests_total", labels
+    return "intent_service_requests_total", labels
 
 
 def durations(service: str, endpoint: str) -> tuple[str, tuple]:
-    return "service_request_duration_seconds_count", (("endpoint", endpoint), ("service", service))
+    return "intent_service_request_duration_seconds_count", (
+        ("endpoint", endpoint),
+        ("service", service),
+    )
 
 
 def one(name: str, **labels: str) -> tuple[str, tuple]:
@@ -100,12 +104,12 @@ def delta(before: Samples, after: Samples, key: tuple[str, tuple]) -> float:
 
 
 def requests_in(path: Path) -> float:
-    """service_requests_total as one process's own file holds it."""
+    """intent_service_requests_total as one process's own file holds it."""
     return sum(
         s.value
         for metric in MultiProcessCollector.merge([str(path)])
         for s in metric.samples
-        if s.name == "service_requests_total"
+        if s.name == "intent_service_requests_total"
     )
 
 
@@ -133,13 +137,15 @@ def test_counts_from_both_pool_processes_add_up(
     assert delta(before, after, durations(CONTEXT, "get_context")) == n
     assert delta(before, after, durations(PREDICTION, "predict")) == n
     assert delta(before, after, requests_total(CONTEXT, "health", 200)) >= 1  # version checks
-    assert delta(before, after, one("analyses_finished_total", status="completed")) == n
-    assert delta(before, after, one("analysis_duration_seconds_count")) == n
+    assert delta(before, after, one("intent_analyses_finished_total", status="completed")) == n
+    done = {"status": "completed"}
+    assert delta(before, after, one("intent_analysis_duration_seconds_count", **done)) == n
     # Each duration runs from submission to the end of its last step: inside this test.
-    assert 0 < delta(before, after, one("analysis_duration_seconds_sum")) <= n * elapsed
+    spent = delta(before, after, one("intent_analysis_duration_seconds_sum", **done))
+    assert 0 < spent <= n * elapsed
 
     # Both pool processes did part of the work, each in its own file (host and pid).
-    host = _host_name()
+    host = host_name()
     per_process = {
         pid: requests_in(metrics_dir / f"counter_{host}-{pid}.db")
         for pid in metrics_worker.child_pids()
@@ -161,11 +167,11 @@ def test_retries_after_injected_503s(
     assert delta(before, after, requests_total(CONTEXT, "get_context", 503)) == 2
     assert delta(before, after, requests_total(CONTEXT, "get_context", 200)) == 1
     assert delta(before, after, durations(CONTEXT, "get_context")) == 3
-    assert delta(before, after, one("task_retries_total", step="fetch_context")) == 2
-    assert delta(before, after, one("task_retries_total", step="predict")) == 0
+    assert delta(before, after, one("intent_task_retries_total", step="fetch_context")) == 2
+    assert delta(before, after, one("intent_task_retries_total", step="predict")) == 0
     # The shared breaker counted both failures; read from Redis at the scrape.
-    assert after[one("circuit_breaker_window_failures", breaker=CONTEXT)] == 2
-    assert after[one("circuit_breaker_state", breaker=CONTEXT, state="closed")] == 1
+    assert after[one("intent_circuit_breaker_window_failures", breaker=CONTEXT)] == 2
+    assert after[one("intent_circuit_breaker_state", breaker=CONTEXT, state="closed")] == 1
 
 
 def test_failed_and_rejected_analyses(
@@ -181,19 +187,20 @@ def test_failed_and_rejected_analyses(
         invalid.get(timeout=30)
     # A failure is counted by the task's on_failure, which Celery runs just after it has
     # stored the failure the caller saw: give the count that moment.
-    counted = [one("analyses_finished_total", status=s) for s in ("failed", "rejected")]
+    counted = [one("intent_analyses_finished_total", status=s) for s in ("failed", "rejected")]
     deadline = time.monotonic() + 10
     after = scrape()
     while any(delta(before, after, key) < 1 for key in counted) and time.monotonic() < deadline:
         time.sleep(0.05)
         after = scrape()
 
-    assert delta(before, after, one("analyses_finished_total", status="failed")) == 1
-    assert delta(before, after, one("analyses_finished_total", status="rejected")) == 1
-    assert delta(before, after, one("analyses_finished_total", status="completed")) == 0
+    assert delta(before, after, one("intent_analyses_finished_total", status="failed")) == 1
+    assert delta(before, after, one("intent_analyses_finished_total", status="rejected")) == 1
+    assert delta(before, after, one("intent_analyses_finished_total", status="completed")) == 0
     assert delta(before, after, requests_total(CONTEXT, "get_context", 404)) == 1
-    assert delta(before, after, one("task_retries_total", step="fetch_context")) == 0
-    assert delta(before, after, one("analysis_duration_seconds_count")) == 0
+    assert delta(before, after, one("intent_task_retries_total", step="fetch_context")) == 0
+    failed = one("intent_analysis_duration_seconds_count", status="failed")
+    assert delta(before, after, failed) == 1  # a duration for every outcome
 
 
 def test_a_batch_counts_each_item_as_an_analysis(
@@ -231,15 +238,19 @@ def test_a_batch_counts_each_item_as_an_analysis(
     assert served.status == "completed" and served.result is not None
     assert served.result.fallbacks == ["context"]
     for status, count in (("completed", 2), ("expired", 1), ("failed", 1), ("rejected", 1)):
-        assert delta(before, after, one("analyses_finished_total", status=status)) == count
-    assert delta(before, after, one("analyses_degraded_total", fallback="context")) == 1
-    # From submit_batch to the end of each batch's last step: completed and expired items.
-    assert delta(before, after, one("analysis_duration_seconds_count")) == 3
-    assert 0 < delta(before, after, one("analysis_duration_seconds_sum")) <= 3 * elapsed
+        assert delta(before, after, one("intent_analyses_finished_total", status=status)) == count
+    assert delta(before, after, one("intent_analyses_degraded_total", fallback="context")) == 1
+    # From submit_batch to the end of each batch's last step, by how each item ended; an
+    # item refused at intake never started.
+    for status, count in (("completed", 2), ("expired", 1), ("failed", 1), ("rejected", 0)):
+        durations_of = one("intent_analysis_duration_seconds_count", status=status)
+        assert delta(before, after, durations_of) == count, status
+    spent = delta(before, after, one("intent_analysis_duration_seconds_sum", status="completed"))
+    assert 0 < spent <= 2 * elapsed
 
 
 def _wait_for_state(runtime: Runtime, name: str, state: str, timeout: float) -> None:
-    admin = shared_admin(runtime)
+    admin = runtime.circuits
     deadline = time.monotonic() + timeout
     while admin.status(name).state != state:
         assert time.monotonic() < deadline, f"{name} never became {state}"
@@ -254,11 +265,14 @@ def test_breaker_transitions_and_state(
 ) -> None:
     def transitions(old: str, new: str) -> tuple[str, tuple]:
         return one(
-            "circuit_breaker_transitions_total", breaker=PREDICTION, from_state=old, to_state=new
+            "intent_circuit_breaker_transitions_total",
+            breaker=PREDICTION,
+            from_state=old,
+            to_state=new,
         )
 
     def state(name: str) -> tuple[str, tuple]:
-        return one("circuit_breaker_state", breaker=PREDICTION, state=name)
+        return one("intent_circuit_breaker_state", breaker=PREDICTION, state=name)
 
     before = scrape()
     # Exactly the failures that trip the breaker, then the service answers: the trial
@@ -286,7 +300,7 @@ def test_breaker_transitions_and_state(
     assert delta(before, after, transitions("open", "half-open")) == 1
     assert delta(before, after, transitions("half-open", "closed")) == 1
     assert after[state("closed")] == 1 and after[state("open")] == 0
-    assert delta(before, after, one("circuit_open_deferrals_total", step="predict")) >= 1
+    assert delta(before, after, one("intent_circuit_open_deferrals_total", step="predict")) >= 1
     # What the service answered is what was counted, outcome by outcome.
     statuses = [c["status"] for c in api_calls(prediction_service)]
     assert delta(before, after, requests_total(PREDICTION, "predict", 503)) == statuses.count(503)

@@ -271,7 +271,7 @@ def test_up_runs_the_stack_on_a_password_redis_stops_on_sigint_and_leaks_no_secr
         def counted(response: requests.Response) -> bool:
             for family in text_string_to_metric_families(response.text):
                 for sample in family.samples:
-                    if (sample.name == "analyses_finished_total"
+                    if (sample.name == "intent_analyses_finished_total"
                             and sample.labels.get("status") == "completed"):  # fmt: skip
                         return sample.value >= 2
             return False

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from intent import metrics
+from intent.admin import exposition
 from intent.breaker import (
     BreakerStatus,
     CircuitAdmin,
@@ -57,16 +59,16 @@ def test_requests_are_counted_by_service_endpoint_and_status(fresh: metrics.Metr
     metrics.observe_request("prediction-service", "predict", 503, 0.01)
 
     ctx = {"service": "context-service", "endpoint": "get_context"}
-    assert sample(fresh, "service_requests_total", **ctx, status="200") == 2
-    assert sample(fresh, "service_requests_total", **ctx, status="timeout") == 1
-    assert sample(fresh, "service_request_duration_seconds_count", **ctx) == 3
-    assert sample(fresh, "service_request_duration_seconds_sum", **ctx) == pytest.approx(5.204)
-    assert sample(fresh, "service_request_duration_seconds_bucket", **ctx, le="0.005") == 1
-    assert sample(fresh, "service_request_duration_seconds_bucket", **ctx, le="0.25") == 2
-    assert (
-        sample(fresh, "service_requests_total", service="prediction-service", endpoint="predict",
-               status="503") == 1
-    )  # fmt: skip
+    assert sample(fresh, "intent_service_requests_total", **ctx, status="200") == 2
+    assert sample(fresh, "intent_service_requests_total", **ctx, status="timeout") == 1
+    assert sample(fresh, "intent_service_request_duration_seconds_count", **ctx) == 3
+    assert sample(fresh, "intent_service_request_duration_seconds_sum", **ctx) == pytest.approx(
+        5.204
+    )
+    assert sample(fresh, "intent_service_request_duration_seconds_bucket", **ctx, le="0.005") == 1
+    assert sample(fresh, "intent_service_request_duration_seconds_bucket", **ctx, le="0.25") == 2
+    prediction = {"service": "prediction-service", "endpoint": "predict"}
+    assert sample(fresh, "intent_service_requests_total", **prediction, status="503") == 1
 
 
 def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Metrics) -> None:
@@ -83,15 +85,20 @@ def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Me
     metrics.record_failed()
     metrics.record_failed("rejected")
 
-    assert sample(fresh, "analyses_finished_total", status="completed") == 3
-    assert sample(fresh, "analyses_finished_total", status="expired") == 1
-    assert sample(fresh, "analyses_finished_total", status="failed") == 1
-    assert sample(fresh, "analyses_finished_total", status="rejected") == 1
-    assert sample(fresh, "analyses_degraded_total", fallback="context") == 1
-    assert sample(fresh, "analyses_degraded_total", fallback="predictions") == 1
-    assert sample(fresh, "analysis_duration_seconds_count") == 3
-    assert sample(fresh, "analysis_duration_seconds_sum") == pytest.approx(0.8 + 3.0 + 400.0)
-    assert sample(fresh, "analysis_duration_seconds_bucket", le="1.0") == 1
+    assert sample(fresh, "intent_analyses_finished_total", status="completed") == 3
+    assert sample(fresh, "intent_analyses_finished_total", status="expired") == 1
+    assert sample(fresh, "intent_analyses_finished_total", status="failed") == 1
+    assert sample(fresh, "intent_analyses_finished_total", status="rejected") == 1
+    assert sample(fresh, "intent_analyses_degraded_total", fallback="context") == 1
+    assert sample(fresh, "intent_analyses_degraded_total", fallback="predictions") == 1
+    # Every outcome has its duration, by status; one without a start time has none.
+    duration = "intent_analysis_duration_seconds"
+    assert sample(fresh, f"{duration}_count", status="completed") == 2
+    assert sample(fresh, f"{duration}_sum", status="completed") == pytest.approx(0.8 + 3.0)
+    assert sample(fresh, f"{duration}_bucket", status="completed", le="1.0") == 1
+    assert sample(fresh, f"{duration}_sum", status="expired") == pytest.approx(400.0)
+    metrics.record_failed("failed", submitted_at=1000.0, now=1012.5)
+    assert sample(fresh, f"{duration}_sum", status="failed") == pytest.approx(12.5)
 
 
 def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None:
@@ -116,15 +123,19 @@ def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None
     )
     metrics.record_batch_finished(batch, now=1002.0)
 
-    assert sample(fresh, "analyses_finished_total", status="completed") == 2
-    assert sample(fresh, "analyses_finished_total", status="expired") == 1
-    assert sample(fresh, "analyses_finished_total", status="failed") == 1
-    assert sample(fresh, "analyses_finished_total", status="rejected") == 1
-    # A failed analysis counts no fallback and no duration, as a single one.
-    assert sample(fresh, "analyses_degraded_total", fallback="context") == 1
-    assert sample(fresh, "analyses_degraded_total", fallback="predictions") == 0
-    assert sample(fresh, "analysis_duration_seconds_count") == 3
-    assert sample(fresh, "analysis_duration_seconds_sum") == pytest.approx(6.0)
+    assert sample(fresh, "intent_analyses_finished_total", status="completed") == 2
+    assert sample(fresh, "intent_analyses_finished_total", status="expired") == 1
+    assert sample(fresh, "intent_analyses_finished_total", status="failed") == 1
+    assert sample(fresh, "intent_analyses_finished_total", status="rejected") == 1
+    # A failed analysis counts no fallback, as a single one; its duration, as failed.
+    assert sample(fresh, "intent_analyses_degraded_total", fallback="context") == 1
+    assert sample(fresh, "intent_analyses_degraded_total", fallback="predictions") == 0
+    duration = "intent_analysis_duration_seconds"
+    assert sample(fresh, f"{duration}_count", status="completed") == 2
+    assert sample(fresh, f"{duration}_count", status="expired") == 1
+    assert sample(fresh, f"{duration}_count", status="failed") == 1
+    assert sample(fresh, f"{duration}_count", status="rejected") == 0  # never started
+    assert sample(fresh, f"{duration}_sum", status="completed") == pytest.approx(4.0)
 
 
 def test_retries_and_deferrals_by_step(fresh: metrics.Metrics) -> None:
@@ -133,10 +144,10 @@ def test_retries_and_deferrals_by_step(fresh: metrics.Metrics) -> None:
     metrics.record_deferral("predict", circuit_open=True)
     metrics.record_deferral("fetch_context", circuit_open=False)
 
-    assert sample(fresh, "task_retries_total", step="fetch_context") == 2
-    assert sample(fresh, "circuit_open_deferrals_total", step="predict") == 1
-    assert sample(fresh, "rate_limit_deferrals_total", step="fetch_context") == 1
-    assert sample(fresh, "rate_limit_deferrals_total", step="predict") == 0
+    assert sample(fresh, "intent_task_retries_total", step="fetch_context") == 2
+    assert sample(fresh, "intent_circuit_open_deferrals_total", step="predict") == 1
+    assert sample(fresh, "intent_rate_limit_deferrals_total", step="fetch_context") == 1
+    assert sample(fresh, "intent_rate_limit_deferrals_total", step="predict") == 0
 
 
 def test_each_transition_is_counted_once_by_the_process_that_made_it(
@@ -144,8 +155,10 @@ def test_each_transition_is_counted_once_by_the_process_that_made_it(
 ) -> None:
     store = MemoryStore()
     config = CircuitConfig(failure_threshold=2, min_throughput=2, recovery_timeout=60)
-    breaker = CircuitBreaker("svc-a", config, store=store)
-    other = CircuitBreaker("svc-a", config, store=store)  # another process's view
+    # As the runtime wires them: the breakers and the operators' view report to metrics.
+    listening = [metrics.BreakerMetrics()]
+    breaker = CircuitBreaker("svc-a", config, store=store, listeners=listening)
+    other = CircuitBreaker("svc-a", config, store=store, listeners=listening)  # elsewhere
 
     def fail() -> None:
         raise ServiceUnavailableError("svc-a", "down")
@@ -154,12 +167,13 @@ def test_each_transition_is_counted_once_by_the_process_that_made_it(
         with pytest.raises(ServiceUnavailableError):
             b.call(fail)
     assert store.snapshot("svc-a").state == "open"
-    CircuitAdmin(store).reset("svc-a", "test")
-    CircuitAdmin(store).reset("svc-a", "again: already closed")  # no state change
+    admin = CircuitAdmin(store, on_transition=metrics.record_transition)
+    admin.reset("svc-a", "test")
+    admin.reset("svc-a", "again: already closed")  # no state change
 
     def transitions(old: str, new: str) -> float:
         return sample(
-            fresh, "circuit_breaker_transitions_total", breaker="svc-a", from_state=old,
+            fresh, "intent_circuit_breaker_transitions_total", breaker="svc-a", from_state=old,
             to_state=new,
         )  # fmt: skip
 
@@ -173,12 +187,12 @@ def test_breaker_state_is_read_from_the_store_at_scrape_time() -> None:
     admin = CircuitAdmin(store)
     admin.force_open("context-service", "maintenance")
     admin.reset("prediction-service", "seen")
-    collected = parse_collector(metrics.BreakerStateCollector(lambda: admin))
+    collected = parse_collector(exposition.BreakerStateCollector(lambda: admin))
 
     def state(breaker: str, name: str) -> float:
-        return collected[("circuit_breaker_state", (("breaker", breaker), ("state", name)))]
+        return collected[("intent_circuit_breaker_state", (("breaker", breaker), ("state", name)))]
 
-    assert collected[("circuit_breaker_store_up", ())] == 1
+    assert collected[("intent_circuit_breaker_store_up", ())] == 1
     assert state("context-service", "open") == 1
     assert state("context-service", "closed") == 0
     assert state("context-service", "half-open") == 0
@@ -186,8 +200,8 @@ def test_breaker_state_is_read_from_the_store_at_scrape_time() -> None:
 
     admin.reset("context-service", "over")  # the next scrape sees the change
     assert (
-        parse_collector(metrics.BreakerStateCollector(lambda: admin))[
-            ("circuit_breaker_state", (("breaker", "context-service"), ("state", "closed")))
+        parse_collector(exposition.BreakerStateCollector(lambda: admin))[
+            ("intent_circuit_breaker_state", (("breaker", "context-service"), ("state", "closed")))
         ]
         == 1
     )
@@ -198,12 +212,12 @@ def test_an_unreadable_store_is_reported_not_raised() -> None:
         def list(self) -> list[BreakerStatus]:
             raise StoreError("redis unreachable")
 
-    collected = parse_collector(metrics.BreakerStateCollector(lambda: Broken(MemoryStore())))
-    assert collected == {("circuit_breaker_store_up", ()): 0}
+    collected = parse_collector(exposition.BreakerStateCollector(lambda: Broken(MemoryStore())))
+    assert collected == {("intent_circuit_breaker_store_up", ()): 0}
 
 
 def parse_collector(
-    collector: metrics.BreakerStateCollector,
+    collector: exposition.BreakerStateCollector,
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -217,15 +231,17 @@ def test_exposition_in_process_mode_is_parseable_and_complete(fresh: metrics.Met
     CircuitAdmin(runtime.breaker_store).force_open("context-service", "test")
     metrics.observe_request("context-service", "get_context", 200, 0.01)
 
-    body, content_type = metrics.exposition(runtime)
+    body, content_type = exposition.exposition(runtime)
     assert content_type.startswith("text/plain")
     samples = parse(body)
     key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
-    assert samples[("service_requests_total", key)] == 1
-    assert samples[("circuit_breaker_state", (("breaker", "context-service"), ("state", "open")))]
-    assert samples[("circuit_breaker_store_up", ())] == 1
+    assert samples[("intent_service_requests_total", key)] == 1
+    assert samples[
+        ("intent_circuit_breaker_state", (("breaker", "context-service"), ("state", "open")))
+    ]
+    assert samples[("intent_circuit_breaker_store_up", ())] == 1
 
-    body, content_type = metrics.exposition(runtime, accept="application/openmetrics-text")
+    body, content_type = exposition.exposition(runtime, accept="application/openmetrics-text")
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
 
@@ -260,16 +276,16 @@ def test_multiprocess_mode_whoever_imported_prometheus_first(tmp_path: Path) -> 
     )  # fmt: skip
     parent, child = out.stdout.split()
     files = {p.name for p in directory.iterdir()}
-    host = metrics._host_name()
+    host = metrics.host_name()
     assert {f"counter_{host}-{parent}.db", f"counter_{host}-{child}.db"} <= files
 
     runtime = Runtime(load_settings(metrics_dir=str(directory)))
-    samples = parse(metrics.exposition(runtime)[0])
+    samples = parse(exposition.exposition(runtime)[0])
     key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
-    assert samples[("service_requests_total", key)] == 3  # 1 + 2, the parent's not doubled
+    assert samples[("intent_service_requests_total", key)] == 3  # 1 + 2, the parent's not doubled
     labels = (("endpoint", "get_context"), ("service", "context-service"))
-    assert samples[("service_request_duration_seconds_count", labels)] == 3
-    assert samples[("task_retries_total", (("step", "predict"),))] == 1
+    assert samples[("intent_service_request_duration_seconds_count", labels)] == 3
+    assert samples[("intent_task_retries_total", (("step", "predict"),))] == 1
 
     assert metrics.clear_directory(str(directory)) == len(files)
     assert list(directory.iterdir()) == []
@@ -317,11 +333,11 @@ def test_two_containers_with_the_same_pid_keep_files_of_their_own(tmp_path: Path
 
     files = {p.name for p in directory.iterdir()}
     assert {"counter_worker-a1-4242.db", "counter_worker-b2-4242.db"} <= files
-    samples = parse(metrics.exposition(Runtime(load_settings(metrics_dir=str(directory))))[0])
+    samples = parse(exposition.exposition(Runtime(load_settings(metrics_dir=str(directory))))[0])
     key = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
-    assert samples[("service_requests_total", key)] == 4
+    assert samples[("intent_service_requests_total", key)] == 4
     labels = (("endpoint", "get_context"), ("service", "context-service"))
-    assert samples[("service_request_duration_seconds_count", labels)] == 4
+    assert samples[("intent_service_request_duration_seconds_count", labels)] == 4
 
 
 def test_the_process_identifier_is_a_safe_file_name_part(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,3 +347,38 @@ def test_the_process_identifier_is_a_safe_file_name_part(monkeypatch: pytest.Mon
     assert identify() == f"build-host-..-x-{os.getpid()}"
     monkeypatch.setattr(socket, "gethostname", lambda: "renamed")
     assert identify() == f"build-host-..-x-{os.getpid()}"  # looked up once per process
+
+
+def test_known_label_values_are_there_before_any_event(fresh: metrics.Metrics) -> None:
+    """A rate over a label value is defined from the first scrape, not the first event."""
+    samples = parse(generate_latest(fresh.registry))
+    assert samples[("intent_task_retries_total", (("step", "predict"),))] == 0
+    assert samples[("intent_analyses_finished_total", (("status", "rejected"),))] == 0
+    assert samples[("intent_analyses_degraded_total", (("fallback", "context"),))] == 0
+    transition = (("breaker", "context-service"), ("from_state", "closed"), ("to_state", "open"))
+    assert samples[("intent_circuit_breaker_transitions_total", transition)] == 0
+    request = (("endpoint", "get_context"), ("service", "context-service"), ("status", "200"))
+    assert samples[("intent_service_requests_total", request)] == 0
+    count = ("intent_analysis_duration_seconds_count", (("status", "failed"),))
+    assert samples[count] == 0
+
+
+def test_every_family_is_prefixed_and_every_recorded_one_is_declared(
+    fresh: metrics.Metrics,
+) -> None:
+    assert all(f.name.startswith("intent_") for f in metrics.FAMILIES)
+    recorded = {family.name for family in fresh.registry.collect()}
+    declared = {f.name for f in metrics.FAMILIES if not f.collected}
+    assert recorded == declared
+
+
+def test_the_readme_metrics_table_is_the_declared_families() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Metrics and logs", 1)[1].split("\n\n", 2)[2]
+    rows = [line for line in section.splitlines() if line.startswith("| `intent_")]
+    table = {}
+    for row in rows:
+        name, labels, _ = (cell.strip() for cell in row.strip("|").split("|", 2))
+        table[name.strip("`")] = tuple(label.strip() for label in labels.split(",") if label)
+    declared = {f.exposed: f.labels for f in metrics.FAMILIES}
+    assert table == declared

@@ -1,0 +1,128 @@
+"""``GET /metrics``: every process's samples merged, and the fleet's shared state read at
+each scrape (breakers, waiting steps, queue depth, dead letters), so the figures are the
+fleet's, not one process's last sight of them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from intent import metrics
+from intent.breaker import CircuitAdmin, StoreError
+from intent.runtime import Runtime
+
+log = logging.getLogger("intent.metrics")
+
+
+def _gauge(name: str) -> GaugeMetricFamily:
+    family = metrics.BY_NAME[name]
+    return GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+
+
+class BreakerStateCollector:
+    """The breakers' state as the shared store holds it: ``intent_circuit_breaker_state``
+    is 1 for the current state, 0 for the others, for every breaker the store has seen."""
+
+    def __init__(self, admin: Callable[[], CircuitAdmin]):
+        self._admin = admin
+
+    def collect(self) -> Iterator[Metric]:
+        up = _gauge("intent_circuit_breaker_store_up")
+        try:
+            statuses = self._admin().list()
+        except StoreError as exc:
+            log.warning("metrics: breaker state unreadable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        state = _gauge("intent_circuit_breaker_state")
+        failures = _gauge("intent_circuit_breaker_window_failures")
+        calls = _gauge("intent_circuit_breaker_window_calls")
+        for status in statuses:
+            for name in metrics.BREAKER_STATES:
+                state.add_metric([status.name, name], 1 if status.state == name else 0)
+            failures.add_metric([status.name], status.failures)
+            calls.add_metric([status.name], status.calls)
+        yield from (state, failures, calls)
+
+
+class SharedStateCollector:
+    """Waiting steps per lane, the broker queue's depth and the dead letters, read from
+    Redis at each scrape (a family is left out when it cannot be read)."""
+
+    def __init__(self, runtime: Runtime):
+        self._runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self._runtime
+        for build in (self._waiting, self._queue, self._dead):
+            try:
+                yield build(rt)
+            except Exception as exc:  # the store_up gauge already says when Redis is away
+                log.warning("metrics: %s unreadable: %s", build.__name__.strip("_"), exc)
+
+    @staticmethod
+    def _waiting(rt: Runtime) -> Metric:
+        gauge = _gauge("intent_waiting_steps")
+        for lane, count in rt.waiting.depth().items():
+            gauge.add_metric([lane], count)
+        return gauge
+
+    @staticmethod
+    def _queue(rt: Runtime) -> Metric:
+        gauge = _gauge("intent_queue_messages")
+        broker = rt.settings.broker_url or rt.settings.redis_url or ""
+        if broker.startswith(("redis://", "rediss://")) and broker == rt.settings.redis_url:
+            depth = cast(int, rt.redis.llen(rt.settings.queue))
+            gauge.add_metric([rt.settings.queue], depth)
+        return gauge
+
+    @staticmethod
+    def _dead(rt: Runtime) -> Metric:
+        gauge = _gauge("intent_dead_letters")
+        with rt.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(rt.keys.dead_letters)
+            pipe.xlen(rt.keys.dead_tasks)
+            events, tasks = pipe.execute()
+        gauge.add_metric(["events"], int(events))
+        gauge.add_metric(["tasks"], int(tasks))
+        return gauge
+
+
+class _Merged:
+    """Several collectors as one, for the encoders."""
+
+    def __init__(self, collectors: Iterable[Any]):
+        self._collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+def exposition(
+    runtime: Runtime, accept: str | None = None, circuits: CircuitAdmin | None = None
+) -> tuple[bytes, str]:
+    """The ``/metrics`` body and its content type (Prometheus text; OpenMetrics when
+    ``accept`` asks for it): every process's samples plus the shared state, the breakers
+    read through ``circuits`` (default: over the runtime's shared store)."""
+    directory = runtime.settings.metrics_dir
+    sources: list[Any] = []
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        sources.append(MultiProcessCollector(None, path=directory))
+    else:
+        sources.append(metrics.metrics(runtime.settings).registry)
+    sources.append(BreakerStateCollector(lambda: circuits or runtime.circuits))
+    if runtime.settings.redis_url:
+        sources.append(SharedStateCollector(runtime))
+    encode, content_type = choose_encoder(accept or "")
+    return encode(_Merged(sources)), content_type

@@ -96,6 +96,7 @@ class ServiceClient:
         trust_env: bool = False,
         limiter: Callable[[str], None] | None = None,
         observe: Observe | None = None,
+        probe_guard: Guard[Any] | None = None,
     ):
         # Order of every call: the shared rate limit (by endpoint name), then the guard
         # (circuit breaker), then HTTP. A limit refusal never reaches the breaker.
@@ -106,6 +107,9 @@ class ServiceClient:
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
         self.guard = guard
+        # Guards GET /health (CircuitBreaker.probe: never a trial, an answer counts for
+        # nothing); the plain guard when not given.
+        self.probe_guard = probe_guard or guard
         self.session = self._new_session()
 
     def _new_session(self) -> requests.Session:
@@ -147,19 +151,27 @@ class ServiceClient:
         self.session.close()
 
     def _request(
-        self, method: str, path: str, json: Any = None, endpoint: str = "", label: str = ""
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        endpoint: str = "",
+        label: str = "",
+        probe: bool = False,
     ) -> dict[str, Any]:
         """One guarded call. ``endpoint`` names the rate limit it counts against;
-        ``label`` (default: the endpoint) names it in metrics and logs."""
+        ``label`` (default: the endpoint) names it in metrics and logs; a ``probe`` goes
+        through the probe guard."""
         if self.limiter is not None and endpoint:
             self.limiter(endpoint)
 
         def send() -> dict[str, Any]:
             return self._send(method, path, json, label or endpoint or path)
 
-        if self.guard is None:
+        guard = self.probe_guard if probe else self.guard
+        if guard is None:
             return send()
-        result: dict[str, Any] = self.guard(send)
+        result: dict[str, Any] = guard(send)
         return result
 
     def _send(self, method: str, path: str, json: Any, endpoint: str) -> dict[str, Any]:
@@ -221,8 +233,8 @@ class ServiceClient:
             )  # fmt: skip
 
     def health(self) -> dict[str, Any]:
-        """``GET /health``, guarded like every call to the service (never rate limited)."""
-        return self._request("GET", "/health", label="health")
+        """``GET /health``, through the probe guard (never rate limited)."""
+        return self._request("GET", "/health", label="health", probe=True)
 
     # -- bulk calls -------------------------------------------------------------------
 
@@ -421,9 +433,13 @@ class ServiceClients:
         guard_for: Callable[[str], Guard[Any]] | None = None,
         limiter: Callable[[str], None] | None = None,
         observe: Observe | None = None,
+        probe_for: Callable[[str], Guard[Any]] | None = None,
     ):
         def guard(service: str) -> Guard[Any] | None:
             return guard_for(service) if guard_for else None
+
+        def probe(service: str) -> Guard[Any] | None:
+            return probe_for(service) if probe_for else None
 
         self.context = ContextServiceClient(
             settings.context_service_url,
@@ -433,6 +449,7 @@ class ServiceClients:
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(ContextServiceClient.service),
+            probe_guard=probe(ContextServiceClient.service),
             limiter=limiter,
             observe=observe,
             required_version=settings.required_context_service_version,
@@ -445,6 +462,7 @@ class ServiceClients:
             pool_size=settings.http_pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(PredictionServiceClient.service),
+            probe_guard=probe(PredictionServiceClient.service),
             limiter=limiter,
             observe=observe,
         )

@@ -182,7 +182,8 @@ class HealthChecker:
         guard_for: Callable[[str], Guard[Any]] | None = None,
     ):
         self.settings = settings
-        # Each service's breaker guards its probe (health probes are downstream calls too).
+        # Each service's breaker guards its probe (health probes are downstream calls too):
+        # give its ``probe`` (CircuitBreaker.probe), so an answer counts for nothing.
         self.guard_for = guard_for
         self.redis = client
         self.keys = keys

@@ -98,6 +98,7 @@ class Runtime:
         return ServiceClients(
             self.settings,
             guard_for=lambda service: self.breaker(service).call,
+            probe_for=lambda service: self.breaker(service).probe,
             limiter=self.rate_limits.hit,
             observe=metrics.observe_request,
         )

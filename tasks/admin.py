@@ -25,7 +25,7 @@ def build_app() -> AdminApp:
             rt.keys,
             ping_workers,
             circuits,
-            guard_for=lambda service: rt.breaker(service).call,
+            guard_for=lambda service: rt.breaker(service).probe,
         ),
         circuits=circuits,
         rate_limits=rt.rate_limits,

@@ -37,7 +37,7 @@ def health_checker() -> HealthChecker:
             rt.keys,
             ping_workers,
             rt.circuits,
-            guard_for=lambda s: rt.breaker(s).call,
+            guard_for=lambda s: rt.breaker(s).probe,
         )
     return _checkers[os.getpid()]
 

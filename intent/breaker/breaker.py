@@ -315,6 +315,27 @@ class CircuitBreaker:
         """``call``, with the guide's description of the call for the log lines."""
         return self._guarded(func, context, args, kwargs)
 
+    def probe(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a health or version probe of the guarded service (``GET /health``).
+
+        Admitted only while the breaker is closed: half-open, a probe never takes a trial's
+        place, since its answer says nothing of the API the trial must test. A probe that
+        fails counts as a failure (a dead host trips the breaker), and one that answers
+        counts for nothing: it neither dilutes the failure rate nor shows the service
+        answering, so an API that hangs or fails behind a healthy ``/health`` still trips."""
+        ticket = self._admit(None, probe=True)
+        self._notify("before_call", func, *args, **kwargs)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, Exception) and self.is_system_error(exc):
+                self._settle_error(ticket, exc, None)
+            else:
+                self._report(ticket, Outcome.IGNORED, None)
+            raise
+        self._report(ticket, Outcome.IGNORED, None)
+        return result
+
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
         """Guard a ``with`` block like a call (pybreaker's ``calling()``)."""
@@ -364,7 +385,7 @@ class CircuitBreaker:
         return result
 
     # -- admission -----------------------------------------------------------------------
-    def _admit(self, context: CircuitContext | None) -> Ticket:
+    def _admit(self, context: CircuitContext | None, probe: bool = False) -> Ticket:
         refusal = self._refusal
         if refusal is not None:
             store_now = refusal.store_now + (self._clock() - refusal.seen_at)
@@ -373,7 +394,7 @@ class CircuitBreaker:
             self._refusal = None
         waited, pause = 0.0, THROTTLE_POLL_FIRST
         while True:
-            admission = self.store.acquire(self.name, self._slot(), self.config)
+            admission = self.store.acquire(self.name, self._slot(), self.config, probe)
             if admission.transition is not None:
                 self._announce(admission.transition, context)
             if admission.ticket is not None:

@@ -72,8 +72,10 @@ class FallbackStore(BreakerStore):
         return self._degraded
 
     # -- the contract ----------------------------------------------------------------
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
-        return self._run(lambda store: store.acquire(name, slot, config))
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
+        return self._run(lambda store: store.acquire(name, slot, config, probe))
 
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig

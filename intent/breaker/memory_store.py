@@ -120,7 +120,9 @@ class MemoryStore(BreakerStore):
         _live_stores.add(self)
 
     # -- the contract ----------------------------------------------------------------
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
         with self._lock:
             now = self._clock()
             circuit = self._circuit(name, config)
@@ -144,6 +146,8 @@ class MemoryStore(BreakerStore):
                 if slow_trials:
                     transition = self._trip(circuit, policy.slow_trial_reason(config), now)
                     return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
+                if probe:  # its answer says nothing of the API: never a trial
+                    return self._deny(circuit, now, Denial.PROBE_WAITS, now, transition)
                 if len(circuit.leases) >= config.half_open_max_calls:
                     until = min(circuit.leases.values())
                     return self._deny(circuit, now, Denial.HALF_OPEN_FULL, until, transition)
@@ -191,12 +195,12 @@ class MemoryStore(BreakerStore):
             elif ticket.generation != circuit.generation or circuit.forced:
                 return Report(self._snapshot(circuit, now), applied=False)
             else:
-                if outcome is not Outcome.FAILURE:  # the service answered this call
+                if outcome not in (Outcome.FAILURE, Outcome.IGNORED):  # the service answered
                     circuit.answer(circuit.permits.get(slot) or circuit.leases.get(slot))
                 circuit.release(slot)
             transition = None
             if circuit.state == CLOSED:
-                if outcome is Outcome.EXCLUDED:
+                if outcome in (Outcome.EXCLUDED, Outcome.IGNORED):
                     if ticket.bucket in circuit.calls:
                         circuit.calls[ticket.bucket] -= 1
                         if circuit.calls[ticket.bucket] <= 0:
@@ -207,7 +211,7 @@ class MemoryStore(BreakerStore):
                     circuit.permits.clear()
                 else:
                     transition = self._record_failure(circuit, now, foreign)
-            elif circuit.state == HALF_OPEN:
+            elif circuit.state == HALF_OPEN and outcome is not Outcome.IGNORED:
                 if outcome is Outcome.SUCCESS:
                     circuit.successes += 1
                     if policy.trials_close(circuit.successes, config):

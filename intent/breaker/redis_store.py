@@ -264,8 +264,12 @@ class RedisStore(BreakerStore):
         return BreakerKeys.of(self._keys, name)
 
     # -- the contract ----------------------------------------------------------------
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
-        if self._runner is None:
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
+        if probe:  # rare (a version check, a health probe): the plain path
+            reply = self._call(self._acquire, name, [slot, *_acquire_args(config), b"1"])
+        elif self._runner is None:
             reply = self._call(self._acquire, name, [slot, *_acquire_args(config)])
         else:
             frame = self._acquire_frames.get((name, config))

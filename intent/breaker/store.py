@@ -27,6 +27,9 @@ class Outcome(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     EXCLUDED = "excluded"  # an excluded error: neither a failure nor a success
+    # A probe's answer (GET /health, a version check): it says nothing of the API the
+    # breaker guards, so it counts for nothing, not even as the service answering.
+    IGNORED = "ignored"
 
 
 class TicketKind(StrEnum):
@@ -41,6 +44,7 @@ class Denial(StrEnum):
     HALF_OPEN_FULL = "half-open-full"  # every trial slot is taken; the first lapses at ``until``
     THROTTLED = "throttled"  # failures pending and enough calls in flight to trip it
     FORCED_OPEN = "forced-open"  # an operator opened it; no known end
+    PROBE_WAITS = "probe-waits"  # half-open: a probe never takes a trial's place
 
 
 class Action(StrEnum):
@@ -127,8 +131,12 @@ class BreakerStore(ABC):
     origin: str
 
     @abstractmethod
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
-        """Admit a call or refuse it; moves open to half-open once the timeout has passed."""
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
+        """Admit a call or refuse it; moves open to half-open once the timeout has passed.
+        A ``probe`` is admitted only while closed (half-open: ``PROBE_WAITS``), and its
+        success is reported as ``IGNORED``."""
 
     @abstractmethod
     def report(

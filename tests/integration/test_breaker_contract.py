@@ -319,3 +319,57 @@ def test_a_trial_slower_than_the_slow_call_duration_reopens(store: BreakerStore,
     assert reopened.denial is Denial.OPEN
     assert reopened.transition is not None
     assert reopened.transition.reason == "trial call slower than 0.2 s"
+
+
+def probe(store: BreakerStore, name: str, slot: str, config: CircuitConfig) -> Ticket:
+    admission = store.acquire(name, slot, config, probe=True)
+    assert admission.ticket is not None, admission
+    return admission.ticket
+
+
+def test_a_probe_never_takes_a_trials_place(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=1, min_throughput=1, recovery_timeout=0.2)
+    fail(store, name, "a", config)
+    time.sleep(0.25)
+    refused = store.acquire(name, "health", config, probe=True)
+    assert refused.denial is Denial.PROBE_WAITS
+    assert refused.transition is not None and refused.transition.new_state == "half-open"
+    # The trial is still there for a call to the API, and only its verdict closes.
+    trial = admit(store, name, "api", config)
+    assert trial.kind is TicketKind.TRIAL
+    assert store.report(name, "api", trial, Outcome.FAILURE, config).snapshot.state == "open"
+
+
+def test_an_answered_probe_counts_for_nothing(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=3, min_throughput=3, failure_window=10.0)
+    fail(store, name, "a", config)
+    fail(store, name, "b", config)
+    for slot in ("h1", "h2", "h3", "h4"):  # /health answers, again and again
+        report = store.report(name, slot, probe(store, name, slot, config), Outcome.IGNORED, config)
+        assert report.applied and report.transition is None
+    snapshot = store.snapshot(name, config)
+    assert (snapshot.failures, snapshot.calls) == (2, 2)  # the probes left no trace
+    tripped = store.report(name, "c", admit(store, name, "c", config), Outcome.FAILURE, config)
+    assert tripped.transition is not None and tripped.snapshot.state == "open"
+
+
+def test_a_failed_probe_counts_as_a_failure(store: BreakerStore, name: str) -> None:
+    config = CircuitConfig(failure_threshold=2, min_throughput=2, failure_window=10.0)
+    for slot in ("h1", "h2"):  # the host is dead: /health is refused too
+        report = store.report(name, slot, probe(store, name, slot, config), Outcome.FAILURE, config)
+    assert report.transition is not None and report.snapshot.state == "open"
+
+
+def test_an_answered_probe_does_not_excuse_api_calls_that_hang(
+    store: BreakerStore, name: str
+) -> None:
+    admit(store, name, "p1", SLOW)
+    admit(store, name, "p2", SLOW)  # the API hangs
+    time.sleep(0.05)
+    health = probe(store, name, "h", SLOW)  # started after the hanging calls, answered
+    store.report(name, "h", health, Outcome.IGNORED, SLOW)
+    admit(store, name, "p3", SLOW)
+    time.sleep(0.25)  # all three API calls are slow now, and /health's answer excuses none
+    tripped = store.acquire(name, "p4", SLOW)
+    assert tripped.denial is Denial.OPEN
+    assert tripped.transition is not None and "3 calls slower than 0.2 s" in tripped.transition.reason

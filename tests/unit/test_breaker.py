@@ -58,9 +58,11 @@ class CountingStore(BreakerStore):
         self.origin = inner.origin
         self.steps: list[str] = []
 
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
         self.steps.append("acquire")
-        return self.inner.acquire(name, slot, config)
+        return self.inner.acquire(name, slot, config, probe)
 
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
@@ -123,6 +125,33 @@ def test_an_open_breaker_refuses_locally_until_it_knows_trials_start(
     clock.advance(CONFIG.recovery_timeout)
     assert breaker.call(lambda: "trial") == "trial"
     assert breaker.current_state == "closed"
+
+
+def test_a_probe_that_answers_never_closes_the_breaker_nor_counts(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    """GET /health answering while the API is down: the breaker waits for an API trial."""
+    breaker = make(store, clock)
+    trip(breaker)
+    clock.advance(CONFIG.recovery_timeout)
+    with pytest.raises(CircuitOpenError):
+        breaker.probe(lambda: {"status": "ok"})  # half-open: not a trial
+    assert breaker.current_state == "half-open"
+    with pytest.raises(Down):
+        breaker.call(down)  # the trial is the API's, and it fails
+    assert breaker.current_state == "open"
+    clock.advance(CONFIG.recovery_timeout)
+    assert breaker.call(lambda: "api") == "api"
+    assert breaker.current_state == "closed"
+    # Closed: answered probes leave no calls behind; failed ones count as failures.
+    assert breaker.call(lambda: "api") == "api"
+    assert breaker.probe(lambda: "ok") == "ok"
+    assert store.steps[-2:] == ["acquire", "report:ignored"]
+    assert breaker.snapshot().calls == 1  # the API call alone
+    for _ in range(CONFIG.failure_threshold):
+        with pytest.raises(Down):
+            breaker.probe(down)  # a dead host: /health is refused too
+    assert breaker.current_state == "open"
 
 
 def test_the_tripping_call_raises_its_own_error_by_default(
@@ -413,9 +442,11 @@ class FlakyRedis(BreakerStore):
         if not self.up:
             raise StoreUnavailable("connection refused")
 
-    def acquire(self, name: str, slot: str, config: CircuitConfig) -> Admission:
+    def acquire(
+        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+    ) -> Admission:
         self._check()
-        admission = self.inner.acquire(name, slot, config)
+        admission = self.inner.acquire(name, slot, config, probe)
         if admission.ticket is None:
             return admission
         ticket = Ticket(

@@ -3,13 +3,14 @@
 -- slow calls pend.
 -- ARGV[1] slot   ARGV[2] failure_threshold   ARGV[3] min_throughput   ARGV[4] failure_window
 -- ARGV[5] recovery_timeout   ARGV[6] half_open_timeout (lease length)   ARGV[7] half_open_max_calls
--- ARGV[8] throttle_wait   ARGV[9] slow_call_duration
+-- ARGV[8] throttle_wait   ARGV[9] slow_call_duration   ARGV[10] '1' for a probe (optional)
 -- Returns the common reply, then: 'ticket' | 'denied', the ticket kind or the denial,
 -- until (when denied), the window bucket the call was counted in, '1' if the state was new.
 local slot = ARGV[1]
 local threshold, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local recovery, lease, max_trials = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local grace, slow_after = tonumber(ARGV[8]), tonumber(ARGV[9])
+local probe = ARGV[10] == '1'
 local cfg = {window = ARGV[4], recovery = ARGV[5]}
 local now = clock()
 local c = load()
@@ -42,6 +43,8 @@ if c.state == 'half-open' then
     save(c, now, cfg)
     return answer_with('denied', 'open', c.until_at)
   end
+  -- a probe (GET /health) would close the breaker on an answer that says nothing of the API
+  if probe then return answer_with('denied', 'probe-waits', now) end
   if redis.call('ZCARD', LEASES) >= max_trials then
     return answer_with('denied', 'half-open-full', first_expiry(LEASES))
   end

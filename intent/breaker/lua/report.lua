@@ -1,6 +1,6 @@
 -- Record the outcome of an admitted call, unless it began under an older generation:
 -- a failure may trip the breaker, a trial success may close it, a trial failure reopens it.
--- ARGV[1] slot   ARGV[2] the ticket's generation   ARGV[3] success | failure | excluded
+-- ARGV[1] slot   ARGV[2] the ticket's generation   ARGV[3] success | failure | excluded | ignored
 -- ARGV[4] the ticket's bucket   ARGV[5] failure_threshold   ARGV[6] min_throughput
 -- ARGV[7] failure_window   ARGV[8] recovery_timeout   ARGV[9] success_threshold
 -- ARGV[10] half_open_timeout (lease length)
@@ -12,6 +12,18 @@ local cfg = {window = ARGV[7], recovery = ARGV[8]}
 local now = clock()
 local c = load()
 if tonumber(ARGV[2]) ~= c.gen or c.forced then return reply(c, now, nil, nil, {'0'}) end
+local function uncount()
+  -- the call no longer counts toward the throughput
+  if redis.call('HEXISTS', CALLS, bucket) == 1 then
+    if redis.call('HINCRBY', CALLS, bucket, -1) <= 0 then redis.call('HDEL', CALLS, bucket) end
+  end
+end
+if outcome == 'ignored' then
+  -- a probe's answer: its lease ends, and nothing else (not even "the service answered")
+  release(slot)
+  if c.state == 'closed' then uncount() end
+  return reply(c, now, nil, nil, {'1'})
+end
 if outcome ~= 'failure' then
   -- the service answered this call (policy.py: slow calls)
   answer(c, redis.call('ZSCORE', PERMITS, slot) or redis.call('ZSCORE', LEASES, slot), lease)
@@ -20,10 +32,7 @@ release(slot)
 local transition = nil
 if c.state == 'closed' then
   if outcome == 'excluded' then
-    -- neither failure nor success: the call no longer counts toward the throughput
-    if redis.call('HEXISTS', CALLS, bucket) == 1 then
-      if redis.call('HINCRBY', CALLS, bucket, -1) <= 0 then redis.call('HDEL', CALLS, bucket) end
-    end
+    uncount()  -- neither failure nor success
   elseif outcome == 'success' then
     if c.suspect then
       -- the service answers again; permits still out report as plain calls from now on

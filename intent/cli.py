@@ -44,9 +44,11 @@ def _cmd_redis(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from intent.settings import get_settings
 
-    queue = get_settings().queue
-    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", queue,
-            "-P", args.pool, "-c", str(args.concurrency), "--loglevel", args.loglevel]  # fmt: skip
+    get_settings()  # a settings error is told here, not by Celery's traceback
+    # The queues are the app's (celeryconfig.task_queues); Celery's own options pass on.
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker"]
+    argv += ["-P", args.pool, "-c", str(args.concurrency), "--loglevel", args.loglevel]
+    argv += args.celery_options
     os.execv(sys.executable, argv)  # noqa: S606  # become the worker: signals reach Celery
     return 0  # pragma: no cover - execv does not return
 
@@ -108,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default="prefork")
     worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
     worker.add_argument("--loglevel", default="INFO")
-    worker.set_defaults(func=_cmd_worker)
+    worker.epilog = (
+        "Other options are Celery's (celery worker --help): -n, --max-tasks-per-child..."
+    )
+    worker.set_defaults(func=_cmd_worker, celery_options=[])
 
     flower = sub.add_parser("flower", help="run Flower, the Celery monitor (basic auth on)")
     flower.add_argument("--port", type=int, default=None, help="default INTENT_FLOWER_PORT (5555)")
@@ -156,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if given[:1] == ["worker"]:
+        args, extra = parser.parse_known_args(given)
+        args.celery_options = extra  # Celery's own worker options
+    else:
+        args = parser.parse_args(given)
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:

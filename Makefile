@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format typecheck check bench clean
+.PHONY: install demo test lint format typecheck check bench clean schemas
 
 $(STAMP): pyproject.toml scripts/venv.sh
 	bash scripts/venv.sh $(VENV)
@@ -41,3 +41,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+## The published JSON Schemas (schemas/*.json), written from the models.
+schemas: install
+	$(PY) -m intent.schemas schemas

@@ -4,12 +4,17 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
+from kombu import Exchange, Queue
+
 from intent.settings import get_settings as _get_settings
 
 _settings = _get_settings()  # underscored: not a Celery setting
 
 broker_url = _settings.effective_broker_url
 result_backend = _settings.effective_result_backend
+if result_backend.startswith(("redis://", "rediss://", "unix://")):
+    # The same keys as Celery's, each failure with a JSON error object too (tasks/backend.py).
+    result_backend = "tasks.backend:RedisBackend+" + result_backend
 
 # JSON only, both ways: no pickle anywhere.
 task_serializer = "json"
@@ -58,6 +63,11 @@ result_backend_transport_options = {
 }  # fmt: skip
 
 task_default_queue = _settings.queue
+# A worker consumes these (no -Q): Celery's default exchange and routing for each, as a
+# plain Celery client declares them.
+task_queues = tuple(
+    Queue(name, Exchange(name), routing_key=name) for name in _settings.worker_queues
+)
 # Every task message passes a gate before Celery handles it (tasks/consumer.py): a bad one
 # is answered and dead-lettered, never able to crash or wedge the worker.
 worker_consumer = "tasks.consumer:Consumer"

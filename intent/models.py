@@ -46,6 +46,21 @@ class _Model(BaseModel):
 class IntentRequest(_Model):
     """One analysis to run: what a web application submits."""
 
+    # The schema says what _one_context_source checks: exactly one context source.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["context_id"], "properties": {"context_id": {"type": "string"}}},
+                {
+                    "required": ["data"],
+                    "properties": {"data": {"type": "object", "minProperties": 1}},
+                },
+            ]
+        },
+    )
+
     request_id: Identifier = Field(default_factory=lambda: uuid.uuid4().hex)
     client_id: Identifier
     context_id: Identifier | None = None
@@ -103,6 +118,38 @@ class PredictionSet(_Model):
 
     def top(self) -> Prediction | None:
         return max(self.predictions, key=lambda p: p.confidence, default=None)
+
+
+class ErrorInfo(_Model):
+    """An error as JSON, for clients without this project's code: its type and message,
+    and the fields it carries (a failed batch item's ``error``, a failed analysis's stored
+    result, ``intent submit``'s answer)."""
+
+    type: str
+    message: str
+    field: str | None = None  # ValidationError: the offending field
+    service: str | None = None  # a service's errors and the breaker's
+    status: int | None = None  # ServiceRequestError: the HTTP status
+    retry_after: float | None = None  # RateLimitExceeded, ServiceUnavailableError
+    until: float | None = None  # CircuitOpenError: when the breaker admits a trial
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        service = getattr(exc, "service", None)
+        retry_after = getattr(exc, "retry_after", None)
+        return cls(
+            type=type(exc).__name__,
+            message=str(exc),
+            field=exc.field if isinstance(exc, ValidationError) else None,
+            service=service if isinstance(service, str) else None,
+            status=exc.status if isinstance(exc, ServiceRequestError) else None,
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+            until=_number(getattr(exc, "until", None)),
+        )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class IntentEvent(StrEnum):
@@ -181,9 +228,18 @@ class _Waits:
         )
 
 
+AnalysisStatus = Literal["running", "completed", "expired", "duplicate"]
+
+
 class IntentResult(_Model, _Waits):
     """The analysis as it moves down the chain; each step fills in its part."""
 
+    # First, so a shortened repr (logs, Flower) still tells what happened.
+    # "duplicate": nothing ran, the request_id's analysis is duplicate_of.
+    status: AnalysisStatus = "running"
+    # A request_id already claimed: the analysis that has it (its result is found under
+    # the request_id, however it was submitted). Nothing ran for this one.
+    duplicate_of: str | None = None
     request: IntentRequest
     context: Context | None = None
     predictions: PredictionSet | None = None
@@ -199,7 +255,6 @@ class IntentResult(_Model, _Waits):
     degraded: bool = False
     degraded_reasons: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)  # "context", "predictions"
-    status: str = "running"  # running, completed, expired
     # Epoch seconds the analysis was submitted (its chain built): the start of its duration.
     submitted_at: float | None = None
     expired_at: str | None = None  # the step that found the deadline passed
@@ -221,30 +276,6 @@ class IntentResult(_Model, _Waits):
 ItemStatus = Literal["running", "completed", "failed", "expired"]
 
 
-class ItemError(_Model):
-    """Why one item failed: the error's type and message, and the fields it carries."""
-
-    type: str
-    message: str
-    field: str | None = None  # ValidationError: the offending field
-    service: str | None = None  # a service's errors and the breaker's
-    status: int | None = None  # ServiceRequestError: the HTTP status
-    retry_after: float | None = None  # RateLimitExceeded, ServiceUnavailableError
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ItemError:
-        service = getattr(exc, "service", None)
-        retry_after = getattr(exc, "retry_after", None)
-        return cls(
-            type=type(exc).__name__,
-            message=str(exc),
-            field=exc.field if isinstance(exc, ValidationError) else None,
-            service=service if isinstance(service, str) else None,
-            status=exc.status if isinstance(exc, ServiceRequestError) else None,
-            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
-        )
-
-
 class BatchItem(_Model):
     """One request of a batch. ``result`` is None only for a request that failed
     validation; a failed item keeps whatever its result had reached."""
@@ -253,7 +284,7 @@ class BatchItem(_Model):
     request_id: str | None
     status: ItemStatus = "running"
     result: IntentResult | None = None
-    error: ItemError | None = None
+    error: ErrorInfo | None = None
 
     def advance(self, result: IntentResult) -> BatchItem:
         """This item with its result moved on (completed or expired, as the result says)."""
@@ -265,7 +296,7 @@ class BatchItem(_Model):
         return self.model_copy(update={"result": result, "status": status})
 
     def fail(self, exc: BaseException) -> BatchItem:
-        return self.model_copy(update={"status": "failed", "error": ItemError.from_exception(exc)})
+        return self.model_copy(update={"status": "failed", "error": ErrorInfo.from_exception(exc)})
 
 
 class BatchResult(_Model, _Waits):

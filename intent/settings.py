@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # "development" relaxes what a laptop does not need (Flower without basic auth).
     environment: str = Field(default="production", pattern=r"^(development|production)$")
     queue: str = Field(default="intent", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # Celery queue
+    # Workers also consume the queue a Celery client sends to when told none, so a web
+    # app's send_task("intent.analyze") without queue= runs instead of waiting unseen;
+    # empty when other Celery apps share the broker's "celery" queue.
+    client_default_queue: str = Field(default="celery", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
     # intent.health_check runs every health_interval s on celery beat (expiring after one
     # interval, so a late run is dropped); each /health probe waits at most health_timeout.
     health_interval: PositiveFloat = 30.0
@@ -219,6 +223,12 @@ class Settings(BaseSettings):
             # A call stops counting when its lease (half_open_timeout) lapses.
             raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")
         return self
+
+    @property
+    def worker_queues(self) -> tuple[str, ...]:
+        """The queues a worker consumes: the project's, then the client default."""
+        extra = self.client_default_queue
+        return (self.queue,) if extra in ("", self.queue) else (self.queue, extra)
 
     @property
     def effective_visibility_timeout(self) -> int:

@@ -232,6 +232,29 @@ class PipelineTask(Task):
             )
             raise Reject(exc, requeue=True) from exc
 
+    def keep_under_request_id(self, request_id: str, answer: Any) -> None:
+        """An analysis sent by name runs under the sender's task id; its result is kept
+        under its request_id too, so it is found that way however it was submitted."""
+        if request_id == self.request.id:
+            return
+        try:
+            self.backend.store_result(request_id, answer, "SUCCESS")
+        except Exception as exc:  # the caller's own id has the result: log, do not fail
+            log.warning("could not keep the result of %s under its request_id: %s", request_id, exc)
+
+    def keep_failure_under_request_id(self, exc: Exception, args: Any) -> None:
+        """The failure of a by-name analysis is stored under its request_id too, before
+        Celery marks the caller's id: whoever sees one finds the other."""
+        found = refused_analysis(str(self.request.id), self.request.chain, args)
+        if found is None or found[0] == found[1]:
+            return
+        try:
+            self.backend.mark_as_failure(found[0], exc, call_errbacks=False)
+        except Exception as error:  # the caller's own id has the failure: log, do not fail
+            log.warning(
+                "could not keep the failure of %s under its request_id: %s", found[0], error
+            )
+
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         log.error(
             "task %s[%s] failed: %s",

@@ -10,7 +10,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from intent.logs import configure_logging, mask_secrets
-from intent.models import ItemError
+from intent.models import ErrorInfo
 from intent.pipeline.steps import STEPS, run_local
 from intent.runtime import get_runtime
 from intent.settings import get_settings
@@ -86,7 +86,7 @@ def submit_one(request: dict[str, Any], timeout: float, local: bool) -> int:
         )
         return 3
     except Exception as exc:  # every outcome is a JSON error, never a traceback
-        error = ItemError.from_exception(exc).model_dump(exclude_none=True)
+        error = ErrorInfo.from_exception(exc).model_dump(exclude_none=True)
         error["message"] = mask_secrets(error["message"])
         _print_error(error)
         return 1

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from celery import Task, chain
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
 
 from intent import metrics
 from intent.models import IntentRequest, IntentResult
@@ -22,8 +22,7 @@ from tasks.base import PipelineTask, chain_step_options, forget_analysis
 def _step_task(name: str) -> Task:
     last = name == steps.STEPS[-1][0]  # the analysis ends with this step
 
-    @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
-    def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
+    def step(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
         result = parse_result(payload, get_settings()).resumed(time.time())
         try:
             out = steps.run_step(get_runtime(), name, result)
@@ -31,13 +30,25 @@ def _step_task(name: str) -> Task:
             out = self.recover(name, exc, result)
         if last:
             metrics.record_finished(out)
-            return out.model_dump(mode="json")  # the analysis result, as callers read it
+            answer = out.model_dump(mode="json")  # the analysis result, as callers read it
+            self.keep_under_request_id(out.request.request_id, answer)
+            return answer
         # Between steps the analysis travels as JSON text: Celery takes a saferepr of every
         # return value, which walks a whole dict (a quarter of a pool process's CPU under
         # a profile) but only cuts a string short.
         text = out.model_dump_json()
         self.continue_chain(text)
         return text
+
+    @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
+    def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
+        try:
+            return step(self, payload)
+        except (Retry, Reject, Ignore):
+            raise  # parked, or left for redelivery: the analysis goes on
+        except Exception as exc:
+            self.keep_failure_under_request_id(exc, (payload,))
+            raise
 
     return run
 
@@ -79,7 +90,9 @@ def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
     claim = claim_request(rt, parsed.request_id, self.request.id)
     owner = claim.owner
     if owner is not None and owner != self.request.id:
-        return {"request_id": parsed.request_id, "status": "duplicate", "analysis_id": owner}
+        # The shape of every answer: an analysis result, here one that ran nothing.
+        duplicate = IntentResult(request=parsed, status="duplicate", duplicate_of=owner)
+        return duplicate.model_dump(mode="json")
     if claim.replaces is not None:
         forget_analysis(app, parsed.request_id, claim.replaces)
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to

@@ -23,9 +23,13 @@ log = logging.getLogger("intent.worker")
 
 _PROGRAMS = ("worker", "beat", "flower", "events", "inspect", "shell")
 _tokens: dict[str, Token[Mapping[str, Any]]] = {}
-# IntentResult.model_dump_json() starts {"request":{"request_id":"..." (field order);
-# identifiers are of a safe alphabet, so this reads the id exactly.
-_RESULT_TEXT_HEAD = re.compile(r'\{"request":\{"request_id":"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"')
+# IntentResult.model_dump_json() starts {"status":..,"duplicate_of":..,"request":{"request_id":
+# "..." (field order; tests/unit/test_logs.py holds it); identifiers are of a safe alphabet,
+# so this reads the id exactly.
+_RESULT_TEXT_HEAD = re.compile(
+    r'\{"status":"[a-z]+","duplicate_of":(?:null|"[^"]*"),'
+    r'"request":\{"request_id":"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"'
+)
 
 
 def _program() -> str:

@@ -59,10 +59,9 @@ class WorkerProcess:
         logfile: str | None = None,
     ):
         self.name = f"intent-{uuid.uuid4().hex[:8]}@localhost"
-        queue = {**os.environ, **(env or {})}.get("INTENT_QUEUE", "intent")
         args = [
             sys.executable, "-m", "celery", "-A", "tasks.app", "--quiet", "worker",
-            "-P", pool, "-c", str(concurrency), "-n", self.name, "-Q", queue,
+            "-P", pool, "-c", str(concurrency), "-n", self.name,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if logfile:

@@ -4,7 +4,9 @@
   anew when the stored one is stale;
 - ``GET /admin/circuits``; ``POST /admin/circuits/{name}/reset|open|close``;
 - ``GET /admin/ratelimits[?id=CLIENT]``; ``POST /admin/ratelimits/{name}/reset[?id=]``;
-- ``GET /metrics``: Prometheus text format (every worker process's metrics).
+- ``GET /metrics``: Prometheus text format (every worker process's metrics);
+- ``GET /schemas/{name}.json``: the JSON Schemas of requests, results and errors
+  (``GET /schemas`` lists them).
 
 Every ``POST`` needs ``Authorization: Bearer <INTENT_ADMIN_TOKEN>``; with no token
 configured, they are refused (403), never open.
@@ -25,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from intent import codec
+from intent import codec, schemas
 from intent.breaker import CircuitAdmin, StoreError
 from intent.clients import ContextServiceClient, PredictionServiceClient
 from intent.errors import ValidationError
@@ -75,6 +77,8 @@ class AdminApp:
             [
                 Rule("/health", methods=["GET"], endpoint="health"),
                 Rule("/metrics", methods=["GET"], endpoint="metrics"),
+                Rule("/schemas", methods=["GET"], endpoint="schemas"),
+                Rule("/schemas/<name>.json", methods=["GET"], endpoint="schema"),
                 Rule("/admin/circuits", methods=["GET"], endpoint="circuits"),
                 Rule(
                     "/admin/circuits/<name>/<any(reset, open, close):action>",
@@ -132,6 +136,14 @@ class AdminApp:
     def _metrics(self, request: Request) -> Response:
         body, content_type = self.metrics()
         return Response(body, content_type=content_type)
+
+    def _schemas(self, request: Request) -> Response:
+        return _json({name: f"/schemas/{name}.json" for name in schemas.NAMES})
+
+    def _schema(self, request: Request, name: str) -> Response:
+        if name not in schemas.NAMES:
+            return _error(f"no schema {name!r}: one of {', '.join(schemas.NAMES)}", 404)
+        return Response(schemas.text(name), mimetype="application/schema+json")
 
     def _circuits(self, request: Request) -> Response:
         body: dict[str, Any] = {"circuits": [s.as_dict() for s in self.circuits.list()]}

@@ -81,8 +81,8 @@ class SharedStateCollector:
         gauge = _gauge("intent_queue_messages")
         broker = rt.settings.broker_url or rt.settings.redis_url or ""
         if broker.startswith(("redis://", "rediss://")) and broker == rt.settings.redis_url:
-            depth = cast(int, rt.redis.llen(rt.settings.queue))
-            gauge.add_metric([rt.settings.queue], depth)
+            for queue in rt.settings.worker_queues:
+                gauge.add_metric([queue], cast(int, rt.redis.llen(queue)))
         return gauge
 
     @staticmethod

@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from intent import schemas
 from intent.admin import AdminApp
 from intent.breaker import CircuitAdmin
 from intent.health import RECHECK_DOWN_AFTER, HealthChecker
@@ -480,3 +481,15 @@ def test_a_bad_body_with_a_valid_token_is_422_not_500(served_admin: str, body: s
     assert response.status_code == 422, response.text
     assert response.json()["error"].startswith(("body", "reason"))
     assert CircuitAdmin(get_runtime().breaker_store).status(CONTEXT).forced is None
+
+
+def test_the_admin_serves_the_published_json_schemas(admin: str) -> None:
+    index = requests.get(admin + "/schemas", timeout=10).json()
+    assert set(index) == set(schemas.NAMES)
+    for name, path in index.items():
+        response = requests.get(admin + path, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/schema+json")
+        assert response.json() == schemas.schema(name)
+    missing = requests.get(admin + "/schemas/nothing.json", timeout=10)
+    assert missing.status_code == 404 and "request" in missing.json()["error"]

@@ -191,7 +191,7 @@ def assert_flower_lists_the_worker(flower: FlowerProcess, worker: str, transport
     assert worker in workers, sorted(workers)
     info = workers[worker]
     assert set(STEPS) | {"intent.analyze"} <= set(info["registered"])
-    assert [q["name"] for q in info["active_queues"]] == [get_settings().queue]
+    assert sorted(q["name"] for q in info["active_queues"]) == sorted(get_settings().worker_queues)
     assert info["stats"]["broker"]["transport"] == transport
 
 
@@ -202,13 +202,36 @@ def test_flower_finds_the_pipeline_tasks_by_name(
     assert_flower_shows_the_pipeline(flower, prefork_worker.name, run)
 
 
+def test_an_analysis_sent_over_flowers_http_api_is_read_back_by_its_request_id(
+    clean: redis.Redis, flower: FlowerProcess
+) -> None:
+    """The README's plain-HTTP example: send-task by name (no queue), result by request_id."""
+    payload = request(context_id="ctx-1001")
+    sent = requests.post(
+        f"{flower.url}/api/task/send-task/intent.analyze",
+        json={"args": [payload]},
+        auth=AUTH,
+        timeout=10,
+    )
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["task-id"] != payload["request_id"]
+
+    def done() -> dict[str, Any] | None:
+        answer = flower.api(f"/api/task/result/{payload['request_id']}")
+        return answer if answer["state"] == "SUCCESS" else None
+
+    answer = until(done, 30, "the analysis's result under its request_id")
+    assert answer["result"]["status"] == "completed"
+    assert answer["result"]["request"]["request_id"] == payload["request_id"]
+
+
 def test_flower_lists_the_worker_and_the_queue(
     prefork_worker: WorkerProcess, flower: FlowerProcess
 ) -> None:
     assert_flower_lists_the_worker(flower, prefork_worker.name, "redis")
     # Broker information: Flower reads the queue's length from the Redis broker.
     queues = flower.api("/api/queues/length")["active_queues"]
-    assert [q["name"] for q in queues] == [get_settings().queue]
+    assert sorted(q["name"] for q in queues) == sorted(get_settings().worker_queues)
     assert isinstance(queues[0]["messages"], int)
 
 
@@ -238,7 +261,9 @@ def test_flower_shows_a_password_broker_url_masked(tmp_path: Path) -> None:
         with running_flower(env, tmp_path / "flower.log") as flower:
             # Flower reads the queue's length from this Redis: the password works.
             queues = flower.api("/api/queues/length")["active_queues"]
-            assert queues == [{"name": get_settings().queue, "messages": 0}]
+            assert sorted(queues, key=lambda q: q["name"]) == [
+                {"name": name, "messages": 0} for name in sorted(get_settings().worker_queues)
+            ]
         output = flower.output()
 
     assert f"Broker: redis://:**@127.0.0.1:{server.port}/0" in output, output

@@ -12,7 +12,7 @@ from kombu import Producer
 
 from intent.errors import ServiceRequestError, ValidationError
 from intent.events import event_from_fields
-from intent.models import IntentEvent
+from intent.models import IntentEvent, IntentResult
 from intent.reference import ReferenceControl
 from intent.settings import get_settings
 from intent.validation import parse_request
@@ -112,11 +112,11 @@ def test_resubmitting_a_request_id_runs_nothing_twice(
 
     assert again.duplicate and again.id == first.id
     assert again.get(timeout=5) == first_result
-    assert by_name == {
-        "request_id": payload["request_id"],
-        "status": "duplicate",
-        "analysis_id": first.id,
-    }
+    # A duplicate answers in the shape of every answer: an analysis result, one that ran
+    # nothing and names the analysis that holds the request_id.
+    duplicate = IntentResult.model_validate(by_name)
+    assert (duplicate.status, duplicate.duplicate_of) == ("duplicate", first.id)
+    assert duplicate.request.request_id == payload["request_id"]
     assert len(api_calls(context_service)) == 1
     assert len(stream_events(clean, payload["request_id"])) == len(first_result.events)
 
@@ -194,3 +194,37 @@ def test_event_payloads_follow_the_seed_schema(clean: redis.Redis) -> None:
         assert fields["source"] == "intent_service"
         assert fields["request_id"] == payload["request_id"]
         assert json.loads(fields["data"])["context_id"] == "ctx-7"
+
+
+def test_an_analysis_sent_by_name_is_found_by_its_request_id(clean: redis.Redis) -> None:
+    """A web app without this project's code sends by name and keeps only its request_id:
+    the result (and a failure, with its JSON error object) is found under it."""
+    payload = request()
+    sent = app.send_task("intent.analyze", args=[payload])
+    assert sent.id != payload["request_id"]
+    assert sent.get(timeout=30)["status"] == "completed"
+    found = app.AsyncResult(payload["request_id"]).get(timeout=5)
+    assert IntentResult.model_validate(found).request.request_id == payload["request_id"]
+
+    missing = request(context_id="missing-by-name")
+    failed = app.send_task("intent.analyze", args=[missing])
+    with pytest.raises(ServiceRequestError):
+        failed.get(timeout=30)
+    raw = json.loads(clean.get(app.backend.get_key_for_task(missing["request_id"])))
+    assert raw["status"] == "FAILURE"
+    assert raw["result"]["error"]["type"] == "ServiceRequestError"
+    assert raw["result"]["error"]["status"] == 404
+    assert raw["result"]["error"]["service"] == "context-service"
+
+
+def test_a_refusal_stores_a_json_error_object_naming_the_field(clean: redis.Redis) -> None:
+    sent = app.send_task("intent.analyze", args=[{**request(), "client_id": "no spaces"}])
+    with pytest.raises(ValidationError):
+        sent.get(timeout=15)
+    raw = json.loads(clean.get(app.backend.get_key_for_task(sent.id)))
+    assert raw["result"]["error"] == {
+        "type": "ValidationError",
+        "message": raw["result"]["error"]["message"],
+        "field": "client_id",
+    }
+    assert "client_id" in raw["result"]["error"]["message"]

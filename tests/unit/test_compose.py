@@ -333,7 +333,9 @@ def test_the_worker_healthcheck_pings_this_containers_worker_of_the_same_app(
     name = service_with_command("worker")
     settings = settings_of(name)
     argv = exec_argv(monkeypatch, SERVICES[name]["command"])
-    assert option(argv, "-Q", "--queues") == settings.queue
+    # No -Q: the worker consumes the app's queues, the container's settings' own.
+    assert not {"-Q", "--queues"} & set(argv), argv
+    assert settings.worker_queues == (settings.queue, "celery")
     check = shlex.split(healthcheck_text(SERVICES[name]))
     assert check[:3] == ["celery", "-A", option(argv, "-A", "--app")]
     assert check[3:5] == ["inspect", "ping"]

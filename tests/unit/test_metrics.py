@@ -26,7 +26,7 @@ from intent.breaker import (
     StoreError,
 )
 from intent.errors import ServiceUnavailableError
-from intent.models import BatchItem, BatchResult, IntentRequest, IntentResult, ItemError
+from intent.models import BatchItem, BatchResult, ErrorInfo, IntentRequest, IntentResult
 from intent.runtime import Runtime
 from intent.settings import load_settings
 
@@ -103,7 +103,7 @@ def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Me
 
 def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None:
     def item(index: int, status: str, result: IntentResult | None) -> BatchItem:
-        error = None if status != "failed" else ItemError(type="E", message="m")
+        error = None if status != "failed" else ErrorInfo(type="E", message="m")
         return BatchItem(index=index, request_id=f"r{index}", status=status, result=result,
                          error=error)  # type: ignore[arg-type]  # fmt: skip
 

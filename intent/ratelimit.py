@@ -41,15 +41,17 @@ PREDICT = "predict"
 @dataclass(frozen=True)
 class LimitStatus:
     name: str
-    identifier: str
+    identifier: str  # "" for a fleet-wide limit
     amount: int
     seconds: int
     current: int
     reset_at: float
+    scope: str = "fleet"  # "fleet": one count for every caller; "client": one per client_id
 
 
 class SharedRateLimit:
-    """One named limit: ``amount`` hits per ``seconds``, per identifier (e.g. client_id)."""
+    """One named limit: ``amount`` hits per ``seconds``, fleet-wide, or ``per_client``
+    (one count per identifier, e.g. the client_id)."""
 
     def __init__(
         self,
@@ -58,8 +60,10 @@ class SharedRateLimit:
         seconds: int,
         limiter: MovingWindowRateLimiter,
         fallback: Fallback | None = None,
+        per_client: bool = False,
     ):
         self.name = name
+        self.per_client = per_client
         self.item: RateLimitItem = RateLimitItemPerSecond(amount, seconds, namespace=name)
         self._limiter = limiter
         self._fallback = fallback
@@ -99,17 +103,30 @@ class SharedRateLimit:
         return self.status(identifier).current
 
     def status(self, identifier: str = "") -> LimitStatus:
-        """The shared count (raises ServiceUnavailableError when Redis cannot be reached)."""
+        """The shared count: ``identifier``'s for a per-client limit, the fleet's for the
+        others, whatever is asked (raises ServiceUnavailableError when Redis cannot be
+        reached)."""
+        identifier = identifier if self.per_client else ""
         try:
             stats = self._limiter.get_window_stats(self.item, identifier)
         except StorageError as exc:
             raise ServiceUnavailableError("redis", f"rate limit {self.name}: {exc}") from exc
         current = self.amount - stats.remaining
         return LimitStatus(
-            self.name, identifier, self.amount, self.seconds, current, stats.reset_time
+            self.name,
+            identifier,
+            self.amount,
+            self.seconds,
+            current,
+            stats.reset_time,
+            "client" if self.per_client else "fleet",
         )
 
     def reset(self, identifier: str = "") -> None:
+        """Empty the window (``identifier``'s, for a per-client limit); a ValueError for
+        an identifier given to a fleet-wide limit, which has none."""
+        if identifier and not self.per_client:
+            raise ValueError(f"{self.name} is fleet-wide: it has no per-client count to reset")
         try:
             self._limiter.clear(self.item, identifier)
         except StorageError as exc:
@@ -172,7 +189,7 @@ class RateLimits:
             INTAKE: (settings.max_requests_per_window, settings.rate_limit_window),
         }
         self.limits: dict[str, SharedRateLimit] = {
-            name: SharedRateLimit(name, amount, seconds, limiter, fallback)
+            name: SharedRateLimit(name, amount, seconds, limiter, fallback, name == INTAKE)
             for name, (amount, seconds) in amounts.items()
         }
 

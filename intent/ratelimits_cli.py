@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "reset":
             limits[args.name].reset(args.id)
         statuses = [limit.status(args.id) for limit in limits]
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         print(f"intent ratelimits: {exc.args[0]}", file=sys.stderr)
         return 2
     except (redis.RedisError, ServiceUnavailableError) as exc:
@@ -28,10 +28,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
         return 0
-    who = f" for {args.id!r}" if args.id else ""
-    print(f"{'limit':<18} {'current':>8} {'limit':>8} {'per':>6}{who}")
+    print(f"{'limit':<18} {'scope':<24} {'current':>8} {'limit':>8} {'per':>6}")
     for s in statuses:
-        print(f"{s.name:<18} {s.current:>8} {s.amount:>8} {s.seconds:>5}s")
+        scope = f"client {s.identifier!r}" if s.identifier else s.scope
+        current = str(s.current)
+        if s.scope == "client" and not s.identifier:
+            scope, current = "per client (give --id)", "-"
+        print(f"{s.name:<18} {scope:<24} {current:>8} {s.amount:>8} {s.seconds:>5}s")
     return 0
 
 

@@ -257,7 +257,8 @@ class Settings(BaseSettings):
         if not self.redis_url:
             raise SettingsError(
                 f"{ENV_PREFIX}REDIS_URL is not set; point it at a Redis server, or use "
-                "`intent demo` / `intent up`, which start an embedded one"
+                "`intent demo` / `intent up`, which start an embedded one (`intent up` "
+                "prints the export lines another shell needs)"
             )
         return self.redis_url
 

@@ -25,6 +25,7 @@ import contextlib
 import ctypes  # noqa: F401  # loaded before threads start: die_with_parent runs it post-fork
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -224,7 +225,10 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def choose_port(host: str, requested: int | None, default: int, what: str) -> tuple[int, str]:
-    """The port asked for (which must be free), else the default, else a free one."""
+    """The port asked for (which must be free; 0: any free one), else the default, else a
+    free one."""
+    if requested == 0:
+        return free_port(host), ""
     if requested is not None:
         if not _port_free(host, requested):
             raise StartError(f"{what}: port {requested} on {host} is in use")
@@ -293,6 +297,9 @@ class Up:
         self.signal_name = ""
         self.env: dict[str, str] = dict(self.environ)  # what every child gets
         self.urls: list[tuple[str, str]] = []
+        # What another shell needs to talk to this stack: the settings chosen here (the
+        # ones the user set are theirs already), and where the admin and Flower listen.
+        self.exports: dict[str, str] = {}
         self._metrics_dir: str | None = None  # ours to remove
         self._redis_url: str | None = None
 
@@ -394,6 +401,8 @@ class Up:
         self._wait_worker(child_settings)
         self.urls[:0] = [("admin", admin_url), ("flower", flower_url)]
         self.urls.append(("metrics", child_settings.metrics_dir or ""))
+        self.exports["INTENT_ADMIN_URL"] = admin_url
+        self.exports["INTENT_FLOWER_URL"] = flower_url
 
     def _flower_host(self) -> str:
         """Where Flower listens: the admin's host, but loopback only without credentials
@@ -441,6 +450,7 @@ class Up:
             assert url is not None
             self._wait("redis", partial(_redis_answers, url), timeout=15)
             self.env[f"{ENV_PREFIX}REDIS_URL"] = url
+            self.exports[f"{ENV_PREFIX}REDIS_URL"] = url  # embedded: no password in it
         self.urls.append(("redis", mask_url(url)))
 
     def _start_reference(self) -> None:
@@ -478,6 +488,7 @@ class Up:
         for var, url in reference.items():
             if var not in self.environ:
                 self.env[var] = url
+                self.exports[var] = url
             self._wait(f"reference service {url}", partial(_http_answers, url + "/health", _is_ok))
         self.urls.append(("context", mask_url(self.env[context_var])))
         self.urls.append(("prediction", mask_url(self.env[prediction_var])))
@@ -506,6 +517,9 @@ class Up:
         say("intent up: ready")
         for name, url in self.urls:
             say(f"  {name:<11}{url}")
+        say("intent up: for another shell (intent submit, intent circuits, the README's curl):")
+        for var, value in self.exports.items():
+            say(f"  export {var}={shlex.quote(value)}")
         say("intent up: Ctrl-C stops everything")
 
 

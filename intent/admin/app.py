@@ -186,7 +186,10 @@ class AdminApp:
             known = ", ".join(limit.name for limit in self.rate_limits)
             return _error(f"no rate limit {name!r}; known: {known}", 404)
         identifier = request.args.get("id", "")
-        limit.reset(identifier)
+        try:
+            limit.reset(identifier)
+        except ValueError as exc:
+            return _error(str(exc), 400)
         log.warning(
             "rate limit %s reset for %r via admin endpoint", name, identifier,
             extra={"limit": name, "identifier": identifier},

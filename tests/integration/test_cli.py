@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -120,7 +121,17 @@ def test_ratelimits_shows_and_resets_the_current_rate(redis_url: str, redis_clie
     shown = {s["name"]: s for s in json.loads(intent("--id", "web-cli", "--json").stdout)}
     assert shown["intake"]["current"] == 3 and shown["intake"]["amount"] == 100
     assert shown["get_context"]["amount"] == 1000 and shown["analyze_context"]["amount"] == 500
-    assert "intake" in intent("--id", "web-cli").stdout
+    # Only intake is per client: the downstream limits are the fleet's, whatever --id says.
+    limits.hit("get_context")
+    assert shown["intake"]["scope"] == "client" and shown["intake"]["identifier"] == "web-cli"
+    scoped = {s["name"]: s for s in json.loads(intent("--id", "web-cli", "--json").stdout)}
+    assert scoped["get_context"]["scope"] == "fleet" and scoped["get_context"]["identifier"] == ""
+    assert scoped["get_context"]["current"] == 1  # the fleet's count, not web-cli's
+    table = intent("--id", "web-cli").stdout
+    assert re.search(r"^intake\s+client 'web-cli'\s+3\s+100", table, re.M), table
+    assert re.search(r"^get_context\s+fleet\s+1\s+1000", table, re.M), table
+    refused = intent("reset", "get_context", "--id", "web-cli")
+    assert refused.returncode == 2 and "fleet-wide" in refused.stderr
     after = json.loads(intent("reset", "intake", "--id", "web-cli", "--json").stdout)
     assert {s["name"]: s["current"] for s in after}["intake"] == 0
     assert intent("reset", "nope").returncode == 2

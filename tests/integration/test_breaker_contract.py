@@ -372,4 +372,5 @@ def test_an_answered_probe_does_not_excuse_api_calls_that_hang(
     time.sleep(0.25)  # all three API calls are slow now, and /health's answer excuses none
     tripped = store.acquire(name, "p4", SLOW)
     assert tripped.denial is Denial.OPEN
-    assert tripped.transition is not None and "3 calls slower than 0.2 s" in tripped.transition.reason
+    assert tripped.transition is not None
+    assert "3 calls slower than 0.2 s" in tripped.transition.reason

@@ -6,7 +6,9 @@ shares a socket with its parent.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -14,6 +16,7 @@ import redis
 
 from intent import metrics
 from intent.breaker import (
+    CLOSED,
     BreakerStore,
     CircuitAdmin,
     CircuitBreaker,
@@ -29,6 +32,8 @@ from intent.patterns import PatternDetector, Rules
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
 from intent.settings import Settings, get_settings
 from intent.waiting import Lane, WaitingRoom
+
+log = logging.getLogger("intent.runtime")
 
 
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
@@ -66,7 +71,18 @@ class Runtime:
         transitions its actions make are counted."""
         store = self.breaker_store
         shared = store.primary if isinstance(store, FallbackStore) else store
-        return CircuitAdmin(shared, on_transition=metrics.record_transition)
+        return CircuitAdmin(shared, on_transition=self._operator_moved)
+
+    def _operator_moved(self, breaker: str, old: str, new: str) -> None:
+        """An operator's move: counted; a breaker reset or closed releases the steps that
+        wait for it now, not when their wait would have ended."""
+        metrics.record_transition(breaker, old, new)
+        if new == CLOSED:
+            try:
+                # Once every process has dropped the refusal it remembered (recheck).
+                self.waiting.wake(breaker, at=time.time() + self.settings.circuit_recheck_interval)
+            except redis.RedisError as exc:  # the move stands; they run when their wait ends
+                log.warning("could not wake the steps waiting for %s: %s", breaker, exc)
 
     @cached_property
     def breakers(self) -> dict[str, CircuitBreaker]:

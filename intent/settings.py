@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     # While failures are pending, a call the in-flight calls could make superfluous waits
     # up to this long for their verdict before it is refused.
     circuit_throttle_wait: Annotated[float, Field(ge=0)] = 0.5
-    # How long a process trusts a refusal whose end it cannot know before asking again.
+    # How long a process trusts a refusal before asking the store again: an operator's
+    # reset, open or close reaches every process within it.
     circuit_recheck_interval: PositiveFloat = 1.0
     # The breaker's own Redis client: a dead Redis must cost milliseconds per call.
     circuit_redis_socket_timeout: PositiveFloat = 0.25

@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -93,6 +93,7 @@ class WaitingRoom:
         self._park = scripts.register(client, "wait_park")
         self._release = scripts.register(client, "wait_release")
         self._done = scripts.register(client, "wait_done")
+        self._wake = scripts.register(client, "wait_wake")
 
     def lane(self, name: str) -> Lane:
         return self.lanes.get(name) or self.lanes[OTHER]
@@ -111,10 +112,12 @@ class WaitingRoom:
         release_by: float | None = None,
         now: float | None = None,
         patience: float = 0.0,
+        for_breaker: bool = False,
     ) -> int:
         """Keep ``message`` until ``due`` (epoch seconds), and until ``release_by`` at the
         latest whatever its lane's breaker says (its analysis's deadline, or the end of its
-        deferral budget); returns how many wait in the lane.
+        deferral budget); returns how many wait in the lane. A step that waits
+        ``for_breaker`` is due at once when an operator resets or closes it (:meth:`wake`).
 
         A Redis that cannot be reached is tried again for up to ``patience`` seconds (a
         restart), then the error is raised."""
@@ -125,6 +128,7 @@ class WaitingRoom:
             "due": due,
             "parked_at": time.time() if now is None else now,
             "release_by": release_by,
+            "breaker": for_breaker,
         }
         keys = self._keys(name, "due", "entries", "leased", "deadlines")
         by = "" if release_by is None else repr(release_by)
@@ -161,6 +165,18 @@ class WaitingRoom:
             replies = pipe.execute()
         return [_released(name, reply) for name, reply in zip(names, replies, strict=True)]
 
+    def wake(self, service: str, at: float | None = None) -> int:
+        """Make due ``at`` (default: now) the steps that wait for ``service``'s breaker and
+        are due later, in every lane it guards (an operator reset or closed it); returns
+        how many."""
+        when = repr(time.time() if at is None else at)
+        woken = 0
+        for lane in self.lanes.values():
+            if lane.service == service:
+                keys = self._keys(lane.name, "due", "entries")
+                woken += int(self._wake(keys=keys, args=[when]))
+        return woken
+
     def done(self, lane: str, task_ids: Iterable[str]) -> int:
         """Forget published steps (not those parked again meanwhile)."""
         ids = list(task_ids)
@@ -175,11 +191,14 @@ class WaitingRoom:
             raw = self.client.hget(self.keys.waiting(name, "entries"), task_id)
             if raw is not None:
                 entry: Mapping[str, Any] = json.loads(_text(raw))
+                due = cast(
+                    "float | None", self.client.zscore(self.keys.waiting(name, "due"), task_id)
+                )
                 return Waiting(
                     task_id=task_id,
                     lane=name,
                     reason=str(entry["reason"]),
-                    due=float(entry["due"]),
+                    due=float(entry["due"] if due is None else due),
                     parked_at=float(entry["parked_at"]),
                     release_by=entry.get("release_by"),
                 )

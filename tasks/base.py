@@ -188,6 +188,7 @@ class PipelineTask(Task):
                 release_by=wait.release_by,
                 now=now,
                 patience=get_settings().redis_outage_tolerance,
+                for_breaker=wait.deferred and isinstance(wait.then.error, CircuitOpenError),
             )
         except Exception as exc:  # Redis stayed away: this message runs again later
             log.error(
@@ -197,10 +198,13 @@ class PipelineTask(Task):
                 extra={"task_id": request.id, "error": type(exc).__name__},
             )
             raise Reject(exc, requeue=True) from exc
-        shown_error = (
-            Deferred(wait.step, reason, now + wait.delay) if wait.deferred else wait.then.error
-        )
-        raise Retry(exc=shown_error, when=wait.delay)
+        if wait.deferred:
+            # Not a failure: Flower shows the RETRY state with Deferred(...) and a traceback
+            # of this wait alone, not of the refusal that led to it.
+            raise Retry(
+                exc=Deferred(wait.step, reason, now + wait.delay), when=wait.delay
+            ) from None
+        raise Retry(exc=wait.then.error, when=wait.delay)
 
     def continue_chain(self, retval: Any) -> None:
         """Publish the chain's next step with ``retval`` (Celery would do it after the task,

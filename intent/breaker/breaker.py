@@ -411,11 +411,10 @@ class CircuitBreaker:
     def _remember_refusal(
         self, snapshot: Snapshot, denial: Denial | None, until: float | None
     ) -> None:
-        if denial is Denial.OPEN and until is not None:
-            refuse_until = until
-        elif denial in (Denial.HALF_OPEN_FULL, Denial.FORCED_OPEN):
-            # Their end is not known here (a trial may close the breaker any moment, an
-            # operator may lift the force): ask again after the recheck interval.
+        if denial in (Denial.OPEN, Denial.HALF_OPEN_FULL, Denial.FORCED_OPEN):
+            # Until the known end (an open breaker's trials), but never longer than the
+            # recheck interval: a trial may close the breaker any moment, and an operator
+            # may reset, close or lift a force, which every process then sees within it.
             refuse_until = snapshot.now + self.config.recheck_interval
             if until is not None:
                 refuse_until = min(refuse_until, until)

@@ -21,8 +21,9 @@ class CircuitConfig:
     that the calls in flight could make superfluous (they would trip the breaker if they
     failed) waits up to this long for their verdict before being refused; calls that were
     already in flight when the failures began count for this long after the first one.
-    ``recheck_interval``: how long a process trusts a refusal whose end it cannot know
-    (half-open trials all taken, forced open) before asking the store again.
+    ``recheck_interval``: how long a process trusts a refusal (open, half-open trials all
+    taken, forced open) before it asks the store again, so an operator's reset, open or
+    close is seen by every process within it.
     ``slow_call_duration``: a call in flight longer than this, started after the latest
     call the service is known to have answered, counts as a pending failure: the fleet
     stops starting new calls to a service that hangs instead of waiting for read timeouts,

@@ -243,3 +243,50 @@ def test_a_dead_service_gets_at_most_threshold_calls_from_several_processes(
         fleet.run(_burst, 4, FORK.Barrier(4), warm, delay, 0.6)
         assert fleet.calls_made() <= config.failure_threshold
         assert fleet.notes() == ["closed>open"]
+
+
+# -- operators' moves reach every process within the recheck interval ---------------------
+
+
+def _refused_then_admitted(fleet: Fleet, barrier: Barrier, reset_done: Event) -> None:
+    breaker = fleet.breaker()
+    with pytest.raises(CircuitOpenError):
+        breaker.call(fleet.healthy_service)  # open: this process now refuses locally
+    barrier.wait()
+    reset_done.wait(10)
+    started = time.monotonic()
+    while True:
+        try:
+            breaker.call(fleet.healthy_service)
+        except CircuitOpenError:
+            time.sleep(0.02)
+            continue
+        fleet.client.rpush(fleet.results_key, f"{time.monotonic() - started:.3f}")
+        return
+
+
+def test_an_operators_reset_reaches_every_process_within_the_recheck_interval(
+    redis_client: redis.Redis,
+) -> None:
+    """Open for a minute (every process holds the refusal); an operator resets it: every
+    process calls again within the recheck interval, not after the recovery timeout."""
+    config = CircuitConfig(failure_threshold=1, min_throughput=1, recovery_timeout=60)
+    fleet = Fleet(os.environ["INTENT_REDIS_URL"], config)
+    with pytest.raises(ConnectionRefusedError):
+        fleet.breaker().call(fleet.dead_service)  # trips it: open until a minute from now
+    barrier, reset_done = FORK.Barrier(5), FORK.Event()
+    workers = [
+        FORK.Process(target=_refused_then_admitted, args=(fleet, barrier, reset_done))
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    CircuitAdmin(RedisStore.from_url(fleet.url)).reset(fleet.name, "fixed")
+    reset_done.set()
+    for worker in workers:
+        worker.join(20)
+        assert worker.exitcode == 0
+    waits = [float(w) for w in fleet.results()]
+    assert len(waits) == 4
+    assert max(waits) <= config.recheck_interval + 0.5, waits

@@ -19,6 +19,8 @@ import redis
 import requests
 
 from intent.embedded import EmbeddedRedis, die_with_parent, free_port
+from intent.reference import ReferenceControl
+from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
@@ -223,6 +225,34 @@ def test_an_analysis_sent_over_flowers_http_api_is_read_back_by_its_request_id(
     answer = until(done, 30, "the analysis's result under its request_id")
     assert answer["result"]["status"] == "completed"
     assert answer["result"]["request"]["request_id"] == payload["request_id"]
+
+
+def test_flower_tells_a_deferral_from_a_retry(
+    clean: redis.Redis, flower: FlowerProcess, context_service: ReferenceControl
+) -> None:
+    """A step waiting for an open breaker shows as RETRY with Deferred(...) and the wait's
+    own traceback; a real retry shows its error. Both analyses then complete."""
+    circuits = get_runtime().circuits
+    context_service.set_faults(status=503, count=1, match="ctx-retried")
+    retried = submit(request(context_id="ctx-retried"))
+    circuits.force_open("context-service", "drill")
+    deferred = submit(request(context_id="ctx-deferred"))
+
+    def shown(task_id: str) -> dict[str, Any] | None:
+        info = flower.get(f"/api/task/info/{task_id}")
+        return info.json() if info.status_code == 200 and info.json().get("exception") else None
+
+    try:
+        wait = until(lambda: shown(f"{deferred.request_id}.fetch_context"), 30, "the deferral")
+    finally:
+        circuits.reset("context-service", "drill over")
+    assert wait["exception"].startswith("Deferred("), wait["exception"]
+    assert "fetch_context" in wait["exception"] and "context-service" in wait["exception"]
+    assert "During handling of the above exception" not in (wait["traceback"] or "")
+    retry = until(lambda: shown(f"{retried.request_id}.fetch_context"), 30, "the retry")
+    assert retry["exception"].startswith("ServiceUnavailableError("), retry["exception"]
+    assert deferred.get(timeout=60).deferrals == {"fetch_context": 1}
+    assert retried.get(timeout=60).retries == {"fetch_context": 1}
 
 
 def test_flower_lists_the_worker_and_the_queue(

@@ -16,6 +16,7 @@ from intent.errors import RetriesExhaustedError, ServiceRequestError
 from intent.models import IntentEvent
 from intent.reference import ReferenceControl
 from intent.reference.data import context_for, predictions_for
+from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
 from tasks.stack import WorkerProcess
@@ -142,3 +143,25 @@ def test_concurrent_analyses_of_one_key_detect_once(clean: redis.Redis) -> None:
     assert not any(IntentEvent.PATTERN_UPDATED in [e.type for e in r.events] for r in results)
     stream_types = [e.type for e in stream_events(clean) if e.request_id.startswith(f"race-{tag}")]
     assert stream_types.count(IntentEvent.PATTERN_DETECTED) == 1
+
+
+def test_an_operators_reset_releases_the_steps_waiting_for_the_breaker(
+    clean: redis.Redis,
+) -> None:
+    """Forced open, a step waits a recovery timeout (60 s) for the breaker; the operator's
+    reset releases it at once, and a step waiting for a retry's backoff is left alone."""
+    circuits = get_runtime().circuits
+    settings = get_runtime().settings
+    circuits.force_open("context-service", "drill")
+    try:
+        analysis = submit(request(context_id="ctx-woken"))
+        deadline = time.monotonic() + 20
+        while not get_runtime().waiting.depth().get("get_context"):
+            assert time.monotonic() < deadline, "the step never parked for the breaker"
+            time.sleep(0.05)
+    finally:
+        circuits.reset("context-service", "drill over")
+    result = analysis.get(timeout=settings.circuit_recovery_timeout / 2)
+    assert result.status == "completed"
+    assert result.deferrals == {"fetch_context": 1}
+    assert result.deferred_seconds < settings.circuit_recovery_timeout / 2

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from intent import tracing
 from intent.errors import (
     CircuitBreakerError,
     IncompatibleServiceError,
@@ -123,19 +124,26 @@ class ServiceClient:
         session.headers["Accept"] = "application/json"
         return session
 
-    def _exchange(self, method: str, url: str, json: Any) -> requests.Response:
+    def _exchange(
+        self, method: str, url: str, json: Any, traced: tracing.HttpSpan
+    ) -> requests.Response:
         """One HTTP exchange on the session's pooled connections.
 
         Without trust_env the request goes straight to the session's adapter:
         ``Session.request`` would merge cookies, environment settings and hooks and look
         for redirects on every call (about 0.1 ms each, measured), none of which a JSON
-        API client uses; redirects are refused in :meth:`_send` instead of followed."""
+        API client uses; redirects are refused in :meth:`_send` instead of followed.
+        ``traced`` is the request's span: its headers carry the trace to the service."""
         if self.trust_env:
             return self.session.request(
-                method, url, json=json, timeout=self.timeout, allow_redirects=False
-            )
+                method, url, json=json, headers=traced.headers or None, timeout=self.timeout,
+                allow_redirects=False,
+            )  # fmt: skip
+        headers = self.session.headers
+        if traced.headers:
+            headers = requests.structures.CaseInsensitiveDict({**headers, **traced.headers})
         prepared = requests.PreparedRequest()
-        prepared.prepare(method=method, url=url, headers=self.session.headers, json=json)
+        prepared.prepare(method=method, url=url, headers=headers, json=json)
         response = self.session.get_adapter(url).send(prepared, timeout=self.timeout)
         # Read the body here, as Session.send does: a body that stalls or breaks off is a
         # timeout or connection error of this exchange, mapped like any other.
@@ -166,7 +174,10 @@ class ServiceClient:
             self.limiter(endpoint)
 
         def send() -> dict[str, Any]:
-            return self._send(method, path, json, label or endpoint or path)
+            name = label or endpoint or path
+            # Inside the guard: a call the breaker refuses sends nothing, and has no span.
+            with tracing.http_span(self.service, method, self.base_url + path, name) as traced:
+                return self._send(method, path, json, name, traced)
 
         guard = self.probe_guard if probe else self.guard
         if guard is None:
@@ -174,23 +185,28 @@ class ServiceClient:
         result: dict[str, Any] = guard(send)
         return result
 
-    def _send(self, method: str, path: str, json: Any, endpoint: str) -> dict[str, Any]:
+    def _send(
+        self, method: str, path: str, json: Any, endpoint: str, traced: tracing.HttpSpan
+    ) -> dict[str, Any]:
         url = self.base_url + path
         started = time.perf_counter()
         try:
-            response = self._exchange(method, url, json)
+            response = self._exchange(method, url, json, traced)
         except requests.Timeout as exc:
+            traced.status("timeout")
             self._observe(method, path, endpoint, "timeout", started)
             raise ServiceUnavailableError(
                 self.service, f"timeout on {method} {path}: {type(exc).__name__}"
             ) from exc
         except requests.RequestException as exc:
             # Connection refused/reset, DNS, protocol errors: the service may come back.
+            traced.status("connection_error")
             self._observe(method, path, endpoint, "connection_error", started)
             raise ServiceUnavailableError(
                 self.service, f"connection failed on {method} {path}: {type(exc).__name__}"
             ) from exc
         status = response.status_code
+        traced.status(status)
         self._observe(method, path, endpoint, status, started)
         if 300 <= status < 400:
             location = mask_secrets(response.headers.get("Location", "(no Location)"))

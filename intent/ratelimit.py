@@ -26,6 +26,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from intent import tracing
 from intent.errors import RateLimitExceeded, ServiceUnavailableError
 from intent.keys import Keys
 from intent.settings import Settings
@@ -96,7 +97,9 @@ class SharedRateLimit:
                 return
             stats = limiter.get_window_stats(item, identifier)
         retry_after = max(0.001, stats.reset_time - time.time())
-        raise RateLimitExceeded(self._label(identifier), retry_after)
+        label = self._label(identifier)
+        tracing.event("ratelimit.rejected", limit=label, retry_after=round(retry_after, 3))
+        raise RateLimitExceeded(label, retry_after)
 
     def get_current_rate(self, identifier: str = "") -> int:
         """Hits in the window that ends now."""

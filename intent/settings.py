@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     metrics_dir: str | None = None
     log_format: str = Field(default="json", pattern=r"^(json|text)$")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # Tracing with OpenTelemetry (the `otel` extra; see intent/tracing.py): spans of every
+    # task and downstream call, exported by "otlp" (configured by the OTEL_EXPORTER_OTLP_*
+    # variables), "console" or "jsonl:DIR" (a JSON line per span, a file per process).
+    tracing: bool = False
+    tracing_exporter: str = Field(default="otlp", pattern=r"^(otlp|console|jsonl:.+)$")
     flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555
     # "user:password[,user:password...]"; required by `intent flower` in production.
     flower_basic_auth: SecretStr | None = None

@@ -4,6 +4,7 @@ from celery import Celery
 
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
 from tasks import serializer, transport
+from tasks import tracing as _tracing  # noqa: F401  # task spans, context in message headers
 from tasks.consumer import Watchdog
 from tasks.release import ReleaseStep
 

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from celery import Task, signature
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
-from intent import metrics
+from intent import metrics, tracing
 from intent.errors import (
     CircuitOpenError,
     Deferred,
@@ -38,6 +38,7 @@ from intent.pipeline import recovery, steps
 from intent.pipeline.intake import give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
+from tasks.tracing import carry
 
 log = logging.getLogger("intent.tasks")
 
@@ -162,9 +163,15 @@ class PipelineTask(Task):
                 extra={**fields, "retry": then.retry, "max_retries": retry_max},
             )
             metrics.record_retry(step)
+            tracing.event("retry", retry=then.retry, max_retries=retry_max, **fields)
         else:
             log.info("deferring %s by %.2f s: %s", step, wait.delay, then.error, extra=fields)
-            metrics.record_deferral(step, circuit_open=isinstance(then.error, CircuitOpenError))
+            circuit_open = isinstance(then.error, CircuitOpenError)
+            metrics.record_deferral(step, circuit_open=circuit_open)
+            cause = "circuit_open" if circuit_open else "rate_limit"
+            tracing.event("deferral", reason=cause, delay=round(wait.delay, 3), **fields)
+        kind = "deferral" if wait.deferred else "retry"
+        tracing.annotate(**{"intent.wait": kind, "intent.wait.delay": round(wait.delay, 3)})
         self.park(wait, wait.result.model_dump(mode="json"), shown)
 
     def park(
@@ -178,6 +185,7 @@ class PipelineTask(Task):
         run = self.signature_from_request(
             request, (payload,), {}, retries=(request.retries or 0) + 1, **(argsrepr or {})
         )
+        carry(run)  # the next run continues this run's trace
         try:
             get_runtime().waiting.park(
                 wait.lane,

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Task, chain
 from celery.result import AsyncResult
 
-from intent import metrics
+from intent import metrics, tracing
 from intent.models import BatchResult
 from intent.pipeline import batch as batch_steps
 from intent.runtime import get_runtime
@@ -115,5 +115,7 @@ def submit_batch(requests: Any, batch_id: str | None = None) -> AsyncResult:
     batch = batch_steps.start_batch(
         get_runtime(), requests, batch_id or uuid.uuid4().hex, batch_max_size()
     )
-    batch_chain(batch).apply_async()
+    tracing.start()  # a caller that traces: the batch's trace starts with this span
+    with tracing.span("intent.submit_batch", "producer", {"intent.batch_id": batch.batch_id}):
+        batch_chain(batch).apply_async()
     return AsyncResult(batch.batch_id, app=app)

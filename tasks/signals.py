@@ -71,7 +71,7 @@ def _log_configuration(**_: Any) -> None:
     )  # fmt: skip
 
 
-def _ids(args: Any) -> dict[str, str]:
+def payload_ids(args: Any) -> dict[str, str]:
     """The request_id (or batch_id) a task's payload names, without parsing it: steps pass
     the analysis on as JSON text, which opens with its request's id."""
     payload = args[0] if isinstance(args, list | tuple) and args else None
@@ -91,7 +91,7 @@ def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, *
     if task_id is None:
         return
     name = getattr(task, "name", None)
-    _tokens[task_id] = bind(task_id=task_id, task=name, **_ids(args))
+    _tokens[task_id] = bind(task_id=task_id, task=name, **payload_ids(args))
 
 
 @signals.task_postrun.connect

@@ -8,6 +8,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
+from intent import tracing
 from intent.models import IntentRequest, IntentResult
 from intent.pipeline.intake import admit, claim_request, release_request
 from intent.runtime import get_runtime
@@ -58,8 +59,10 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
     if claim.replaces is not None:
         # Refused and given back: forget its stored refusal, so the new run answers.
         forget_analysis(app, parsed.request_id, claim.replaces)
+    tracing.start()  # a caller that traces: the analysis's trace starts with this span
     try:
-        analysis_chain(parsed, parsed.request_id).apply_async()
+        with tracing.span("intent.submit", "producer", {"intent.request_id": parsed.request_id}):
+            analysis_chain(parsed, parsed.request_id).apply_async()
     except BaseException:
         release_request(rt, parsed.request_id)  # not enqueued: let a retry claim it again
         raise

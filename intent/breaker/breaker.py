@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from intent import tracing
 from intent.breaker.config import CircuitConfig, CircuitContext
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
 from intent.breaker.store import (
@@ -390,6 +391,7 @@ class CircuitBreaker:
         if refusal is not None:
             store_now = refusal.store_now + (self._clock() - refusal.seen_at)
             if store_now < refusal.refuse_until:
+                self._rejected(refusal.until, "remembered")
                 raise CircuitOpenError(self.name, refusal.until)
             self._refusal = None
         waited, pause = 0.0, THROTTLE_POLL_FIRST
@@ -406,7 +408,13 @@ class CircuitBreaker:
                 pause = min(pause * 2, THROTTLE_POLL_MAX)
                 continue
             self._remember_refusal(admission.snapshot, admission.denial, admission.until)
+            denial = admission.denial
+            self._rejected(admission.until, str(denial) if denial is not None else "refused")
             raise CircuitOpenError(self.name, admission.until)
+
+    def _rejected(self, until: float | None, denial: str) -> None:
+        # ``until`` is on the store's clock (epoch seconds with the Redis store).
+        tracing.event("breaker.rejected", service=self.name, until=until, denial=denial)
 
     def _remember_refusal(
         self, snapshot: Snapshot, denial: Denial | None, until: float | None
@@ -497,6 +505,10 @@ class CircuitBreaker:
         )
         if transition.old_state == transition.new_state:
             return  # a force that kept the state: logged, but no state change to report
+        tracing.event(
+            "breaker.transition", breaker=self.name, from_state=transition.old_state,
+            to_state=transition.new_state, reason=transition.reason,
+        )  # fmt: skip
         old = CircuitState(transition.old_state)
         new = CircuitState(transition.new_state, transition.generation, transition.reason)
         for listener in self._listeners:

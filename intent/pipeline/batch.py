@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from intent import codec
+from intent import codec, tracing
 from intent.errors import (
     IntentError,
     RateLimitExceeded,
@@ -22,7 +22,13 @@ from intent.models import BatchItem, BatchResult, Context, IntentResult, Predict
 from intent.patterns import DetectionConflict
 from intent.pipeline import recovery
 from intent.pipeline.intake import admit
-from intent.pipeline.steps import FALLBACKS, detect_pattern, expire_if_late, parse_body
+from intent.pipeline.steps import (
+    FALLBACKS,
+    detect_pattern,
+    expire_if_late,
+    parse_body,
+    use_fallback,
+)
 from intent.ratelimit import GET_CONTEXT, PREDICT
 from intent.runtime import Runtime
 from intent.validation import parse_request, request_limits
@@ -129,6 +135,7 @@ def fetch_contexts(rt: Runtime, batch: BatchResult) -> BatchResult:
     for context_id in list(waiting):
         cached = rt.context_cache.get(context_id)
         if cached is not None and cached.fresh:
+            tracing.event("cache.hit", context_id=context_id, age=round(cached.age, 3))
             for item in waiting.pop(context_id):
                 changes[item.index] = _with_context(item, cached.context)
     transient: list[ServiceUnavailableError] = []
@@ -275,12 +282,11 @@ def settle_pending(rt: Runtime, step: str, batch: BatchResult, now: float) -> Ba
 def fallback_pending(rt: Runtime, step: str, batch: BatchResult, exc: Exception) -> BatchResult:
     """The step's fallback (stale context, last predictions) for each pending item that
     has one; the others stay pending."""
-    fallback = FALLBACKS.get(step)
-    if fallback is None:
+    if step not in FALLBACKS:
         return batch
     changes: dict[int, BatchItem] = {}
     for item in pending(step, batch):
-        degraded = fallback(rt, _result(item), exc)
+        degraded = use_fallback(rt, step, _result(item), exc)
         if degraded is not None:
             changes[item.index] = item.advance(degraded)
     return batch.with_items(changes)

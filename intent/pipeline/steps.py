@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from intent import tracing
 from intent.errors import ServiceRequestError
 from intent.events import build_events
 from intent.models import Context, IntentRequest, IntentResult, PredictionSet
@@ -41,6 +42,7 @@ def fetch_context(rt: Runtime, result: IntentResult) -> IntentResult:
     if request.context_id is not None:
         cached = rt.context_cache.get(request.context_id)
         if cached is not None and cached.fresh:
+            tracing.event("cache.hit", context_id=request.context_id, age=round(cached.age, 3))
             return result.model_copy(update={"context": cached.context})
         body = client.get_context(request.context_id)
     else:
@@ -86,6 +88,7 @@ def stale_context(rt: Runtime, result: IntentResult, exc: Exception) -> IntentRe
     cached = rt.context_cache.get(context_id) if context_id is not None else None
     if cached is None:
         return None
+    tracing.event("cache.stale", context_id=context_id, age=round(cached.age, 3))
     reason = f"cached context from {cached.age:.0f} s ago served; {exc}"
     return result.degrade("context", reason, context=cached.context)
 
@@ -116,6 +119,20 @@ STEPS: tuple[tuple[str, Step], ...] = (
 )
 STEP_FUNCTIONS: dict[str, Step] = dict(STEPS)
 FALLBACKS: dict[str, Fallback] = {"fetch_context": stale_context, "predict": last_predictions}
+
+
+def use_fallback(
+    rt: Runtime, name: str, result: IntentResult, exc: Exception
+) -> IntentResult | None:
+    """Step ``name``'s fallback answer for ``result`` (None: it has none), traced."""
+    fallback = FALLBACKS.get(name)
+    degraded = fallback(rt, result, exc) if fallback is not None else None
+    if degraded is not None:
+        tracing.event(
+            "fallback.used", fallback=degraded.fallbacks[-1], step=name,
+            request_id=result.request.request_id, error=type(exc).__name__, reason=str(exc)[:200],
+        )  # fmt: skip
+    return degraded
 
 
 def expire_if_late(name: str, result: IntentResult, now: float) -> IntentResult | None:
@@ -166,9 +183,8 @@ def recover(
         name, current.retries.get(name, 0), current.deferred_seconds, current.request.deadline
     )
     decision = recovery.decide(error, attempt, budgets, now, rand)
-    fallback = FALLBACKS.get(name)
-    if decision.fallback and fallback is not None:
-        degraded = fallback(rt, current, error)
+    if decision.fallback:
+        degraded = use_fallback(rt, name, current, error)
         if degraded is not None:
             return degraded
     then = decision.then

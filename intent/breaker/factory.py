@@ -8,9 +8,8 @@ from typing import Any
 from intent.breaker.breaker import CircuitBreaker
 from intent.breaker.config import CircuitConfig
 from intent.breaker.fallback import FallbackStore
-from intent.breaker.memory_store import MemoryStore
 from intent.breaker.redis_store import DEFAULT_SOCKET_TIMEOUT, RedisStore
-from intent.breaker.store import BreakerStore
+from intent.breaker.store import BreakerStore, NoSharedStore
 
 DEFAULT_PROBE_INTERVAL = 5.0
 DEFAULT_FALLBACK_LOG_INTERVAL = 30.0
@@ -20,10 +19,15 @@ _default_lock = threading.Lock()
 
 
 def store_from_settings(settings: Any) -> BreakerStore:
-    """Redis (``redis_url``) with the in-memory fallback; memory alone without a URL."""
+    """Redis (``redis_url``) with the in-memory fallback. Without a URL, no store: a
+    breaker private to one process is asked for by name (``store=MemoryStore()``)."""
     url = getattr(settings, "redis_url", None)
     if not url:
-        return MemoryStore()
+        raise NoSharedStore(
+            "no shared store for the circuit breaker: set INTENT_REDIS_URL, so that every "
+            "process shares its state, or pass store=MemoryStore() for a breaker private "
+            "to this process"
+        )
     primary = RedisStore.from_url(
         url,
         prefix=getattr(settings, "key_prefix", "intent:"),

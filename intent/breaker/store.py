@@ -19,6 +19,11 @@ class StoreError(CircuitBreakerError):
     """The breaker's store failed."""
 
 
+class NoSharedStore(StoreError):
+    """A breaker was given no store and no Redis URL is set: its state would be this
+    process's alone, and every other process would keep calling a failing service."""
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be reached (connection refused, timeout): use the fallback."""
 

@@ -227,7 +227,8 @@ def parse_collector(
 
 
 def test_exposition_in_process_mode_is_parseable_and_complete(fresh: metrics.Metrics) -> None:
-    runtime = Runtime(load_settings())  # no Redis URL: breakers on a memory store
+    runtime = Runtime(load_settings())
+    runtime.breaker_store = MemoryStore()  # no Redis URL: a private store, asked for
     CircuitAdmin(runtime.breaker_store).force_open("context-service", "test")
     metrics.observe_request("context-service", "get_context", 200, 0.01)
 

@@ -1,6 +1,8 @@
 # The intent-pipeline image. Every process of docker-compose.yml is `intent <command>`:
-#   docker build -t intent-pipeline . && docker run --rm intent-pipeline --help
-FROM python:3.11-slim
+#   docker build -t intent-pipeline:0.1.0 . && docker run --rm intent-pipeline:0.1.0 --help
+# (docker-compose.yml tags it with the project's version, pyproject.toml's). The base image
+# is pinned to a full version of the Python that pyproject.toml requires at least (3.11).
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

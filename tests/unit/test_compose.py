@@ -3,7 +3,8 @@
 No Docker engine runs here, so nothing can start the compose file: these tests read it the
 way Compose does (YAML merge keys, ``${VAR:-default}`` interpolation, environment
 pass-through) and hold it to the code it runs. Renaming a setting, a subcommand or an
-option, or moving a port, makes one of them fail.
+option, moving a port, raising the time limit past the grace period, or letting the
+shell's ``INTENT_*`` reach a container makes one of them fail.
 """
 
 from __future__ import annotations
@@ -36,7 +37,18 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # What the file requires from the shell or .env (``${NAME:?...}``): stand-ins, as a user's
 # .env would give them. The file itself holds no secret.
-PLACEHOLDERS = {"INTENT_FLOWER_BASIC_AUTH": "ops:placeholder-password"}
+PLACEHOLDERS = {
+    "INTENT_FLOWER_BASIC_AUTH": "ops:placeholder-password",
+    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",  # token_hex(16), as the README says
+}
+# The only settings the file reads from the shell / .env: the two secrets.
+SECRET_VARIABLES = {"INTENT_ADMIN_TOKEN", "INTENT_FLOWER_BASIC_AUTH"}
+PUBLISH_VARIABLE = "PUBLISH_ADDRESS"
+# Docker's SIGTERM-to-SIGKILL default, and what a worker's warm shutdown needs on top of its
+# last task's run (the pool's exit, the last acks and events).
+DOCKER_DEFAULT_GRACE = 10.0
+WARM_SHUTDOWN_MARGIN = 10.0
+README = ROOT / "README.md"
 
 # The processes the issue asks for, by the `intent` subcommand that runs each.
 EXPECTED_COMMANDS = {"worker", "beat", "flower", "admin", "reference"}
@@ -111,6 +123,17 @@ def referenced_variables(text: str) -> set[str]:
     """Every variable a string interpolates (``$$`` escapes excluded)."""
     unescaped = text.replace("$$", "")
     return set(re.findall(rf"\$\{{?({_NAME})", unescaped))
+
+
+def variable_uses(text: str) -> list[tuple[str, str | None]]:
+    """Each interpolation in a string: the variable and its operator (``:-``, ``-``, ``:?``,
+    ``?``, or None for a bare ``$NAME`` / ``${NAME}``)."""
+    unescaped = text.replace("$$", "")
+    uses = [
+        (name, operator or None)
+        for name, operator in re.findall(rf"\$\{{({_NAME})(:?[-?])?", unescaped)
+    ]
+    return uses + [(name, None) for name in re.findall(rf"\$({_NAME})", unescaped)]
 
 
 def _walk_strings(node: Any) -> Iterator[str]:
@@ -236,12 +259,73 @@ def container_ports(service: dict[str, Any]) -> set[int]:
     return ports
 
 
-def published_pairs(service: dict[str, Any]) -> set[tuple[int, int]]:
-    pairs = set()
+def published_ports(service: dict[str, Any]) -> list[tuple[str | None, int, int]]:
+    """(host address, None for every interface; host port; container port) of each port,
+    short ("127.0.0.1:8000:8000", "8000:8000") or long syntax."""
+    found = []
     for entry in service.get("ports", []):
-        parts = str(entry).split("/")[0].split(":")
-        pairs.add((int(parts[-2]), int(parts[-1])))
-    return pairs
+        if isinstance(entry, dict):
+            assert "published" in entry, f"{entry}: no host port (Docker would pick one)"
+            address = entry.get("host_ip") or None
+            found.append((address, int(entry["published"]), int(entry["target"])))
+            continue
+        match = re.fullmatch(r"(?:(\[[^\]]+\]|[^:\[]+):)?(\d+):(\d+)", str(entry).split("/")[0])
+        assert match is not None, f"{entry}: no host port (Docker would pick one)"
+        address, host, container = match.groups()
+        found.append((address.strip("[]") if address else None, int(host), int(container)))
+    return found
+
+
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Compose duration (``90s``, ``1m30s``, ``1.5s``, ``500ms``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a Compose duration: {text!r}")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+# A tag naming one release: major.minor.patch, optionally a variant (-slim-bookworm).
+FULL_VERSION = re.compile(r"v?\d+\.\d+\.\d+(?:[-.+][\w.-]+)?")
+
+
+def image_tag(image: str) -> tuple[str, str | None]:
+    """(repository, tag or None) of an image reference (registry ports and digests kept
+    apart)."""
+    name = image.partition("@")[0]
+    repository, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:
+        return name, None
+    return repository, tag
+
+
+def header_variables() -> dict[str, str]:
+    """The variables the compose file's header documents: name -> "required"/"optional"."""
+    documented = {}
+    for line in COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break  # the header ends at the first line that is not a comment
+        if match := re.match(rf"#\s+({_NAME})\s+(required|optional):", line):
+            documented[match.group(1)] = match.group(2)
+    return documented
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def containers(shell: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every service as Compose would create it from this shell (or .env): the file
+    interpolated against it, each environment resolved as the container gets it."""
+    return {
+        name: {**service, "environment": environment(service, shell)}
+        for name, service in compose(shell)["services"].items()
+    }
 
 
 def healthcheck_text(service: dict[str, Any]) -> str:
@@ -399,16 +483,86 @@ def test_every_variable_a_service_sets_is_a_setting(name: str) -> None:
         assert setting_of(variable), f"{name}: {variable} is not a field of intent.settings"
 
 
-def test_every_variable_the_file_reads_from_the_shell_is_a_setting() -> None:
-    variables = set().union(*(referenced_variables(text) for text in _walk_strings(RAW)))
-    assert variables, "the file reads its settings from the shell / .env"
-    for variable in variables:
-        assert setting_of(variable), f"${{{variable}}} is not a setting's variable"
-    # Each setting is read from the variable of its own name (INTENT_X: ${INTENT_X:-...}).
-    for name in INTENT_SERVICES:
-        for key, value in (RAW["services"][name].get("environment") or {}).items():
-            if isinstance(value, str) and referenced_variables(value):
-                assert referenced_variables(value) == {key}, f"{name}: {key}: {value}"
+def test_no_environment_key_passes_the_shells_value_through() -> None:
+    # `KEY:` (or `- KEY` in a list) hands the container whatever the operator's shell or
+    # .env holds, unseen in this file: every key has its value written here.
+    sections = {"x-intent-env": RAW["x-intent-env"]}
+    sections |= {
+        name: service.get("environment") or {} for name, service in RAW["services"].items()
+    }
+    for where, declared in sections.items():
+        if isinstance(declared, list):
+            passed = [item for item in declared if "=" not in str(item)]
+        else:
+            passed = [key for key, value in declared.items() if value is None]
+        assert not passed, f"{where}: {passed} pass the shell's value through"
+
+
+def test_no_setting_is_read_from_the_shell_but_the_two_secrets() -> None:
+    # A developer's exported INTENT_* (for local work) must not change the containers: the
+    # file reads no INTENT_ variable except the two secrets, each into its own setting.
+    read = set().union(*(referenced_variables(text) for text in _walk_strings(RAW)))
+    assert {v for v in read if v.startswith(ENV_PREFIX)} == SECRET_VARIABLES
+    for name, service in RAW["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            for variable in referenced_variables(str(value)) & SECRET_VARIABLES:
+                assert variable == key, f"{name}: {key} reads {variable}"
+    # ...and nowhere else (a command line, a health check, an anchor).
+    elsewhere = {key: value for key, value in RAW.items() if key != "services"}
+    elsewhere["services"] = {
+        name: {key: value for key, value in service.items() if key != "environment"}
+        for name, service in RAW["services"].items()
+    }
+    outside = set().union(*(referenced_variables(text) for text in _walk_strings(elsewhere)))
+    assert not outside & SECRET_VARIABLES
+    # What an operator may vary is a compose variable of its own (not INTENT_*) feeding a
+    # setting: every other variable the services' settings read.
+    for key, value in RAW["x-intent-env"].items():
+        for variable in referenced_variables(str(value)):
+            assert not variable.startswith(ENV_PREFIX), f"{key} reads {variable}"
+
+
+def test_the_shells_intent_variables_do_not_change_the_containers() -> None:
+    junk = {env_name(field): f"junk-{field}" for field in Settings.model_fields}
+    junk[ENV_PREFIX + "NOT_A_SETTING"] = "junk"
+    clean = containers(PLACEHOLDERS)
+    dirty = containers({**PLACEHOLDERS, **junk})
+    for name in clean:
+        # The secrets are read from the shell on purpose: they are what differs.
+        for secret in SECRET_VARIABLES & set(dirty[name]["environment"]):
+            assert dirty[name]["environment"].pop(secret) == junk[secret], (name, secret)
+            clean[name]["environment"].pop(secret, None)
+        assert dirty[name] == clean[name], f"{name}: the shell's INTENT_* reached it"
+    # ...and what was compared holds the containers' settings.
+    assert clean[service_with_command("worker")]["environment"]["INTENT_QUEUE"] == "intent"
+
+
+def test_the_header_documents_every_variable_the_file_reads() -> None:
+    uses = [use for text in _walk_strings(RAW) for use in variable_uses(text)]
+    read = {name for name, _ in uses}
+    documented = header_variables()
+    assert set(documented) == read, "the header's list is the file's variables"
+    for name, operator in uses:
+        if documented[name] == "required":
+            # Compose refuses the file without it, naming it (:? also refuses empty).
+            assert operator == ":?", f"${{{name}}}: required, so ${{{name}:?message}}"
+        else:
+            # Unset or empty (`NAME=` in .env): the default, never an empty setting.
+            assert operator == ":-", f"${{{name}}}: optional, so ${{{name}:-default}}"
+    assert set(PLACEHOLDERS) == {name for name, kind in documented.items() if kind == "required"}
+    # The README's section names each one (what to put in .env).
+    section = readme_section("Docker Compose")
+    for name in read:
+        assert f"`{name}" in section, f"README's Docker Compose section: no {name}"
+
+
+@pytest.mark.parametrize("variable", sorted(PLACEHOLDERS))
+def test_the_file_refuses_to_start_without_a_required_variable(variable: str) -> None:
+    others = {k: v for k, v in PLACEHOLDERS.items() if k != variable}
+    with pytest.raises(MissingVariable, match=variable):
+        compose(others)
+    with pytest.raises(MissingVariable, match=variable):
+        compose({**others, variable: ""})
 
 
 def test_the_shared_environment_is_one_anchor_used_by_every_intent_service() -> None:
@@ -452,14 +606,21 @@ def test_no_secret_is_written_in_the_file() -> None:
         for key, value in (RAW["services"][name].get("environment") or {}).items():
             if key not in secrets:
                 continue
-            # Passed through from the shell / .env, or required from it: never a default.
-            assert value is None or re.fullmatch(rf"\$\{{{key}(?:\}}|:?\?[^}}]*\}})", value), (
-                f"{name}: {key} must come from the environment, not from the file"
-            )
-    # URLs in the file's defaults carry no password.
-    for key, value in _resolve(RAW["x-intent-env"], {}).items():
-        if key.endswith("_URL") and value:
-            assert urlsplit(value).password is None, key
+            # Read explicitly from the shell / .env, empty or required: never a default,
+            # never a bare `KEY:` pass-through.
+            assert isinstance(value, str) and re.fullmatch(
+                rf"\$\{{{key}(?::-|:\?[^}}]*)\}}", value
+            ), f"{name}: {key} must be ${{{key}:-}} or ${{{key}:?message}}"
+    # The one password in a URL is REDIS_PASSWORD's: another value, another URL.
+    other = {**PLACEHOLDERS, "REDIS_PASSWORD": "fedcba9876543210fedcba9876543210"}
+    for shell in (PLACEHOLDERS, other):
+        for name, service in containers(shell).items():
+            for key, value in service["environment"].items():
+                if key.endswith("_URL") and value:
+                    assert urlsplit(value).password in (None, shell["REDIS_PASSWORD"]), (
+                        name,
+                        key,
+                    )
 
 
 def test_flower_refuses_to_start_without_credentials_outside_development() -> None:
@@ -467,12 +628,21 @@ def test_flower_refuses_to_start_without_credentials_outside_development() -> No
     env = service_env(name)
     assert env["INTENT_ENVIRONMENT"] == "production"
     assert env["INTENT_FLOWER_BASIC_AUTH"] == PLACEHOLDERS["INTENT_FLOWER_BASIC_AUTH"]
+    without = {k: v for k, v in PLACEHOLDERS.items() if k != "INTENT_FLOWER_BASIC_AUTH"}
     with pytest.raises(MissingVariable, match="INTENT_FLOWER_BASIC_AUTH"):
-        compose({})
-    # The admin token is optional: unset in the shell, it is unset in the container.
-    admin = RAW["services"][service_with_command("admin")]["environment"]
+        compose(without)
+
+
+def test_the_admin_token_is_optional_and_unset_means_no_token(settings_of: Any) -> None:
+    name = service_with_command("admin")
+    admin = RAW["services"][name]["environment"]
     assert "INTENT_ADMIN_TOKEN" in admin
-    assert "INTENT_ADMIN_TOKEN" not in environment(SERVICES[service_with_command("admin")], {})
+    # Unset in the shell, the container gets it empty, which tasks.admin takes as no token
+    # (SecretStr("") is falsy): every mutating route is refused.
+    assert service_env(name)["INTENT_ADMIN_TOKEN"] == ""
+    assert not settings_of(name).admin_token
+    given = containers({**PLACEHOLDERS, "INTENT_ADMIN_TOKEN": "t0k"})[name]["environment"]
+    assert given["INTENT_ADMIN_TOKEN"] == "t0k"
 
 
 # --- ports --------------------------------------------------------------------------
@@ -527,20 +697,50 @@ def test_the_reference_services_are_where_the_other_services_call_them(
 
 def test_redis_is_persistent_checked_and_where_the_settings_point(settings_of: Any) -> None:
     redis_service = SERVICES["redis"]
-    assert str(redis_service["image"]).split(":")[0] == "redis"
+    assert image_tag(str(redis_service["image"]))[0] == "redis"
     command = [str(part) for part in redis_service["command"]]
     assert command[0] == "redis-server"
     assert option(command, "--appendonly") == "yes"
     data_dir = option(command, "--dir") if "--dir" in command else "/data"  # the image's
     assert data_dir in volume_targets(redis_service)
     assert volume_targets(redis_service)[data_dir] in RAW["volumes"]
-    assert healthcheck_text(redis_service) == "redis-cli ping"
     port = int(option(command, "--port")) if "--port" in command else 6379
+    # Every intent service (the reference too: it shares the settings) talks to this Redis
+    # with its password, for the breaker, the broker and the results alike.
+    password = PLACEHOLDERS["REDIS_PASSWORD"]
+    assert option(command, "--requirepass") == password
     for name in INTENT_SERVICES:
-        if name == service_with_command("reference"):
-            continue
-        url = urlsplit(settings_of(name).redis_url)
-        assert (url.hostname, url.port or 6379) == ("redis", port), name
+        settings = settings_of(name)
+        for url in (
+            settings.redis_url,
+            settings.effective_broker_url,
+            settings.effective_result_backend,
+        ):
+            parts = urlsplit(url)
+            assert (parts.hostname, parts.port or 6379) == ("redis", port), (name, url)
+            assert parts.password == password, f"{name}: {url} without Redis's password"
+
+
+def test_redis_health_check_authenticates() -> None:
+    redis_service = SERVICES["redis"]
+    # redis-cli reads the password from REDISCLI_AUTH (not on its command line); an
+    # unauthenticated PING answers NOAUTH, which grep turns into a failed check whatever
+    # redis-cli's exit status.
+    assert environment(redis_service, {})["REDISCLI_AUTH"] == PLACEHOLDERS["REDIS_PASSWORD"]
+    assert healthcheck_text(redis_service) == "redis-cli ping | grep -qx PONG"
+    assert SERVICES["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"  # the pipe needs a shell
+
+
+def test_redis_never_evicts_the_brokers_or_the_breakers_keys() -> None:
+    # Queued tasks, unacked messages, breaker state and waiting steps live in Redis: at
+    # maxmemory an eviction policy would drop them silently; noeviction refuses writes.
+    command = [str(part) for part in SERVICES["redis"]["command"]]
+    assert option(command, "--maxmemory-policy") == "noeviction"
+    assert command.count("--maxmemory-policy") == 1
+    if "--maxmemory" in command:
+        assert re.fullmatch(r"\d+(?:[kmg]b?)?", option(command, "--maxmemory"), re.IGNORECASE)
+        limited = compose({**PLACEHOLDERS, "REDIS_MAXMEMORY": "2gb"})["services"]["redis"]
+        assert option([str(part) for part in limited["command"]], "--maxmemory") == "2gb"
 
 
 def test_the_image_exposes_the_published_ports() -> None:
@@ -548,8 +748,75 @@ def test_the_image_exposes_the_published_ports() -> None:
     published = set().union(*(container_ports(SERVICES[name]) for name in INTENT_SERVICES))
     assert exposed == published
     for name in INTENT_SERVICES:
-        for host_port, container_port in published_pairs(SERVICES[name]):
+        for _, host_port, container_port in published_ports(SERVICES[name]):
             assert host_port == container_port, f"{name}: the documented port is the same"
+
+
+@pytest.mark.parametrize(
+    ("shell", "address"),
+    [
+        ({}, "127.0.0.1"),
+        ({PUBLISH_VARIABLE: ""}, "127.0.0.1"),  # `PUBLISH_ADDRESS=` in .env: still loopback
+        ({PUBLISH_VARIABLE: "0.0.0.0"}, "0.0.0.0"),
+        ({PUBLISH_VARIABLE: "192.0.2.10"}, "192.0.2.10"),
+    ],
+)
+def test_published_ports_bind_loopback_unless_the_operator_sets_an_address(
+    shell: dict[str, str], address: str
+) -> None:
+    # The admin's GET routes need no token, the reference services' fault switches none:
+    # by default only this machine reaches them.
+    services = compose({**PLACEHOLDERS, **shell})["services"]
+    publishing = {name for name, service in services.items() if service.get("ports")}
+    assert {service_with_command(c) for c in ("admin", "flower", "reference")} <= publishing
+    for name in publishing:
+        for bound, host_port, _ in published_ports(services[name]):
+            assert bound == address, f"{name}: port {host_port} on {bound or 'every interface'}"
+
+
+# --- images and stopping --------------------------------------------------------------
+
+
+def test_every_image_is_pinned_to_a_release() -> None:
+    images = {name: str(service["image"]) for name, service in SERVICES.items()}
+    assert set(images) == set(SERVICES), "every service names its image"
+    images |= {f"Dockerfile FROM {i}": value for i, value in enumerate(dockerfile_values("FROM"))}
+    for where, image in images.items():
+        image = image.split()[0]  # FROM image AS stage
+        _, tag = image_tag(image)
+        assert tag is not None, f"{where}: {image} has no tag (latest, whatever it is then)"
+        assert tag != "latest", f"{where}: {image}"
+        assert FULL_VERSION.fullmatch(tag), f"{where}: {image}: not major.minor.patch"
+    # The project's image is tagged with the version it is built from.
+    version = PYPROJECT["project"]["version"]
+    for name in INTENT_SERVICES:
+        assert images[name] == f"intent-pipeline:{version}", name
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_sets_a_stop_grace_period(name: str) -> None:
+    # Docker's default is 10 s from SIGTERM to SIGKILL: each service says what it needs.
+    grace = SERVICES[name].get("stop_grace_period")
+    assert grace is not None, f"{name}: no stop_grace_period"
+    assert parse_duration(str(grace)) >= DOCKER_DEFAULT_GRACE, name
+    assert SERVICES[name].get("stop_signal", "SIGTERM") == "SIGTERM", name
+
+
+def test_the_worker_finishes_its_tasks_before_docker_kills_it(
+    monkeypatch: pytest.MonkeyPatch, settings_of: Any
+) -> None:
+    name = service_with_command("worker")
+    settings = settings_of(name)
+    # SIGTERM reaches Celery itself (intent worker execs it): its warm shutdown lets the
+    # tasks in hand run to the hard time limit at most, then the pool exits.
+    argv = exec_argv(monkeypatch, SERVICES[name]["command"])
+    assert "worker" in argv
+    grace = parse_duration(str(SERVICES[name]["stop_grace_period"]))
+    assert grace >= settings.task_time_limit + WARM_SHUTDOWN_MARGIN, (
+        f"stop_grace_period {grace:g} s: a task may run {settings.task_time_limit:g} s"
+    )
+    # Compose stops a service before those it depends on: Redis outlives the shutdown.
+    assert "redis" in SERVICES[name]["depends_on"]
 
 
 # --- volumes and the image ----------------------------------------------------------
@@ -574,7 +841,11 @@ def test_worker_and_admin_share_the_metrics_directory(settings_of: Any) -> None:
 
 def test_the_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     instructions = dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert instructions[0][0] == "FROM"
+    # Python pinned to a full release of the minor version pyproject requires at least.
+    repository, tag = image_tag(instructions[0][1])
+    assert repository == "python" and tag is not None
+    assert re.fullmatch(r"3\.11\.\d+-slim(?:-\w+)?", tag), tag
     minimum = re.search(r">=\s*(\d+\.\d+)", PYPROJECT["project"]["requires-python"])
     assert minimum is not None and minimum.group(1) == "3.11"
     keywords = [keyword for keyword, _ in instructions]
@@ -649,3 +920,31 @@ def test_interpolation_follows_compose() -> None:
     with pytest.raises(MissingVariable, match="UNSET: give it"):
         interpolate("${UNSET:?give it}", env)
     assert referenced_variables("${A:-${B}} $$C $D") == {"A", "B", "D"}
+    assert sorted(variable_uses("${A:-${B}} ${C:?x} ${D-y} $$E $F")) == [
+        ("A", ":-"),
+        ("B", None),
+        ("C", ":?"),
+        ("D", "-"),
+        ("F", None),
+    ]
+
+
+def test_the_readers_of_ports_durations_and_images() -> None:
+    assert published_ports({"ports": ["8000:8000", "127.0.0.1:80:8000/tcp", "[::1]:1:2"]}) == [
+        (None, 8000, 8000),
+        ("127.0.0.1", 80, 8000),
+        ("::1", 1, 2),
+    ]
+    long = {"ports": [{"target": 8000, "published": "8001", "host_ip": "127.0.0.1"}]}
+    assert published_ports(long) == [("127.0.0.1", 8001, 8000)]
+    assert published_ports({"ports": [{"target": 1, "published": 1}]}) == [(None, 1, 1)]
+    assert parse_duration("90s") == 90 and parse_duration("1m30s") == 90
+    assert parse_duration("1.5s") == 1.5 and parse_duration("500ms") == 0.5
+    for bad in ("90", "1 m", "s", "1m30"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+    assert image_tag("redis:7.4.5") == ("redis", "7.4.5")
+    assert image_tag("registry:5000/team/app") == ("registry:5000/team/app", None)
+    assert image_tag("registry:5000/app:1.2.3@sha256:ab") == ("registry:5000/app", "1.2.3")
+    assert FULL_VERSION.fullmatch("3.11.13-slim-bookworm")
+    assert not FULL_VERSION.fullmatch("7") and not FULL_VERSION.fullmatch("3.11-slim")

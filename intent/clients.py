@@ -20,6 +20,7 @@ from intent import tracing
 from intent.errors import (
     CircuitBreakerError,
     IncompatibleServiceError,
+    ProbeWaits,
     ServiceError,
     ServiceRequestError,
     ServiceUnavailableError,
@@ -395,15 +396,20 @@ class ContextServiceClient(ServiceClient):
         if checked is None or now - checked >= self.version_check_interval:
             try:
                 body = self.health()
+            except ProbeWaits:
+                # Half-open: the API call is the trial, on the last verdict known (a probe
+                # that waited for it would wait for ever); probed once the breaker closes.
+                body = None
             except CircuitBreakerError:
                 raise  # not probed: the next admitted attempt probes
             except ServiceError:
                 self._version_checked_at = now  # remembered: probed again after the interval
                 raise
-            reported = str(body.get("version", ""))
-            self._version_ok = compatible(reported, self.required_version)
-            self._version_reported = reported
-            self._version_checked_at = now
+            if body is not None:
+                reported = str(body.get("version", ""))
+                self._version_ok = compatible(reported, self.required_version)
+                self._version_reported = reported
+                self._version_checked_at = now
         if self._version_ok is False:
             raise IncompatibleServiceError(
                 self.service,

@@ -131,3 +131,8 @@ class CircuitOpenError(CircuitBreakerError):
     def __str__(self) -> str:
         text = f"Circuit breaker is open for service {self.service}"
         return f"{text} until {self.until:.3f}" if self.until is not None else text
+
+
+class ProbeWaits(CircuitOpenError):
+    """A health or version probe refused while the breaker is half-open: its trial is a
+    real call, which the caller may make instead (a probe never takes a trial's place)."""

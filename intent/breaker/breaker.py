@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from intent import tracing
 from intent.breaker.config import CircuitConfig, CircuitContext
+from intent.breaker.idle import MIN_IDLE, HeldLeases
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
 from intent.breaker.store import (
     Action,
@@ -36,6 +37,7 @@ from intent.breaker.store import (
 from intent.errors import (
     CircuitBreakerError,
     CircuitOpenError,
+    ProbeWaits,
     ServiceRequestError,
     ValidationError,
 )
@@ -172,6 +174,10 @@ class CircuitBreaker:
         self._instance = uuid.uuid4().hex[:12]
         self._refusal: _Refusal | None = None
         self._lock = threading.Lock()  # guards listener and exclusion edits only
+        # Answered calls' leases, given back if their caller makes no next call (idle.py).
+        self._held = HeldLeases(
+            idle=max(MIN_IDLE, self.config.slow_call_duration / 4), report=self._give_back
+        )
 
     # -- identity and configuration (pybreaker's names) ---------------------------------
     @property
@@ -387,6 +393,7 @@ class CircuitBreaker:
 
     # -- admission -----------------------------------------------------------------------
     def _admit(self, context: CircuitContext | None, probe: bool = False) -> Ticket:
+        self._held.take(self._slot())
         refusal = self._refusal
         if refusal is not None:
             store_now = refusal.store_now + (self._clock() - refusal.seen_at)
@@ -410,6 +417,8 @@ class CircuitBreaker:
             self._remember_refusal(admission.snapshot, admission.denial, admission.until)
             denial = admission.denial
             self._rejected(admission.until, str(denial) if denial is not None else "refused")
+            if denial is Denial.PROBE_WAITS:
+                raise ProbeWaits(self.name, admission.until)
             raise CircuitOpenError(self.name, admission.until)
 
     def _rejected(self, until: float | None, denial: str) -> None:
@@ -446,6 +455,8 @@ class CircuitBreaker:
     def _settle_success(self, ticket: Ticket, context: CircuitContext | None) -> None:
         if ticket.reports_success:
             self._report(ticket, Outcome.SUCCESS, context)
+        elif ticket.kind is not TicketKind.BYPASS:
+            self._held.hold(self._slot(), ticket)  # freed by this caller's next acquire
         for listener in self._listeners:
             self._safely(listener.success, self)
 
@@ -466,6 +477,10 @@ class CircuitBreaker:
                 raise CircuitOpenError(self.name, report.snapshot.until) from exc
         else:
             self._report(ticket, Outcome.EXCLUDED, context)
+
+    def _give_back(self, slot: str, ticket: Ticket) -> None:
+        """An idle caller's answered call: its lease ends (a success report)."""
+        self.store.report(self.name, slot, ticket, Outcome.SUCCESS, self.config)
 
     def _report(
         self, ticket: Ticket, outcome: Outcome, context: CircuitContext | None

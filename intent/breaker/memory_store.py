@@ -205,10 +205,11 @@ class MemoryStore(BreakerStore):
                         circuit.calls[ticket.bucket] -= 1
                         if circuit.calls[ticket.bucket] <= 0:
                             del circuit.calls[ticket.bucket]
-                elif outcome is Outcome.SUCCESS and circuit.suspect:
-                    # the service answers again; permits still out count as plain calls
-                    circuit.suspect = False
-                    circuit.permits.clear()
+                elif outcome is Outcome.SUCCESS:
+                    if circuit.suspect:
+                        # the service answers again; permits still out count as plain calls
+                        circuit.suspect = False
+                        circuit.permits.clear()
                 else:
                     transition = self._record_failure(circuit, now, foreign)
             elif circuit.state == HALF_OPEN and outcome is not Outcome.IGNORED:

@@ -374,3 +374,26 @@ def test_an_answered_probe_does_not_excuse_api_calls_that_hang(
     assert tripped.denial is Denial.OPEN
     assert tripped.transition is not None
     assert "3 calls slower than 0.2 s" in tripped.transition.reason
+
+
+def test_idle_callers_answered_calls_never_look_slow(store: BreakerStore, name: str) -> None:
+    """Five pool processes each make one healthy call and go idle for longer than the
+    slow-call duration: their unreported leases must not look like calls that hang, or the
+    next call would trip a healthy service's breaker."""
+    config = CircuitConfig(
+        failure_threshold=3,
+        min_throughput=3,
+        recovery_timeout=5.0,
+        half_open_timeout=5.0,
+        failure_window=5.0,
+        throttle_wait=0.0,
+        slow_call_duration=0.4,
+    )
+    breakers = [CircuitBreaker(name, config, store=store) for _ in range(5)]  # five processes
+    for breaker in breakers:
+        assert breaker.call(lambda: "answered") == "answered"
+    time.sleep(config.slow_call_duration + 0.3)
+    newcomer = CircuitBreaker(name, config, store=store)
+    assert newcomer.call(lambda: "answered") == "answered"
+    snapshot = store.snapshot(name, config)
+    assert snapshot.state == "closed" and not snapshot.suspect, snapshot

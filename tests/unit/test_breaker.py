@@ -29,7 +29,7 @@ from intent.breaker import (
     StoreUnavailable,
     Ticket,
 )
-from intent.errors import ServiceRequestError, ValidationError
+from intent.errors import IncompatibleServiceError, ServiceRequestError, ValidationError
 from tests.unit.test_breaker_store import FakeClock
 
 CONFIG = CircuitConfig(
@@ -518,3 +518,29 @@ def test_fallback_counts_a_failure_redis_can_no_longer_take(clock: FakeClock) ->
     with pytest.raises(Down):
         breaker.call(fails_as_redis_dies)
     assert store.fallback.snapshot("svc").failures == 1
+
+
+def test_a_version_check_in_half_open_lets_the_api_call_be_the_trial(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    """A dead host's breaker half-opens while the version verdict is due: the probe may not
+    take the trial, so the API call must (a probe that waited would wait for ever, and
+    every analysis with it)."""
+    from intent.clients import ContextServiceClient
+
+    breaker = make(store, clock)
+    client = ContextServiceClient(
+        "http://context.invalid", required_version="1.0.0", version_check_interval=60.0
+    )
+    client.health = lambda: breaker.probe(lambda: {"version": "1.0.0"})  # type: ignore[method-assign]
+    trip(breaker)
+    clock.advance(CONFIG.recovery_timeout)
+    client.ensure_compatible()  # half-open: not probed, no refusal
+    assert breaker.current_state == "half-open"
+    assert breaker.call(lambda: "api") == "api"  # the trial
+    assert breaker.current_state == "closed"
+    probed: list[str] = []
+    client.health = lambda: probed.append("health") or {"version": "2.0.0"}  # type: ignore[method-assign]
+    with pytest.raises(IncompatibleServiceError):
+        client.ensure_compatible()  # closed: probed now, and its verdict holds
+    assert probed == ["health"]

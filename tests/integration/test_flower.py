@@ -235,12 +235,15 @@ def test_flower_tells_a_deferral_from_a_retry(
     circuits = get_runtime().circuits
     context_service.set_faults(status=503, count=1, match="ctx-retried")
     retried = submit(request(context_id="ctx-retried"))
-    circuits.force_open("context-service", "drill")
-    deferred = submit(request(context_id="ctx-deferred"))
 
     def shown(task_id: str) -> dict[str, Any] | None:
         info = flower.get(f"/api/task/info/{task_id}")
         return info.json() if info.status_code == 200 and info.json().get("exception") else None
+
+    # The retried step must meet its 503 before the breaker is forced open, or it is deferred.
+    retry = until(lambda: shown(f"{retried.request_id}.fetch_context"), 30, "the retry")
+    circuits.force_open("context-service", "drill")
+    deferred = submit(request(context_id="ctx-deferred"))
 
     try:
         wait = until(lambda: shown(f"{deferred.request_id}.fetch_context"), 30, "the deferral")
@@ -249,7 +252,6 @@ def test_flower_tells_a_deferral_from_a_retry(
     assert wait["exception"].startswith("Deferred("), wait["exception"]
     assert "fetch_context" in wait["exception"] and "context-service" in wait["exception"]
     assert "During handling of the above exception" not in (wait["traceback"] or "")
-    retry = until(lambda: shown(f"{retried.request_id}.fetch_context"), 30, "the retry")
     assert retry["exception"].startswith("ServiceUnavailableError("), retry["exception"]
     assert deferred.get(timeout=60).deferrals == {"fetch_context": 1}
     assert retried.get(timeout=60).retries == {"fetch_context": 1}

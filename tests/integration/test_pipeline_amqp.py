@@ -89,7 +89,8 @@ def broker(url: str, queue: str) -> Iterator[None]:
     The app read celeryconfig when an earlier module first used it, so its broker and
     default queue are changed in place, and rebuilt from them again on the way out.
     """
-    variables = {"INTENT_BROKER_URL": url, "INTENT_QUEUE": queue}
+    # Celery's default queue on a shared RabbitMQ may be another application's: not consumed.
+    variables = {"INTENT_BROKER_URL": url, "INTENT_QUEUE": queue, "INTENT_CLIENT_DEFAULT_QUEUE": ""}
     saved_env = {name: os.environ.get(name) for name in variables}
     conf = {"broker_url": url, "task_default_queue": queue}
     saved_conf = {key: app.conf[key] for key in conf}
@@ -151,7 +152,9 @@ def test_the_pipeline_runs_on_rabbitmq(
     assert [q["name"] for q in queues] == [amqp_queue]
     conf = (inspect.conf() or {})[prefork_worker.name]
     assert conf["broker_url"].startswith("amqp://")
-    assert conf["result_backend"].startswith("redis")
+    # The project's Redis result backend (tasks/backend.py) on the test Redis.
+    backend, _, url = conf["result_backend"].partition("+")
+    assert backend == "tasks.backend:RedisBackend" and url.startswith("redis://")
     # This process publishes there too.
     with app.connection_for_write() as conn:
         assert conn.transport.driver_type == "amqp"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -24,22 +23,9 @@ from intent.consumer import (
 )
 from intent.consumer.entries import describe_error, parse_entry
 from intent.keys import Keys
+from intent.logs import configure_logging
 from intent.models import Event
 from intent.settings import Settings, get_settings
-
-# Extra fields the consumer logs with, shown after the message by `consume`.
-_LOG_FIELDS = ("group", "consumer", "stream_id", "event_id", "event_type", "deliveries")
-
-
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        extra = " ".join(
-            f"{name}={getattr(record, name)}"
-            for name in _LOG_FIELDS
-            if getattr(record, name, None) is not None
-        )
-        return f"{text}  [{extra}]" if extra else text
 
 
 def _client(settings: Settings, timeout: float | None = None) -> redis.Redis:
@@ -125,12 +111,9 @@ def _cmd_consume(args: argparse.Namespace) -> int:
         register_builtin_handlers(handler)
     for spec in args.handlers:
         _load_registrar(spec)(handler)
-    log_handler = logging.StreamHandler()
-    log_handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    events_logger = logging.getLogger("intent.events")
-    events_logger.addHandler(log_handler)
-    events_logger.setLevel(args.log_level)
-    events_logger.propagate = False
+    # The service's log lines (INTENT_LOG_FORMAT: JSON by default, or text), on stderr.
+    settings = get_settings()
+    configure_logging(settings, "consumer", level=args.log_level or settings.log_level)
     consumer = EventConsumer.from_settings(
         handler, args.group, args.consumer, start_id=args.start_id or "$"
     )
@@ -247,7 +230,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--start-id", help="where a group created now starts (default $: new events; 0: all)"
     )
     consume.add_argument("--max-events", type=int, help="exit after reading N new events")
-    consume.add_argument("--log-level", default="INFO")
+    consume.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="default: INTENT_LOG_LEVEL",
+    )
     consume.set_defaults(func=_guarded(_cmd_consume))
 
     rewind = actions.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -167,7 +168,25 @@ def test_consume_runs_the_builtin_handlers_and_reports(
     summary = json.loads(out.stdout)
     assert (summary["group"], summary["handled"], summary["dead_lettered"]) == ("ops", 3, 0)
     assert not redis_client.exists(KEYS.context_cache("ctx-1"))
-    assert "consuming intent:events as ops/" in out.stderr  # logs go to stderr
+    # Logs go to stderr as the service's own: JSON lines unless INTENT_LOG_FORMAT=text.
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    started = [line for line in lines if line["message"].startswith("consuming intent:events")]
+    assert started and started[0]["logger"] == "intent.events", lines
+    assert started[0]["process"] == "consumer"
+
+
+def test_consume_logs_as_text_when_asked(redis_client: redis.Redis, redis_url: str) -> None:
+    publish(redis_client, [make_event(0)])
+    command = ["events", "consume", "--group", "ops", "--start-id", "0", "--max-events", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**cli_env(redis_url), "INTENT_LOG_FORMAT": "text"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"INFO +intent\.events \[consumer\] consuming intent:events", out.stderr)
 
 
 def test_commands_report_an_unreachable_redis() -> None:

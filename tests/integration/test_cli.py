@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
+from intent.embedded import EmbeddedRedis
 from intent.reference import ReferenceServices
 
 pytestmark = pytest.mark.integration
@@ -20,20 +23,96 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_demo_runs_start_to_finish_and_stops_what_it_started() -> None:
-    # Without INTENT_REDIS_URL the demo starts (and stops) its own embedded Valkey.
+def _processes_with(marker: str) -> list[str]:
+    """The command lines of the processes whose environment holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if marker.encode() in environ.split(b"\0"):
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def _run_demo(**env: str) -> str:
+    """``intent demo`` to the end; asserts it exited 0 and left no process running (each
+    process it started inherits a marker in its environment)."""
+    marker = f"DEMO_TEST_RUN={uuid.uuid4().hex}"
+    name, value = marker.split("=", 1)
     out = subprocess.run(
         [sys.executable, "-m", "intent.cli", "demo"],
-        capture_output=True, text=True, timeout=240, env=_env(),
+        capture_output=True, text=True, timeout=240, env=_env(**env, **{name: value}),
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    text = out.stdout
-    assert "== Summary" in text
-    assert "0 timed out" in text
+    assert _processes_with(marker) == []
+    return out.stdout
+
+
+def _summary_rows(text: str) -> list[tuple[int, str, str]]:
+    """(phase, analysis, outcome) of each row of the demo's summary table."""
+    table = text.split("== Summary", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^  (\d) (.{32}) (\S+)", table, re.MULTILINE)
+    return [(int(phase), label.strip(), outcome) for phase, label, outcome in rows]
+
+
+def _story_gaps(text: str) -> list[str]:
+    """What of the demo's story its output lacks (empty: all of it is there)."""
+    rows = _summary_rows(text)
+    outcomes = [outcome for _, _, outcome in rows]
+    batch = [outcome for phase, _, outcome in rows if phase == 4]
+    totals = (re.findall(r"totals: (.*)", text) or [""])[0]
+    checks = {
+        # The breakers' transitions as they happened: trips, a failed trial, recovery.
+        "context trip": re.search(
+            r"^\[ *[\d.]+ s\] breaker context-service: closed -> open", text, re.M
+        ),
+        "failed trial": "breaker context-service: half-open -> open (trial call failed)" in text,
+        "recovery": "breaker context-service: half-open -> closed" in text,
+        "prediction trip": "breaker prediction-service: closed -> open" in text,
+        # Cached contexts served stale with their last predictions; the uncached ones waited
+        # for the breaker and completed after it closed; one ran out of time.
+        "degraded": "fallbacks: context, predictions" in text,
+        "deferred": re.search(r"\] ctx-200\d/\S+ +completed .*deferrals=1", text),
+        "expired": "expired at fetch_context" in text and "expired" in outcomes,
+        # The burst: refused at intake with a retry_after, never enqueued.
+        "intake refusal": re.search(r"crawler #\d \S+ +refused .*over the intake limit", text),
+        # The batch by name: the bad item fails alone, its error naming the field.
+        "batch": len(batch) == 4 and batch.count("failed") == 1,
+        "batch error": re.search(r"batch\[2\] .* failed .*ValidationError: .*pattern_id", text),
+        # Resubmissions are duplicates, counted as such, and only the deliberate ones.
+        "duplicates": [(p, o) for p, _, o in rows if o == "duplicate"] == [(5, "duplicate")] * 2,
+        "totals": "2 duplicates" in totals and "0 timed out" in totals,
+        "degraded counted": f"{outcomes.count('degraded')} degraded" in totals,
+        "own check": "the demo did not show" not in text,
+    }
+    return [what for what, seen in checks.items() if not seen]
+
+
+def test_demo_runs_start_to_finish_and_stops_what_it_started() -> None:
+    # Without INTENT_REDIS_URL the demo starts (and stops) its own embedded Valkey.
+    text = _run_demo()
+    assert _story_gaps(text) == [], text
+    assert "demo timings" in text and "breaker recovery 4 s (60 s)" in text
     assert "retries=2" in text  # ctx-flaky's two injected 503s were retried
-    assert "pattern_updated" in text and "context_changed" in text
-    assert "duplicate" in text
     assert "stopped: worker, reference services, Redis" in text
+
+
+def test_a_second_demo_against_the_same_redis_runs_everything_again() -> None:
+    """Request ids are the run's own: a persistent Redis that remembers the first run
+    answers none of the second with a duplicate but the deliberate resubmissions."""
+    with EmbeddedRedis() as server:
+        first = _run_demo(INTENT_REDIS_URL=server.url)
+        second = _run_demo(INTENT_REDIS_URL=server.url)
+    runs = [re.search(r"^run +(\w+):", text, re.M) for text in (first, second)]
+    assert runs[0] and runs[1] and runs[0].group(1) != runs[1].group(1)
+    for text in (first, second):
+        assert _story_gaps(text) == [], text
+        assert "stopped: worker, reference services\n" in text  # not Redis: not its own
 
 
 def test_submit_local_prints_the_result_as_json(

@@ -242,12 +242,14 @@ class ServiceClient:
         duration = time.perf_counter() - started
         if self.observe is not None:
             self.observe(self.service, endpoint, status, duration)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s %s %s -> %s in %.1f ms", self.service, method, path, status, duration * 1000,
-                extra={"service": self.service, "endpoint": endpoint, "method": method,
-                       "path": path, "status": status, "duration": round(duration, 6)},
-            )  # fmt: skip
+        # An answered request at DEBUG, one that failed at INFO (its retry or fallback says
+        # what became of it at WARNING).
+        level = logging.DEBUG if isinstance(status, int) and status < 400 else logging.INFO
+        if log.isEnabledFor(level):
+            fields = {"service": self.service, "endpoint": endpoint, "method": method}
+            fields.update(path=path, status=status, duration=round(duration, 6))
+            text = "%s %s %s -> %s in %.1f ms"
+            log.log(level, text, self.service, method, path, status, duration * 1000, extra=fields)
 
     def health(self) -> dict[str, Any]:
         """``GET /health``, through the probe guard (never rate limited)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,28 @@ from intent.validation import parse_request, parse_result
 from tasks.app import app
 from tasks.base import PipelineTask, chain_step_options, forget_analysis
 
+log = logging.getLogger("intent.tasks")
+
+
+def log_finished(result: IntentResult, now: float | None = None) -> None:
+    """The one INFO line of an analysis: how it ended, how long it took, what it spent."""
+    took = None if result.submitted_at is None else (now or time.time()) - result.submitted_at
+    log.info(
+        "analysis %s %s%s",
+        result.request.request_id,
+        "degraded" if result.degraded else result.status,
+        "" if took is None else f" in {took * 1000:.0f} ms",
+        extra={
+            "status": result.status,
+            "degraded": result.degraded,
+            "fallbacks": result.fallbacks,
+            "retries": sum(result.retries.values()),
+            "deferrals": sum(result.deferrals.values()),
+            "duration": None if took is None else round(took, 6),
+            "events": len(result.events),
+        },
+    )
+
 
 def _step_task(name: str) -> Task:
     last = name == steps.STEPS[-1][0]  # the analysis ends with this step
@@ -30,6 +53,7 @@ def _step_task(name: str) -> Task:
             out = self.recover(name, exc, result)
         if last:
             metrics.record_finished(out)
+            log_finished(out)
             answer = out.model_dump(mode="json")  # the analysis result, as callers read it
             self.keep_under_request_id(out.request.request_id, answer)
             return answer

@@ -22,6 +22,8 @@ from intent.settings import get_settings
 log = logging.getLogger("intent.worker")
 
 _PROGRAMS = ("worker", "beat", "flower", "events", "inspect", "shell")
+# Celery's loggers of a line per task received and per task ended.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 _tokens: dict[str, Token[Mapping[str, Any]]] = {}
 # IntentResult.model_dump_json() starts {"status":..,"duplicate_of":..,"request":{"request_id":
 # "..." (field order; tests/unit/test_logs.py holds it); identifiers are of a safe alphabet,
@@ -50,6 +52,12 @@ def _setup_logging(loglevel: Any = None, logfile: Any = None, **_: Any) -> None:
         logfile=logfile if isinstance(logfile, str) and logfile else None,
         level=settings.log_level if explicit or not loglevel else loglevel,
     )
+    # Celery's "received" and "succeeded" lines, two per task, were three quarters of an
+    # analysis's INFO output: shown at DEBUG only. Failures (ERROR) still show; retries and
+    # deferrals have the project's own lines, and each analysis ends with one line.
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 @signals.worker_ready.connect

@@ -74,7 +74,7 @@ def worker(
             "INTENT_REDIS_URL": server.url,
             "INTENT_QUEUE": queue,
             "INTENT_LOG_FORMAT": "json",
-            "INTENT_LOG_LEVEL": "INFO",
+            "INTENT_LOG_LEVEL": "DEBUG",  # every request line (answered ones are DEBUG)
             # A breaker that trips on two failures and tries again after a second.
             "INTENT_CIRCUIT_FAILURE_THRESHOLD": "2",
             "INTENT_CIRCUIT_MIN_THROUGHPUT": "2",
@@ -208,3 +208,33 @@ def test_the_redis_password_appears_nowhere(worker: LoggedWorker) -> None:
     assert f"Connected to redis://:***@{hostport}/0" in messages
     (ready,) = [line for line in lines if line["message"].startswith("worker ready")]
     assert ready["redis"] == ready["broker"] == f"redis://:***@{hostport}/0"
+
+
+def test_at_info_an_analysis_logs_one_line(
+    clean: Any, reference: ReferenceServices, tmp_path: Path
+) -> None:
+    """INFO is an operator's level: an analysis that went well is one line (its outcome and
+    duration), not Celery's two lines per task and one per downstream request."""
+    from tasks import submit
+    from tasks.signals import PER_TASK_LOGGERS
+    from tasks.stack import WorkerProcess
+    from tests.integration.test_pipeline_inprocess import request
+
+    logfile = tmp_path / "worker.log"
+    env = {"INTENT_LOG_LEVEL": "INFO", "INTENT_LOG_FORMAT": "json"}
+    worker = WorkerProcess(2, env=env, loglevel="INFO", logfile=str(logfile))
+    ids = [f"info-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    try:
+        worker.wait_ready()
+        handles = [submit(request(request_id=rid, context_id=f"ctx-{rid}")) for rid in ids]
+        assert all(h.get(timeout=30).status == "completed" for h in handles)
+        time.sleep(0.5)  # the last step's line is written after its result
+    finally:
+        worker.stop()
+    lines = [json.loads(line) for line in logfile.read_text().splitlines() if line[:1] == "{"]
+    for rid in ids:
+        mine = [line for line in lines if line.get("request_id") == rid]
+        assert [(line["logger"], line["level"]) for line in mine] == [("intent.tasks", "INFO")]
+        assert mine[0]["message"].startswith(f"analysis {rid} completed in ")
+        assert mine[0]["status"] == "completed" and mine[0]["duration"] > 0
+    assert not [line for line in lines if line["logger"] in PER_TASK_LOGGERS]

@@ -27,8 +27,8 @@ The figures (``--json`` prints them as one object):
   to: API paths, and /health too for dead-host; a /health probe that was answered reached
   no dead service and is left out, the text report counts it apart) that the Context
   Service received during the fault window, per open cycle of its breaker. The fault window
-  runs from the moment set_faults returned to the moment clear_faults was sent, so every
-  request in it met the fault. Cycle 1 runs from the start of the window to the end
+  runs from the moment set_faults returned to the moment clear_faults was sent, so the
+  fault was on for every request in it. Cycle 1 runs from the start of the window to the end
   (``until``) of the first open period, cycle k from the end of open period k - 1 to the
   end of open period k, cut at the end of the window: each cycle is the calls that tripped
   (or re-tripped, by half-open trials) the breaker plus any that still arrived while it was
@@ -153,7 +153,6 @@ def submit_all(requests: list[dict[str, object]], rate: float, t0: float, inflow
 class FaultWindow:
     """Epoch times around setting and clearing the fault."""
 
-    set_sent: float | None = None
     started: float | None = None  # set_faults returned: every later request met it
     ended: float | None = None  # clear_faults about to be sent: every earlier one met it
     cleared: float | None = None  # clear_faults returned
@@ -167,7 +166,6 @@ def run_fault(
     control = ReferenceControl(context_url)  # its own session: sessions are per thread
     try:
         time.sleep(max(0.0, t0 + WARMUP_S - time.time()))
-        window.set_sent = time.time()
         control.set_faults(**fault)
         window.started = time.time()
         time.sleep(max(0.0, window.started + outage - time.time()))
@@ -458,12 +456,14 @@ class Run:
     t0: float
     clients: int
     events: int
+    threshold: int  # INTENT_CIRCUIT_FAILURE_THRESHOLD, the bar of every open cycle
 
 
 def measure(stack: Any, args: argparse.Namespace) -> Run:
     from intent.settings import get_settings
 
-    clients = client_count(args.rate, get_settings())
+    settings = get_settings()
+    clients = client_count(args.rate, settings)
     requests = outage_requests(args.n, clients)
     monitor, inflow, window = Monitor(stack), Inflow(), FaultWindow()
     monitor.start()
@@ -489,7 +489,8 @@ def measure(stack: Any, args: argparse.Namespace) -> Run:
     counts = tally(inflow, ready_at)
     events, duplicates = stream_events()
     result = figures(args.n, FAULTS[args.fault], counts, monitor, window, ready_at, duplicates)
-    return Run(result, counts, monitor, window, inflow, t0, clients, events)
+    threshold = settings.circuit_failure_threshold
+    return Run(result, counts, monitor, window, inflow, t0, clients, events, threshold)
 
 
 # -- printing -------------------------------------------------------------------------------------
@@ -530,7 +531,7 @@ def spared(run: Run, fault: dict[str, Any]) -> int:
 def report(run: Run, args: argparse.Namespace, env: dict[str, str]) -> None:
     f, counts, inflow = run.figures, run.tally, run.inflow
     span = (inflow.ended or run.t0) - run.t0
-    threshold = 5  # INTENT_CIRCUIT_FAILURE_THRESHOLD's default, which this run keeps
+    threshold = run.threshold
     print(f"machine          {machine()}")
     print(f"worker           prefork, {args.concurrency} processes")
     print(settings_line(env))

@@ -246,8 +246,8 @@ class ServiceClient:
         # what became of it at WARNING).
         level = logging.DEBUG if isinstance(status, int) and status < 400 else logging.INFO
         if log.isEnabledFor(level):
-            fields = {"service": self.service, "endpoint": endpoint, "method": method}
-            fields.update(path=path, status=status, duration=round(duration, 6))
+            fields: dict[str, Any] = {"service": self.service, "endpoint": endpoint}
+            fields.update(method=method, path=path, status=status, duration=round(duration, 6))
             text = "%s %s %s -> %s in %.1f ms"
             log.log(level, text, self.service, method, path, status, duration * 1000, extra=fields)
 
@@ -350,31 +350,43 @@ class ContextServiceClient(ServiceClient):
         self._version_reported = ""
 
     def get_context(self, context_id: str) -> dict[str, Any]:
-        self.ensure_compatible()
         path = f"{self.api}/context/{quote(context_id, safe='')}"
-        return self._request("GET", path, endpoint="get_context")
+        return self._verified(lambda: self._request("GET", path, endpoint="get_context"))
 
     def analyze_context(self, data: dict[str, Any]) -> dict[str, Any]:
-        self.ensure_compatible()
-        return self._request(
-            "POST", f"{self.api}/context", json={"data": data}, endpoint="analyze_context"
+        path, body = f"{self.api}/context", {"data": data}
+        return self._verified(
+            lambda: self._request("POST", path, json=body, endpoint="analyze_context")
         )
+
+    def _verified(self, call: Callable[[], T]) -> T:
+        """``call`` on a compatible service. Where the version could not be probed (the
+        breaker was half-open: the call is its trial), it is probed once the trial has
+        closed the breaker, before the answer is used: a host back from the dead may run
+        another release."""
+        unverified = self.ensure_compatible()
+        answer = call()
+        if unverified:
+            self.ensure_compatible()
+        return answer
 
     def get_contexts(self, context_ids: Sequence[str]) -> list[BulkItem]:
         """The contexts of ``context_ids`` in one bulk call (single calls when the service
         has no bulk route): per id, its context or its error (e.g. 404), in order."""
-        self.ensure_compatible()
         ids = list(context_ids)
         if not ids:
+            self.ensure_compatible()
             return []
         singles = [lambda context_id=context_id: self.get_context(context_id) for context_id in ids]
-        items = self._bulk(
-            f"{self.api}/context/batch",
-            {"context_ids": ids},
-            "contexts",
-            len(ids),
-            "get_context",
-            singles,
+        items = self._verified(
+            lambda: self._bulk(
+                f"{self.api}/context/batch",
+                {"context_ids": ids},
+                "contexts",
+                len(ids),
+                "get_context",
+                singles,
+            )
         )
         for index, (context_id, item) in enumerate(zip(ids, items, strict=True)):
             if isinstance(item, dict) and item.get("context_id") != context_id:
@@ -384,15 +396,17 @@ class ContextServiceClient(ServiceClient):
                 )
         return items
 
-    def ensure_compatible(self) -> None:
+    def ensure_compatible(self) -> bool:
         """Refuse to call a service whose /health version is not compatible with the
         required one. The probe is a guarded call like any other (a dead host counts toward
         its breaker, an open breaker is not probed) and its verdict holds for
         ``version_check_interval`` seconds, a failed probe's too: the attempt that probed
         fails with the probe's error, and the later ones call the API (through the breaker)
-        on the last verdict known, rather than probe on every attempt."""
+        on the last verdict known, rather than probe on every attempt. Returns True when a
+        due probe had to give way to a half-open breaker's trial (not verified)."""
         if self.required_version is None:
-            return
+            return False
+        unverified = False
         now = time.monotonic()
         checked = self._version_checked_at
         if checked is None or now - checked >= self.version_check_interval:
@@ -401,7 +415,7 @@ class ContextServiceClient(ServiceClient):
             except ProbeWaits:
                 # Half-open: the API call is the trial, on the last verdict known (a probe
                 # that waited for it would wait for ever); probed once the breaker closes.
-                body = None
+                body, unverified = None, True
             except CircuitBreakerError:
                 raise  # not probed: the next admitted attempt probes
             except ServiceError:
@@ -418,6 +432,7 @@ class ContextServiceClient(ServiceClient):
                 f"incompatible version {self._version_reported or '(none)'}: "
                 f"requires {self.required_version} (same major, not older)",
             )
+        return unverified
 
 
 class PredictionServiceClient(ServiceClient):

@@ -176,7 +176,9 @@ class CircuitBreaker:
         self._lock = threading.Lock()  # guards listener and exclusion edits only
         # Answered calls' leases, given back if their caller makes no next call (idle.py).
         self._held = HeldLeases(
-            idle=max(MIN_IDLE, self.config.slow_call_duration / 4), report=self._give_back
+            idle=max(MIN_IDLE, self.config.slow_call_duration / 4),
+            lapse=self.config.half_open_timeout,
+            give_back=self._give_back,
         )
 
     # -- identity and configuration (pybreaker's names) ---------------------------------
@@ -393,7 +395,6 @@ class CircuitBreaker:
 
     # -- admission -----------------------------------------------------------------------
     def _admit(self, context: CircuitContext | None, probe: bool = False) -> Ticket:
-        self._held.take(self._slot())
         refusal = self._refusal
         if refusal is not None:
             store_now = refusal.store_now + (self._clock() - refusal.seen_at)
@@ -401,6 +402,7 @@ class CircuitBreaker:
                 self._rejected(refusal.until, "remembered")
                 raise CircuitOpenError(self.name, refusal.until)
             self._refusal = None
+        self._held.take(self._slot())  # this acquire frees the slot's previous lease
         waited, pause = 0.0, THROTTLE_POLL_FIRST
         while True:
             admission = self.store.acquire(self.name, self._slot(), self.config, probe)
@@ -456,7 +458,7 @@ class CircuitBreaker:
         if ticket.reports_success:
             self._report(ticket, Outcome.SUCCESS, context)
         elif ticket.kind is not TicketKind.BYPASS:
-            self._held.hold(self._slot(), ticket)  # freed by this caller's next acquire
+            self._held.hold(self.name, self._slot(), ticket)  # freed by the next acquire
         for listener in self._listeners:
             self._safely(listener.success, self)
 
@@ -478,9 +480,9 @@ class CircuitBreaker:
         else:
             self._report(ticket, Outcome.EXCLUDED, context)
 
-    def _give_back(self, slot: str, ticket: Ticket) -> None:
-        """An idle caller's answered call: its lease ends (a success report)."""
-        self.store.report(self.name, slot, ticket, Outcome.SUCCESS, self.config)
+    def _give_back(self, name: str, slot: str, ticket: Ticket) -> None:
+        """An idle caller's answered call: its lease ends (idle.py)."""
+        self.store.report(name, slot, ticket, Outcome.RELEASED, self.config)
 
     def _report(
         self, ticket: Ticket, outcome: Outcome, context: CircuitContext | None

@@ -82,6 +82,19 @@ class FallbackStore(BreakerStore):
     ) -> Report:
         if ticket.origin == self.fallback.origin:
             return self.fallback.report(name, slot, ticket, outcome, config)
+        if outcome is Outcome.RELEASED:
+            # A lease given back means something to the store that issued it alone: while
+            # Redis is away the caller keeps it and tries again (idle.py).
+            if not self._primary_due():
+                raise StoreUnavailable("the breaker's shared store is unreachable")
+            try:
+                report = self.primary.report(name, slot, ticket, outcome, config)
+            except StoreUnavailable as exc:
+                self._went_down(exc)
+                raise
+            if self._degraded:
+                self._came_back()
+            return report
         # A ticket Redis issued goes back to Redis; if Redis has gone meanwhile, the fallback
         # takes the outcome as a foreign one (a failure still counts there).
         return self._run(lambda store: store.report(name, slot, ticket, outcome, config))

@@ -4,9 +4,15 @@ A closed breaker's successful call is not reported: the caller's next ``acquire`
 its lease in the same round trip, so a healthy call costs one. A caller that makes no next
 call (an idle pool process, a thread that ended) would leave its lease looking like a call
 still in flight, and after ``slow_call_duration`` like a slow one: enough idle processes
-would trip a healthy service's breaker. So a lease held by an idle caller is reported as a
-success after ``slow_call_duration / 4`` by one daemon thread per process (started in the
-process that first holds a lease, so a forked pool child starts its own).
+would trip a healthy service's breaker. So a lease held by an idle caller is given back
+(``Outcome.RELEASED``: the service answered then, the lease ends, nothing else) after
+``slow_call_duration / 4`` by one daemon thread per process, started in the process that
+first holds a lease, so a forked pool child starts its own.
+
+A give-back never overlaps its slot's next acquire (which would free the new lease): the
+acquire waits for a give-back of its own slot in progress, and the thread skips a slot
+that has called again. One that fails (the store unreachable) is tried again until the
+lease would have lapsed by itself.
 """
 
 from __future__ import annotations
@@ -18,12 +24,19 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from intent.breaker.store import Ticket
+from intent.breaker.store import StoreError, Ticket
 
-# Report(slot, ticket): gives the lease back (a success report); errors are the caller's.
-Report = Callable[[str, Ticket], None]
+# GiveBack(name, slot, ticket): the lease of ``slot``'s answered call ends.
+GiveBack = Callable[[str, str, Ticket], None]
 
 MIN_IDLE = 0.05  # seconds: the shortest idle time a lease is kept for
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    name: str  # the breaker's name when the call was made
+    ticket: Ticket
+    since: float  # monotonic: when the call was answered
 
 
 @dataclass(eq=False)  # hashed by identity: the releaser keeps a weak set of them
@@ -31,51 +44,64 @@ class HeldLeases:
     """The unreported leases of one breaker in this process, by slot."""
 
     idle: float  # seconds a lease is kept before it is given back
-    report: Report
-    _held: dict[str, tuple[Ticket, float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    lapse: float  # seconds after which the store drops the lease by itself
+    give_back: GiveBack
+    _held: dict[str, _Held] = field(default_factory=dict)
+    _releasing: set[str] = field(default_factory=set)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
     _pid: int = field(default_factory=os.getpid)
 
-    def hold(self, slot: str, ticket: Ticket) -> None:
+    def hold(self, name: str, slot: str, ticket: Ticket) -> None:
         """``slot``'s call was answered; its lease waits for the slot's next call."""
         self._after_fork()
-        with self._lock:
-            self._held[slot] = (ticket, time.monotonic())
+        with self._cond:
+            self._held[slot] = _Held(name, ticket, time.monotonic())
         _releaser().watch(self)
 
     def take(self, slot: str) -> None:
-        """``slot`` calls again: its next acquire frees the lease (not given back here).
-        Waits while the lease is being given back, so that report never frees the new one."""
-        if self._held:
-            self._after_fork()
-            with self._lock:
-                self._held.pop(slot, None)
+        """``slot`` calls again: its acquire frees the lease, not a give-back. Waits while
+        a give-back of this slot is on its way, so that it never frees the new lease."""
+        self._after_fork()
+        with self._cond:
+            self._held.pop(slot, None)
+            while slot in self._releasing:
+                self._cond.wait()
 
     def release_idle(self, now: float | None = None) -> int:
         """Give back the leases idle for ``idle`` seconds; returns how many."""
         self._after_fork()
         now = time.monotonic() if now is None else now
-        released = 0
-        with self._lock:  # held while reporting: see take()
-            for slot, (ticket, since) in list(self._held.items()):
-                if now - since >= self.idle:
-                    del self._held[slot]
-                    try:
-                        self.report(slot, ticket)
-                    except Exception:  # noqa: S112 - the lease lapses by itself
-                        continue
+        with self._cond:
+            due = {s: h for s, h in self._held.items() if now - h.since >= self.idle}
+            for slot in due:
+                del self._held[slot]
+            self._releasing.update(due)
+        released, retry = 0, {}
+        try:
+            for slot, held in due.items():
+                try:
+                    self.give_back(held.name, slot, held.ticket)
                     released += 1
+                except StoreError:
+                    if now - held.since < self.lapse:
+                        retry[slot] = held  # the store is away: again on the next round
+        finally:
+            with self._cond:
+                for slot, held in retry.items():
+                    self._held.setdefault(slot, held)  # unless the slot called again
+                self._releasing.difference_update(due)
+                self._cond.notify_all()
         return released
 
     def __len__(self) -> int:
         return len(self._held)
 
     def _after_fork(self) -> None:
-        # A forked child holds none of its parent's leases, and not its lock.
+        # A forked child holds none of its parent's leases, nor its condition's lock.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._held = {}
-            self._lock = threading.Lock()
+            self._held, self._releasing = {}, set()
+            self._cond = threading.Condition()
 
 
 class _Releaser:
@@ -90,14 +116,15 @@ class _Releaser:
         if leases not in self._watched:
             with self._lock:
                 self._watched.add(leases)
-            self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()  # the thread may be waiting for a first lease
 
     def run(self) -> None:
         while True:
-            watched = list(self._watched)
-            pending = [leases for leases in watched if len(leases)]
+            with self._lock:
+                pending = [leases for leases in self._watched if len(leases)]
             if not pending:
-                self._wake.wait(1.0)
+                self._wake.wait()
                 self._wake.clear()
                 continue
             for leases in pending:

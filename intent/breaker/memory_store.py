@@ -187,6 +187,13 @@ class MemoryStore(BreakerStore):
             now = self._clock()
             circuit = self._circuit(name, config)
             foreign = ticket.origin != self.origin
+            if outcome is Outcome.RELEASED:
+                # An idle caller's answered call, whatever moved since: as its next acquire
+                # would, the lease ends and the service is known to have answered then.
+                if not foreign:
+                    circuit.answer(circuit.permits.get(slot) or circuit.leases.get(slot))
+                    circuit.release(slot)
+                return Report(self._snapshot(circuit, now), applied=not foreign)
             if foreign:
                 # Issued by another store (Redis, before it went away): its generation means
                 # nothing here, but a failure it saw still counts while this store is closed.

@@ -35,6 +35,10 @@ class Outcome(StrEnum):
     # A probe's answer (GET /health, a version check): it says nothing of the API the
     # breaker guards, so it counts for nothing, not even as the service answering.
     IGNORED = "ignored"
+    # An answered call's lease given back by its idle caller (idle.py): what the caller's
+    # next acquire would have done, no more: the service answered then, the lease ends.
+    # Neither a success that clears pending failures nor a change to the counts.
+    RELEASED = "released"
 
 
 class TicketKind(StrEnum):

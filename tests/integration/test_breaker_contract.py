@@ -397,3 +397,40 @@ def test_idle_callers_answered_calls_never_look_slow(store: BreakerStore, name: 
     assert newcomer.call(lambda: "answered") == "answered"
     snapshot = store.snapshot(name, config)
     assert snapshot.state == "closed" and not snapshot.suspect, snapshot
+
+
+def test_idle_callers_answered_calls_never_look_slow_in_a_second_idle_period(
+    store: BreakerStore, name: str
+) -> None:
+    config = CircuitConfig(
+        failure_threshold=3,
+        min_throughput=3,
+        recovery_timeout=5.0,
+        half_open_timeout=5.0,
+        failure_window=5.0,
+        throttle_wait=0.0,
+        slow_call_duration=0.4,
+    )
+    breakers = [CircuitBreaker(name, config, store=store) for _ in range(5)]
+    for _ in range(2):  # busy, idle, busy, idle
+        for breaker in breakers:
+            assert breaker.call(lambda: "answered") == "answered"
+        time.sleep(config.slow_call_duration + 0.3)
+    assert CircuitBreaker(name, config, store=store).call(lambda: "answered") == "answered"
+    assert store.snapshot(name, config).state == "closed"
+
+
+def test_a_lease_given_back_is_not_a_recovery(store: BreakerStore, name: str) -> None:
+    """A call answered before the failures began, given back late, must not clear them:
+    it ends its lease and nothing else."""
+    config = CircuitConfig(
+        failure_threshold=3, min_throughput=1, failure_window=5.0, throttle_wait=0.0
+    )
+    early = admit(store, name, "early", config)  # answered, its caller then idle
+    fail(store, name, "p1", config)
+    fail(store, name, "p2", config)
+    assert store.snapshot(name, config).suspect
+    report = store.report(name, "early", early, Outcome.RELEASED, config)
+    assert report.applied and report.transition is None
+    snapshot = store.snapshot(name, config)
+    assert snapshot.suspect and snapshot.failures == 2 and snapshot.in_flight == 0, snapshot

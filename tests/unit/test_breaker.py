@@ -544,3 +544,30 @@ def test_a_version_check_in_half_open_lets_the_api_call_be_the_trial(
     with pytest.raises(IncompatibleServiceError):
         client.ensure_compatible()  # closed: probed now, and its verdict holds
     assert probed == ["health"]
+
+
+def test_a_trial_made_without_a_version_verdict_is_verified_before_its_answer_is_used(
+    store: CountingStore, clock: FakeClock
+) -> None:
+    """The host is back from the dead with another release: the trial call succeeds and
+    closes the breaker, then the version probe runs, and the answer is refused."""
+    from intent.clients import ContextServiceClient
+
+    breaker = make(store, clock)
+    calls: list[str] = []
+
+    class Client(ContextServiceClient):
+        def _request(self, method: str, path: str, *_: Any, **options: Any) -> dict[str, Any]:
+            calls.append(path)
+            guard = breaker.probe if options.get("probe") else breaker.call
+            return guard(lambda: {"version": "2.0.0"} if path == "/health" else {"ok": True})
+
+    client = Client("http://context.invalid", required_version="1.0.0")
+    trip(breaker)
+    clock.advance(CONFIG.recovery_timeout)
+    with pytest.raises(IncompatibleServiceError):
+        client.get_context("c1")
+    assert calls == ["/health", "/api/v1/context/c1", "/health"]  # refused, trial, verdict
+    with pytest.raises(IncompatibleServiceError):
+        client.get_context("c1")  # the verdict holds: not called again
+    assert calls[3:] == []

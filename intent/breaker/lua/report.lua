@@ -1,6 +1,7 @@
 -- Record the outcome of an admitted call, unless it began under an older generation:
 -- a failure may trip the breaker, a trial success may close it, a trial failure reopens it.
--- ARGV[1] slot   ARGV[2] the ticket's generation   ARGV[3] success | failure | excluded | ignored
+-- ARGV[1] slot   ARGV[2] the ticket's generation
+-- ARGV[3] success | failure | excluded | ignored | released
 -- ARGV[4] the ticket's bucket   ARGV[5] failure_threshold   ARGV[6] min_throughput
 -- ARGV[7] failure_window   ARGV[8] recovery_timeout   ARGV[9] success_threshold
 -- ARGV[10] half_open_timeout (lease length)
@@ -11,6 +12,13 @@ local recovery, needed, lease = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(A
 local cfg = {window = ARGV[7], recovery = ARGV[8]}
 local now = clock()
 local c = load()
+if outcome == 'released' then
+  -- an idle caller's answered call, whatever moved since: as its next acquire would, the
+  -- lease ends and the service is known to have answered then
+  answer(c, redis.call('ZSCORE', PERMITS, slot) or redis.call('ZSCORE', LEASES, slot), lease)
+  release(slot)
+  return reply(c, now, nil, nil, {'1'})
+end
 if tonumber(ARGV[2]) ~= c.gen or c.forced then return reply(c, now, nil, nil, {'0'}) end
 local function uncount()
   -- the call no longer counts toward the throughput

@@ -47,6 +47,9 @@ broker_transport_options = {
     "socket_connect_timeout": _settings.redis_socket_timeout,
 }
 broker_connection_retry_on_startup = True
+# A worker whose broker went away tries again every INTENT_BROKER_RECONNECT_INTERVAL for as
+# long as it takes (tasks/connection.py), rather than give up after 100 attempts.
+broker_connection_max_retries = None
 
 # A Redis restart of up to redis_outage_tolerance seconds fails nothing in flight: every
 # publish (a chain's next step, a waiting step's release, submit()) retries that long, and

@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     visibility_timeout: PositiveInt | None = None
     # How often a worker looks for such messages (kombu's sweep; its default is 100 s).
     broker_restore_interval: PositiveFloat = 2.0
+    # How often a worker that lost its broker tries again (kombu's pace grows to 30 s, and
+    # the worker runs nothing meanwhile).
+    broker_reconnect_interval: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -12,7 +12,11 @@ transport.install()  # before any broker connection: the Redis transport, one de
 
 serializer.install()  # application/json: plain JSON only, bounded, no type markers
 
-app = Celery("intent", include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"])
+app = Celery(
+    "intent",
+    amqp="tasks.connection:IntentAMQP",  # reconnects to the broker every second, not 2-30 s
+    include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"],
+)
 app.config_from_object("celeryconfig")
 # Every worker publishes the waiting steps that are due (intent/waiting.py).
 app.steps["consumer"].add(ReleaseStep)

@@ -41,6 +41,7 @@ TIME_SETTINGS = (
     "task_soft_time_limit",
     "task_time_limit",
     "broker_restore_interval",
+    "broker_reconnect_interval",
     "redis_outage_tolerance",
     "release_interval",
 )

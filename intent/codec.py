@@ -58,6 +58,11 @@ class Limits:
         )
 
     @cached_property
+    def int_bound(self) -> int:
+        """The smallest magnitude of an integer with more than ``max_int_digits`` digits."""
+        return int(10**self.max_int_digits)
+
+    @cached_property
     def hooks(self) -> dict[str, Callable[[str], Any]]:
         """json.loads hooks that refuse what JSON text may say but a value must not be."""
 
@@ -159,7 +164,7 @@ def check(value: Any, limits: Limits, what: str) -> None:
         elif kind is bool or item is None:
             continue
         elif kind is int:
-            if item.bit_length() > limits.max_int_digits * 3.33:  # about that many digits
+            if abs(item) >= limits.int_bound:
                 _refuse(what, path, f"is an integer of more than {limits.max_int_digits} digits")
         elif kind is float:
             if not math.isfinite(item):
@@ -188,9 +193,36 @@ def _big_numbers(text: str, limits: Limits) -> bool:
     return "0" * (limits.max_int_digits + 1) in zeros or any(e in zeros for e in _EXPONENTS)
 
 
-def within_depth(value: Any, max_depth: int) -> bool:
-    """A decoded value within ``max_depth`` levels and free of type markers."""
-    return _plain_shape(value, max_depth)
+def within_limits(value: Any, limits: Limits) -> bool:
+    """A value another parser decoded (pydantic-core's, which reads NaN, 1e400 as inf and
+    integers of any length) within the depth and numbers of ``limits`` and free of type
+    markers: a walk over its containers and numbers. Strings are the caller's to bound."""
+    bound = limits.int_bound
+    level: list[Any] = [[value]]  # a wrapper at depth 0: the value itself may be a number
+    depth = 0
+    while level:
+        if depth > limits.max_depth:
+            return False
+        below: list[Any] = []
+        for item in level:
+            if type(item) is dict:
+                if len(item) == 2 and item.keys() == MARKER_KEYS:
+                    return False
+                children = item.values()
+            else:
+                children = item
+            for child in children:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    below.append(child)
+                elif kind is int:
+                    if not -bound < child < bound:
+                        return False
+                elif kind is float and child - child != 0:  # inf or nan
+                    return False
+        level = below
+        depth += 1
+    return True
 
 
 def _plain_shape(value: Any, max_depth: int) -> bool:
@@ -242,8 +274,12 @@ def _refuse(what: str, path: tuple[str | int, ...], message: str) -> None:
 
 
 def field_name(what: str, path: tuple[str | int, ...]) -> str:
-    """``data.items[3].name`` (``what`` alone for the whole document)."""
+    """``data.items[3].name`` (``what`` alone for the whole document). A key that is no
+    valid Unicode is named with its lone surrogates escaped (``\\ud800``): a refusal is
+    stored and sent on as JSON, which a lone surrogate cannot cross."""
     name = ""
     for part in path:
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else part)
+    if not name.isascii():
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
     return name or what

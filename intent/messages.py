@@ -22,8 +22,8 @@ from intent.errors import ValidationError
 
 JSON_TYPES = frozenset({"application/json"})
 ENCODINGS = frozenset({"utf-8", "utf8"})
-# A task id ends up in Redis keys, result keys and logs.
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}$")
+# A task id ends up in Redis keys, result keys and logs (fullmatch: "$" would let "x\n" in).
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
 HEADER_LIMITS = codec.Limits(max_bytes=65536, max_depth=8, max_string=8192)
 
 _OPTIONAL_STR = (str, type(None))
@@ -81,7 +81,7 @@ def task_id_of(headers: Any) -> str | None:
     """The message's task id, when it has one that can be answered under."""
     if isinstance(headers, Mapping):
         value = headers.get("id")
-        if isinstance(value, str) and TASK_ID.match(value):
+        if isinstance(value, str) and TASK_ID.fullmatch(value):
             return value
     return None
 

@@ -13,7 +13,10 @@ And a message on the queue's list that is not a kombu envelope at all (not JSON,
 properties, headers that are not an object: anyone who can write to Redis can put one
 there) made kombu's message constructor raise inside the event loop, which ends the
 worker; here it is dead-lettered with its reason (the worker's gate, tasks/consumer.py,
-sees every well-formed envelope).
+sees every well-formed envelope). Items are read as plain JSON (:func:`envelope_loads`):
+kombu's own decoder revives type markers in an envelope's headers, or raises whatever their
+constructor raises, and an item nested deeper than the parser goes raised RecursionError;
+both ended the worker.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ def envelope_problem(envelope: Any) -> str | None:
     return None
 
 
+def envelope_loads(text: str) -> Any:
+    """A broker item as plain JSON. kombu's decoder turns ``{"__type__": ..., "__value__":
+    ...}`` anywhere in it, headers included, into bytes, Decimal, UUID or datetime, or raises
+    what their constructor raises (InvalidOperation, AttributeError...): here such an object
+    stays one, and the gate refuses it naming its header, answering the sender."""
+    return json.loads(text)
+
+
+NOT_AN_ENVELOPE = (ValueError, TypeError, RecursionError)  # what envelope_loads raises
+
+
 def dead_letter(reason: str, envelope: Any) -> None:
     """Keep a message the worker could not even read as a message."""
     log.error("refused a broker message: %s", reason)
@@ -89,14 +103,14 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)
-        except (ValueError, TypeError) as exc:  # the item was not a JSON envelope
+        except NOT_AN_ENVELOPE as exc:  # the item was not a JSON envelope
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             return True
 
     def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return super()._get(queue, *args, **kwargs)
-        except (ValueError, TypeError) as exc:
+        except NOT_AN_ENVELOPE as exc:
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             raise kombu_redis.Empty() from exc
 
@@ -122,3 +136,5 @@ def install() -> None:
 
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    # Every item, delivery and restore the transport reads (kombu types it with its options).
+    kombu_redis.loads = envelope_loads  # type: ignore[assignment]

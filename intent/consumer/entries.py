@@ -71,7 +71,7 @@ def parse_entries(fields: Sequence[Mapping[str, str]]) -> list[Event | Exception
         try:
             if not _plain(entry) or len(raw) > DATA_LIMITS.max_string:
                 raise ValueError("needs the strict parser")
-            payload["data"] = pydantic_core.from_json(raw)
+            payload["data"] = pydantic_core.from_json(raw, allow_inf_nan=False)
             if not _shallow(payload["data"]):
                 raise ValueError("needs the strict parser")
         except ValueError:
@@ -98,7 +98,8 @@ def _plain(entry: Mapping[str, str]) -> bool:
 
 
 def _shallow(data: Any) -> bool:
-    return codec.within_depth(data, DATA_LIMITS.max_depth)
+    # Depth, markers and numbers (pydantic-core reads 1e400 as inf, integers of any length).
+    return codec.within_limits(data, DATA_LIMITS)
 
 
 def is_unknown_type(fields: Mapping[str, str]) -> bool:

@@ -82,6 +82,17 @@ CASES: list[tuple[str, dict[str, Any], Any, str, str]] = [
      "application/json", "headers.x-deep"),
     ("an embed chain of numbers", {}, body_of([request()], embed={"chain": [5]}),
      "application/json", "embed.chain"),
+    # A key that is no valid Unicode: named escaped, so the answer can be read back.
+    ("a lone surrogate in a key", {}, body_of([{**request(), "signals": {"k\udc80": 1}}]),
+     "application/json", "signals.k\\udc80"),
+    # Type markers in a header: kombu's envelope decoder revived them, or raised what their
+    # constructor raises (a Decimal's InvalidOperation, an AttributeError) and ended the worker.
+    *[(f"a header that is a type marker {marker}", {"x-m": marker}, GOOD_BODY,
+       "application/json", "headers.x-m")
+      for marker in ({"__type__": "decimal", "__value__": "x"},
+                     {"__type__": "bytes", "__value__": 5},
+                     {"__type__": "set", "__value__": 5},
+                     {"__type__": "uuid", "__value__": {"hex": "0" * 32}})],
 ]  # fmt: skip
 
 
@@ -158,6 +169,22 @@ def test_a_message_without_an_id_is_dead_lettered_and_the_worker_serves_on(
     assert worker.process.poll() is None
 
 
+def test_a_task_id_with_a_trailing_newline_is_no_task_id(
+    worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    task_id = f"poison-{uuid.uuid4().hex[:10]}\n"  # a regex's "$" matches before a last "\n"
+    publish(GOOD_BODY, "application/json", {"task": "intent.analyze", "id": task_id})
+    kept = wait_until(
+        lambda: [d for d in dead_letters().list() if task_id.strip() in d.headers],
+        10,
+        "the dead letter",
+    )
+    assert kept[0].field == "headers.id"
+    assert submit(request()).get(timeout=30).status == "completed"  # served after it
+    assert redis_client.get(app.backend.get_key_for_task(task_id)) is None  # never ran
+    assert worker.process.poll() is None
+
+
 def envelope(**changes: Any) -> str:
     """A raw kombu envelope on the queue's list, as a hand-made message would be."""
     raw = {
@@ -184,6 +211,7 @@ ENVELOPES = [
                                                        "body_encoding": "base64"}, body="x")),
     ("not JSON", "garbage"),
     ("a list", json.dumps([1, 2])),
+    ("nested 20,000 deep", envelope()[:-1] + ', "x": ' + "[" * 20000 + "]" * 20000 + "}"),
 ]  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from intent.settings import Settings
 UnknownTypePolicy = Literal["ack", "dead_letter"]
 
 # Group and consumer names end up in Redis keys (idempotency marks) and in logs.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # fullmatch: "$" lets "x\n" in
 
 
 def default_consumer_name() -> str:
@@ -45,7 +45,7 @@ class ConsumerConfig:
 
     def __post_init__(self) -> None:
         for label, name in (("group", self.group), ("consumer", self.consumer)):
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"{label} name {name!r}: use 1-128 of A-Z a-z 0-9 . _ : @ -")
         if self.batch_size < 1 or self.max_deliveries < 1:
             raise ValueError("batch_size and max_deliveries must be at least 1")

@@ -10,7 +10,7 @@ import redis
 
 from intent.keys import Keys
 
-_STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 class ReplayError(ValueError):
@@ -52,7 +52,7 @@ def replay(client: redis.Redis, keys: Keys, group: str, from_id: str) -> ReplayR
     group's pending entries stay pending (a consumer reading them again takes them over).
     Entries trimmed from the stream (MAXLEN) cannot be replayed.
     """
-    if not _STREAM_ID.match(from_id):
+    if not _STREAM_ID.fullmatch(from_id):
         raise ReplayError(f"--from {from_id!r} is not a stream id (e.g. 1700000000000-0 or 0)")
     info = group_info(client, keys, group)
     if info is None:

@@ -83,6 +83,8 @@ def test_claim_interval_and_lease_follow_the_idle_time() -> None:
     [
         {"group": "bad group"},
         {"consumer": ""},
+        {"group": "g\n"},  # a trailing newline: re's "$" would let it in
+        {"consumer": "c\n"},
         {"batch_size": 0},
         {"max_deliveries": 0},
         {"block": 0},
@@ -192,6 +194,19 @@ def test_bulk_parsing_reports_each_malformed_entry_with_the_reference_error() ->
         str(parse_entry(e)) for e in (bad_json, bad_version, missing, lone_surrogate, deep,
                                       undecodable)
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1E+999", "9" * 33, "-" + "9" * 40]
+)
+def test_bulk_parsing_refuses_numbers_the_reference_parser_refuses(literal: str) -> None:
+    # pydantic-core alone reads NaN, 1e400 (as inf) and integers of any length.
+    good = fields_of(make_event(1))
+    bad = {**good, "data": '{"n": ' + literal + "}"}
+    results = parse_entries([bad])  # alone in its batch: the fast path's own verdict
+    assert isinstance(results[0], ValidationError), results[0]
+    assert results[0].field == "data.n"
+    assert str(results[0]) == str(parse_entry(bad))
 
 
 def test_unknown_types_are_told_from_malformed_entries() -> None:

@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/breaker.py
 	$(PY) bench/batch.py
 	$(PY) bench/events.py
+	$(PY) bench/fuzz.py
 	$(PY) bench/outage.py
 
 clean:

@@ -121,7 +121,9 @@ def main() -> int:
     tag = uuid.uuid4().hex[:8]
     keys = Keys(f"bench:{tag}:")
     # Both variants get the same client settings: decoded replies, a timeout above BLOCK.
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+    client = redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=5, encoding_errors="surrogateescape"
+    )
     try:
         fill(client, keys, args.n, tag)
         variants: dict[str, Callable[[redis.Redis, Keys, str, int, int], float]] = {

@@ -61,9 +61,13 @@ result_backend_base_sleep_between_retries_ms = 100
 result_backend_max_sleep_between_retries_ms = 2000
 result_backend_max_retries = int(_settings.redis_outage_tolerance) + 10  # ~1 s each
 result_backend_transport_options = {
-    "retry_policy": {"max_retries": int(_settings.redis_outage_tolerance) + 10,
-                     "interval_start": 0, "interval_step": 1, "interval_max": 1},
-}  # fmt: skip
+    "retry_policy": {
+        "max_retries": int(_settings.redis_outage_tolerance) + 10,
+        "interval_start": 0,
+        "interval_step": 1,
+        "interval_max": 1,
+    },
+}
 
 task_default_queue = _settings.queue
 # A worker consumes these (no -Q): Celery's default exchange and routing for each, as a

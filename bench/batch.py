@@ -75,8 +75,10 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
     print(f"machine          {machine()}")
-    print(f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of "
-          f"{args.n} analyses each way, batches of {args.batch_size}")  # fmt: skip
+    print(
+        f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of "
+        f"{args.n} analyses each way, batches of {args.batch_size}"
+    )
     print(rounds_line("one by one", rates["single"], "analyses/s"))
     print(rounds_line("batched", rates["batch"], "analyses/s"))
     print(f"ratio            {figures['ratio']:.2f}  (batched / one by one)")

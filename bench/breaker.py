@@ -155,8 +155,11 @@ def main() -> int:
                 commands[label].append(cmds)
         # "get" is a control: one plain redis-py GET per call, the cost of any round trip here
         threaded: dict[str, Call] = {
-            "none": direct, "get": bare_get, "pybreaker": theirs.call, "ours": ours.call,
-        }  # fmt: skip
+            "none": direct,
+            "get": bare_get,
+            "pybreaker": theirs.call,
+            "ours": ours.call,
+        }
         samples: dict[str, list[float]] = {label: [] for label in threaded}
         for index in range(rounds):
             order = list(threaded.items())
@@ -197,9 +200,12 @@ def main() -> int:
         f"{args.threads} threads, {args.latency * 1000:g} ms downstream, "
         f"median of {rounds} x {args.seconds:g} s     calls/s   ratio to no breaker"
     )
-    for label, name in (("none", "no breaker"), ("get", "(control: one bare GET per call)"),
-                        ("pybreaker", "pybreaker + Redis storage"),
-                        ("ours", "intent breaker")):  # fmt: skip
+    for label, name in (
+        ("none", "no breaker"),
+        ("get", "(control: one bare GET per call)"),
+        ("pybreaker", "pybreaker + Redis storage"),
+        ("ours", "intent breaker"),
+    ):
         print(f"  {name:40} {rates[label]:9.0f}   {rates[label] / rates['none']:6.3f}")
     return 0
 

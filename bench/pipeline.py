@@ -103,8 +103,9 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
     print(f"machine          {machine()}")
-    print(f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of "
-          f"{args.n}")  # fmt: skip
+    print(
+        f"worker           prefork, {args.concurrency} processes; {args.rounds} rounds of {args.n}"
+    )
     print(rounds_line("bare chain", rates["bare"], "chains/s"))
     print(rounds_line("bare, last only", rates["bare_last_result_only"], "chains/s"))
     print(rounds_line("full pipeline", rates["pipeline"], "analyses/s"))

@@ -20,8 +20,10 @@ def _when(epoch: float | None, now: float) -> str:
 def _table(statuses: list[BreakerStatus]) -> str:
     if not statuses:
         return "no circuit breakers have been used yet"
-    head = f"{'breaker':<22} {'state':<10} {'failures':>8} {'calls':>6} {'gen':>4}  " \
-           f"{'opened at':<22} {'until':<22} forced / reason"  # fmt: skip
+    head = (
+        f"{'breaker':<22} {'state':<10} {'failures':>8} {'calls':>6} {'gen':>4}  "
+        f"{'opened at':<22} {'until':<22} forced / reason"
+    )
     lines = [head]
     for s in statuses:
         forced = s.reason or "-"
@@ -83,8 +85,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="list circuit breakers; reset, force open or force closed one",
         description="intent circuits [list] | reset NAME | open NAME | close NAME",
     )
-    parser.add_argument("action", nargs="?", default="list",
-                        choices=["list", "reset", "open", "close"])  # fmt: skip
+    parser.add_argument(
+        "action", nargs="?", default="list", choices=["list", "reset", "open", "close"]
+    )
     parser.add_argument("name", nargs="?", help="breaker name, e.g. context-service")
     parser.add_argument("--reason", help="why (logged, and shown in the listing)")
     parser.add_argument("--json", action="store_true")

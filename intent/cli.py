@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--request-id")
     submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     submit.add_argument(
-        "--local", action="store_true",
+        "--local",
+        action="store_true",
         help="run the steps in this process instead of on a worker (needs Redis and services)",
-    )  # fmt: skip
+    )
     submit.set_defaults(
         func=lambda a: _delegate("tasks.commands", "submit_one")(
             _request_from_args(a), a.timeout, a.local
@@ -161,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     beat.add_argument("--loglevel", default="INFO")
     beat.set_defaults(func=_cmd_beat)
 
-    up = sub.add_parser("up", help="run the whole stack here: Redis, services, worker, beat, "
-                        "admin, Flower (Ctrl-C stops it all)")  # fmt: skip
+    up = sub.add_parser(
+        "up",
+        help="run the whole stack here: Redis, services, worker, beat, "
+        "admin, Flower (Ctrl-C stops it all)",
+    )
     up.add_argument("--admin-port", type=int, help="default INTENT_ADMIN_PORT, else a free one")
     up.add_argument("--flower-port", type=int, help="default INTENT_FLOWER_PORT, else a free one")
     up.add_argument("--concurrency", type=int, help="worker pool processes")

@@ -137,9 +137,13 @@ class ServiceClient:
         ``traced`` is the request's span: its headers carry the trace to the service."""
         if self.trust_env:
             return self.session.request(
-                method, url, json=json, headers=traced.headers or None, timeout=self.timeout,
+                method,
+                url,
+                json=json,
+                headers=traced.headers or None,
+                timeout=self.timeout,
                 allow_redirects=False,
-            )  # fmt: skip
+            )
         headers = self.session.headers
         if traced.headers:
             headers = requests.structures.CaseInsensitiveDict({**headers, **traced.headers})
@@ -284,8 +288,10 @@ class ServiceClient:
                     self._bulk_missing = self._bulk_missing | {path}
                     log.warning(
                         "%s has no bulk route POST %s (HTTP %d): using single calls",
-                        self.service, path, exc.status,
-                    )  # fmt: skip
+                        self.service,
+                        path,
+                        exc.status,
+                    )
                 else:
                     raise
             else:

@@ -77,16 +77,25 @@ class EmbeddedRedis(Background):
             return self
         args = [
             valkey_executable(),
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--dir", self._dir,
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(Path(self._dir) / "valkey.log"),
-        ]  # fmt: skip
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            self._dir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(Path(self._dir) / "valkey.log"),
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self._process = subprocess.Popen(

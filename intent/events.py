@@ -67,15 +67,23 @@ def build_events(result: IntentResult) -> list[Event]:
 
 def _stream_fields(event: Event) -> list[str]:
     return [
-        "id", event.id,
-        "type", event.type.value,
-        "pattern_id", event.pattern_id,
-        "request_id", event.request_id,
-        "timestamp", event.timestamp,
-        "source", event.source,
-        "schema_version", str(event.schema_version),
-        "data", json.dumps(event.data, separators=(",", ":")),
-    ]  # fmt: skip
+        "id",
+        event.id,
+        "type",
+        event.type.value,
+        "pattern_id",
+        event.pattern_id,
+        "request_id",
+        event.request_id,
+        "timestamp",
+        event.timestamp,
+        "source",
+        event.source,
+        "schema_version",
+        str(event.schema_version),
+        "data",
+        json.dumps(event.data, separators=(",", ":")),
+    ]
 
 
 # An entry's data: what an event may carry, and no more (a consumer reads untrusted entries).

@@ -209,9 +209,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tail = actions.add_parser("tail", help="follow the stream (Ctrl-C to stop)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument(
-        "--from", dest="from_id", default="$",
+        "--from",
+        dest="from_id",
+        default="$",
         help="show the entries after this stream id (0: from the start; default: new ones)",
-    )  # fmt: skip
+    )
     tail.add_argument("--count", type=int, default=None, help="exit after N events")
     tail.set_defaults(func=_guarded(_cmd_tail))
 
@@ -219,13 +221,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     consume.add_argument("--group", required=True)
     consume.add_argument("--consumer", help="this consumer's name (default: host-pid)")
     consume.add_argument(
-        "--handlers", action="append", default=[], metavar="MODULE:FUNCTION",
+        "--handlers",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
         help="a function that registers handlers on the EventHandler it is given (repeatable)",
-    )  # fmt: skip
+    )
     consume.add_argument(
-        "--no-builtin", action="store_true",
+        "--no-builtin",
+        action="store_true",
         help="do not register the built-in handlers (context_changed invalidates the cache)",
-    )  # fmt: skip
+    )
     consume.add_argument(
         "--start-id", help="where a group created now starts (default $: new events; 0: all)"
     )

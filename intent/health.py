@@ -268,10 +268,12 @@ class HealthChecker:
             log.log(
                 level,
                 "health: %s %s -> %s%s",
-                name, before, detail["status"],
+                name,
+                before,
+                detail["status"],
                 f" ({detail['error']})" if detail.get("error") else "",
                 extra={"component": name, "old_status": before, "new_status": detail["status"]},
-            )  # fmt: skip
+            )
 
     def stored(self) -> dict[str, Any] | None:
         """The stored snapshot, or None when there is none or Redis is unreachable."""

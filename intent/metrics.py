@@ -59,39 +59,83 @@ ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 
 
 
 FAMILIES = (
-    Family("intent_service_requests", "counter", ("service", "endpoint", "status"),
-           "Downstream HTTP requests by logical endpoint and outcome (HTTP status, or "
-           "timeout / connection_error)."),
-    Family("intent_service_request_duration_seconds", "histogram", ("service", "endpoint"),
-           "Downstream HTTP request duration, failures included."),
+    Family(
+        "intent_service_requests",
+        "counter",
+        ("service", "endpoint", "status"),
+        "Downstream HTTP requests by logical endpoint and outcome (HTTP status, or "
+        "timeout / connection_error).",
+    ),
+    Family(
+        "intent_service_request_duration_seconds",
+        "histogram",
+        ("service", "endpoint"),
+        "Downstream HTTP request duration, failures included.",
+    ),
     breaker_metrics.TRANSITIONS_FAMILY,
-    Family("intent_task_retries", "counter", ("step",),
-           "Steps run again after a transient failure."),
-    Family("intent_rate_limit_deferrals", "counter", ("step",),
-           "Steps that waited because a downstream rate limit was full (not retries)."),
-    Family("intent_circuit_open_deferrals", "counter", ("step",),
-           "Steps that waited because their service's breaker refused calls and no fallback "
-           "answered (not retries)."),
-    Family("intent_analyses_degraded", "counter", ("fallback",),
-           "Finished analyses that used a fallback (stale context, last known predictions)."),
-    Family("intent_analyses_finished", "counter", ("status",),
-           "Analyses that reached their end: completed, expired (deadline passed), failed, "
-           "or rejected at intake."),
-    Family("intent_analysis_duration_seconds", "histogram", ("status",),
-           "From submission to the end of the analysis, by how it ended."),
+    Family(
+        "intent_task_retries", "counter", ("step",), "Steps run again after a transient failure."
+    ),
+    Family(
+        "intent_rate_limit_deferrals",
+        "counter",
+        ("step",),
+        "Steps that waited because a downstream rate limit was full (not retries).",
+    ),
+    Family(
+        "intent_circuit_open_deferrals",
+        "counter",
+        ("step",),
+        "Steps that waited because their service's breaker refused calls and no fallback "
+        "answered (not retries).",
+    ),
+    Family(
+        "intent_analyses_degraded",
+        "counter",
+        ("fallback",),
+        "Finished analyses that used a fallback (stale context, last known predictions).",
+    ),
+    Family(
+        "intent_analyses_finished",
+        "counter",
+        ("status",),
+        "Analyses that reached their end: completed, expired (deadline passed), failed, "
+        "or rejected at intake.",
+    ),
+    Family(
+        "intent_analysis_duration_seconds",
+        "histogram",
+        ("status",),
+        "From submission to the end of the analysis, by how it ended.",
+    ),
     breaker_metrics.STATE,
     breaker_metrics.WINDOW_FAILURES,
     breaker_metrics.WINDOW_CALLS,
     breaker_metrics.STORE_UP,
-    Family("intent_waiting_steps", "gauge", ("lane",),
-           "Steps parked until they may run again (a retry's backoff, an open breaker, a "
-           "full rate limit), per lane.", collected=True),
-    Family("intent_queue_messages", "gauge", ("queue",),
-           "Task messages waiting in the broker's queue (Redis broker).", collected=True),
-    Family("intent_dead_letters", "gauge", ("stream",),
-           "Entries in a dead-letter stream: events (consumers gave up) and tasks (workers "
-           "refused the message).", collected=True),
-)  # fmt: skip
+    Family(
+        "intent_waiting_steps",
+        "gauge",
+        ("lane",),
+        "Steps parked until they may run again (a retry's backoff, an open breaker, a "
+        "full rate limit), per lane.",
+        collected=True,
+    ),
+    Family(
+        "intent_queue_messages",
+        "gauge",
+        ("queue",),
+        "Task messages waiting in the broker's queue (Redis broker).",
+        collected=True,
+    ),
+    Family(
+        "intent_dead_letters",
+        "gauge",
+        ("stream",),
+        "Entries in a dead-letter stream: events (consumers gave up) and tasks (workers "
+        "refused the message).",
+        collected=True,
+    ),
+)
 BY_NAME = {family.name: family for family in FAMILIES}
 
 

@@ -158,10 +158,13 @@ def _text(value: bytes | str) -> str:
 
 def _state_fields(state: PatternState) -> list[str]:
     return [
-        "label", json.dumps(state.label),
-        "confidence", json.dumps(state.confidence),
-        "context_hash", state.context_hash,
-    ]  # fmt: skip
+        "label",
+        json.dumps(state.label),
+        "confidence",
+        json.dumps(state.confidence),
+        "context_hash",
+        state.context_hash,
+    ]
 
 
 def _parse_state(raw: Mapping[Any, Any]) -> tuple[PatternState | None, int]:

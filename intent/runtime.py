@@ -137,10 +137,11 @@ class Runtime:
         period = float(s.downstream_rate_period)
         lanes = [
             Lane(GET_CONTEXT, ContextServiceClient.service, s.rate_limit_get_context / period),
-            Lane(ANALYZE_CONTEXT, ContextServiceClient.service,
-                 s.rate_limit_analyze_context / period),
+            Lane(
+                ANALYZE_CONTEXT, ContextServiceClient.service, s.rate_limit_analyze_context / period
+            ),
             Lane(PREDICT, PredictionServiceClient.service, s.rate_limit_predict / period),
-        ]  # fmt: skip
+        ]
         # A leased step goes back to waiting if its releaser could not publish it: after
         # the publish's own retries at the latest.
         lease = s.redis_outage_tolerance + 30.0

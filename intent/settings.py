@@ -251,8 +251,12 @@ class Settings(BaseSettings):
         """kombu's retry policy for every publish: waits of 0, 0.5, 1, 1.5, then 2 s each,
         as many as cover ``redis_outage_tolerance``."""
         retries = 4 + math.ceil(max(0.0, self.redis_outage_tolerance - 3.0) / 2.0)
-        return {"max_retries": retries, "interval_start": 0, "interval_step": 0.5,
-                "interval_max": 2.0}  # fmt: skip
+        return {
+            "max_retries": retries,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        }
 
     @property
     def effective_broker_url(self) -> str:

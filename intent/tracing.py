@@ -77,8 +77,11 @@ def start(settings: Settings | None = None, exporter: Any = None) -> bool:
     try:
         _state = _build(settings, exporter, pid)
     except ImportError as exc:
-        log.warning("INTENT_TRACING is on but OpenTelemetry is missing (%s): "
-                    "pip install 'intent-pipeline[otel]'; tracing off", exc)  # fmt: skip
+        log.warning(
+            "INTENT_TRACING is on but OpenTelemetry is missing (%s): "
+            "pip install 'intent-pipeline[otel]'; tracing off",
+            exc,
+        )
         return False
     return True
 
@@ -191,9 +194,11 @@ class Span:
 
 
 def open_span(
-    name: str, kind: str = "internal", carrier: Mapping[str, str] | None = None,
+    name: str,
+    kind: str = "internal",
+    carrier: Mapping[str, str] | None = None,
     attributes: Attributes | None = None,
-) -> Span | None:  # fmt: skip
+) -> Span | None:
     """Start a span, current from now on (None while tracing is off): a child of the
     context in ``carrier`` (W3C ``traceparent`` headers) when it has one, else of the
     current span; ``kind``: internal, consumer, producer, client."""
@@ -204,9 +209,11 @@ def open_span(
 
     parent = propagate.extract(carrier) if carrier else None
     span = state.tracer.start_span(
-        name, context=parent, kind=trace.SpanKind[kind.upper()],
+        name,
+        context=parent,
+        kind=trace.SpanKind[kind.upper()],
         attributes={**_identity(), **(attributes or {})},
-    )  # fmt: skip
+    )
     return Span(span, context.attach(trace.set_span_in_context(span)))
 
 
@@ -328,8 +335,11 @@ def http_span(service: str, method: str, url: str, endpoint: str) -> HttpSpan:
     from opentelemetry.trace import SpanKind
 
     attributes = {
-        **_identity(), "http.request.method": method, "url.full": mask_url(url),
-        "intent.service": service, "intent.endpoint": endpoint,
-    }  # fmt: skip
+        **_identity(),
+        "http.request.method": method,
+        "url.full": mask_url(url),
+        "intent.service": service,
+        "intent.endpoint": endpoint,
+    }
     name = f"{method} {endpoint}"
     return HttpSpan(state.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))

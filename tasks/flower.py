@@ -108,8 +108,15 @@ def flower_command(
             f"({ENV_PREFIX}ENVIRONMENT={settings.environment}); set it, or set "
             f"{ENV_PREFIX}ENVIRONMENT=development to run Flower without auth on 127.0.0.1"
         )
-    argv = [sys.executable, "-m", "celery", "-A", "tasks.app", "flower",
-            f"--port={port or settings.flower_port}"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "flower",
+        f"--port={port or settings.flower_port}",
+    ]
     if address is not None:
         argv.append(f"--address={address}")
     return argv, env

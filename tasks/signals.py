@@ -73,10 +73,12 @@ def _log_configuration(**_: Any) -> None:
     }
     shown = {name: mask_url(url) for name, url in urls.items()}
     log.info(
-        "worker ready: queue %s, broker %s, redis %s", settings.queue, shown["broker"],
-        shown["redis"], extra={**shown, "queue": settings.queue,
-                               "metrics_dir": settings.metrics_dir},
-    )  # fmt: skip
+        "worker ready: queue %s, broker %s, redis %s",
+        settings.queue,
+        shown["broker"],
+        shown["redis"],
+        extra={**shown, "queue": settings.queue, "metrics_dir": settings.metrics_dir},
+    )
 
 
 def payload_ids(args: Any) -> dict[str, str]:

@@ -60,10 +60,24 @@ class WorkerProcess:
     ):
         self.name = f"intent-{uuid.uuid4().hex[:8]}@localhost"
         args = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "--quiet", "worker",
-            "-P", pool, "-c", str(concurrency), "-n", self.name,
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.app",
+            "--quiet",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            self.name,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
         if logfile:
             args += ["--logfile", logfile]
         self.process = subprocess.Popen(
@@ -163,10 +177,20 @@ class Stack(Background):
         if self.with_reference:
             ports = free_port(), free_port()
             self.reference = subprocess.Popen(
-                [sys.executable, "-m", "intent.cli", "reference",
-                 "--context-port", str(ports[0]), "--prediction-port", str(ports[1])],
-                stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "intent.cli",
+                    "reference",
+                    "--context-port",
+                    str(ports[0]),
+                    "--prediction-port",
+                    str(ports[1]),
+                ],
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
             self.context_url = f"http://127.0.0.1:{ports[0]}"
             self.prediction_url = f"http://127.0.0.1:{ports[1]}"
             self._setenv("INTENT_CONTEXT_SERVICE_URL", self.context_url)

@@ -327,8 +327,10 @@ class Up:
             return 0
         except ChildExited as exc:
             child = exc.child
-            say(f"intent up: {child.name} exited unexpectedly ({child.describe_exit()}); "
-                "stopping the others")  # fmt: skip
+            say(
+                f"intent up: {child.name} exited unexpectedly ({child.describe_exit()}); "
+                "stopping the others"
+            )
             return 1
         except StartError as exc:
             say(f"intent up: {exc}; stopping")
@@ -463,24 +465,35 @@ class Up:
             return
         host = "127.0.0.1"
         context_port, note_c = choose_port(
-            host, None, _url_port(Settings.model_fields["context_service_url"].default, 8001),
+            host,
+            None,
+            _url_port(Settings.model_fields["context_service_url"].default, 8001),
             "context service",
-        )  # fmt: skip
+        )
         prediction_port, note_p = choose_port(
-            host, None, _url_port(Settings.model_fields["prediction_service_url"].default, 8002),
+            host,
+            None,
+            _url_port(Settings.model_fields["prediction_service_url"].default, 8002),
             "prediction service",
-        )  # fmt: skip
+        )
         if prediction_port == context_port:
             prediction_port = free_port(host)
         for note in filter(None, (note_c, note_p)):
             self.supervisor.say(f"intent up: {note}")
         self.supervisor.start(
             "reference",
-            self._intent("reference", "--host", host, "--context-port", str(context_port),
-                         "--prediction-port", str(prediction_port)),
+            self._intent(
+                "reference",
+                "--host",
+                host,
+                "--context-port",
+                str(context_port),
+                "--prediction-port",
+                str(prediction_port),
+            ),
             self.env,
             _TIER_SERVICES,
-        )  # fmt: skip
+        )
         reference = {
             context_var: f"http://{host}:{context_port}",
             prediction_var: f"http://{host}:{prediction_port}",

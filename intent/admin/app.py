@@ -191,7 +191,9 @@ class AdminApp:
         except ValueError as exc:
             return _error(str(exc), 400)
         log.warning(
-            "rate limit %s reset for %r via admin endpoint", name, identifier,
+            "rate limit %s reset for %r via admin endpoint",
+            name,
+            identifier,
             extra={"limit": name, "identifier": identifier},
-        )  # fmt: skip
+        )
         return _json(asdict(limit.status(identifier)))

@@ -523,9 +523,12 @@ class CircuitBreaker:
         if transition.old_state == transition.new_state:
             return  # a force that kept the state: logged, but no state change to report
         tracing.event(
-            "breaker.transition", breaker=self.name, from_state=transition.old_state,
-            to_state=transition.new_state, reason=transition.reason,
-        )  # fmt: skip
+            "breaker.transition",
+            breaker=self.name,
+            from_state=transition.old_state,
+            to_state=transition.new_state,
+            reason=transition.reason,
+        )
         old = CircuitState(transition.old_state)
         new = CircuitState(transition.new_state, transition.generation, transition.reason)
         for listener in self._listeners:

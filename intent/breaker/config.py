@@ -43,12 +43,21 @@ class CircuitConfig:
     slow_call_duration: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("failure_threshold", "min_throughput", "half_open_max_calls",
-                     "success_threshold"):  # fmt: skip
+        for name in (
+            "failure_threshold",
+            "min_throughput",
+            "half_open_max_calls",
+            "success_threshold",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CircuitConfig.{name} must be at least 1")
-        for name in ("recovery_timeout", "half_open_timeout", "failure_window",
-                     "recheck_interval", "slow_call_duration"):  # fmt: skip
+        for name in (
+            "recovery_timeout",
+            "half_open_timeout",
+            "failure_window",
+            "recheck_interval",
+            "slow_call_duration",
+        ):
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"CircuitConfig.{name} must be positive")
         if self.throttle_wait < 0:

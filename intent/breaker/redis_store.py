@@ -277,8 +277,9 @@ class RedisStore(BreakerStore):
                 args = _acquire_args(config)
                 head = _evalsha_frame(self._acquire.sha, self._key_list(name), 1 + len(args))
                 frame = self._acquire_frames[(name, config)] = (
-                    head, b"".join(_bulk(arg) for arg in args),
-                )  # fmt: skip
+                    head,
+                    b"".join(_bulk(arg) for arg in args),
+                )
             head, tail = frame
             runner = self._runner
             request = head + _bulk(slot.encode()) + tail

@@ -295,9 +295,12 @@ class EventConsumer:
         try:
             self.ensure_group()
             logger.info(
-                "consuming %s as %s/%s", self._stream, self.config.group, self.config.consumer,
+                "consuming %s as %s/%s",
+                self._stream,
+                self.config.group,
+                self.config.consumer,
                 extra=self._log,
-            )  # fmt: skip
+            )
             self._loop()
             clean = True
         finally:
@@ -488,15 +491,24 @@ class EventConsumer:
         if gives_up(self.config, deliveries):
             logger.error(
                 "handler failed on delivery %d of %d, dead-lettering: %s",
-                deliveries, self.config.max_deliveries, error, extra=extra, exc_info=exc,
-            )  # fmt: skip
+                deliveries,
+                self.config.max_deliveries,
+                error,
+                extra=extra,
+                exc_info=exc,
+            )
             self._dead_letter(entry_id, fields, deadletter.FAILED, error, deliveries)
             return
         wait = retry_delay(self.config, deliveries, self._rand)
         logger.warning(
             "handler failed on delivery %d of %d, retrying in %.2f s: %s",
-            deliveries, self.config.max_deliveries, wait, error, extra=extra, exc_info=exc,
-        )  # fmt: skip
+            deliveries,
+            self.config.max_deliveries,
+            wait,
+            error,
+            extra=extra,
+            exc_info=exc,
+        )
         self._schedule(entry_id, deliveries, wait, min_idle=wait)
 
     def _defer(self, entry_id: str, event: Event, exc: RetryLater, deliveries: int) -> None:

@@ -129,9 +129,13 @@ def use_fallback(
     degraded = fallback(rt, result, exc) if fallback is not None else None
     if degraded is not None:
         tracing.event(
-            "fallback.used", fallback=degraded.fallbacks[-1], step=name,
-            request_id=result.request.request_id, error=type(exc).__name__, reason=str(exc)[:200],
-        )  # fmt: skip
+            "fallback.used",
+            fallback=degraded.fallbacks[-1],
+            step=name,
+            request_id=result.request.request_id,
+            error=type(exc).__name__,
+            reason=str(exc)[:200],
+        )
     return degraded
 
 

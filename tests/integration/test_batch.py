@@ -102,33 +102,53 @@ def test_bad_items_fail_alone_with_their_own_errors(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     good = requests_for(tag, 3)
-    inline = {"request_id": f"b-{tag}-data", "client_id": "web", "pattern_id": "checkout",
-              "data": {"cart": ["sku-1"], "visits": 2}}  # fmt: skip
+    inline = {
+        "request_id": f"b-{tag}-data",
+        "client_id": "web",
+        "pattern_id": "checkout",
+        "data": {"cart": ["sku-1"], "visits": 2},
+    }
     requests: list[Any] = [
         good[0],
         {"request_id": f"b-{tag}-x", "client_id": "web", "pattern_id": "p", "context_id": "../x"},
         good[1],
-        {"request_id": f"b-{tag}-missing", "client_id": "web", "pattern_id": "checkout",
-         "context_id": "missing-1"},
+        {
+            "request_id": f"b-{tag}-missing",
+            "client_id": "web",
+            "pattern_id": "checkout",
+            "context_id": "missing-1",
+        },
         "not a request",
         {"client_id": "web", "context_id": "ctx-1"},  # no pattern_id
         {**good[2], "signals": {"k": [1]}},
         good[2],
         {**good[0], "context_id": "ctx-other"},  # request_id of item 0 again
         inline,
-    ]  # fmt: skip
+    ]
     batch = run_batch(requests)
 
     statuses = {item.index: item.status for item in batch.items}
     assert statuses == {
-        0: "completed", 1: "failed", 2: "completed", 3: "failed", 4: "failed",
-        5: "failed", 6: "failed", 7: "completed", 8: "failed", 9: "completed",
-    }  # fmt: skip
+        0: "completed",
+        1: "failed",
+        2: "completed",
+        3: "failed",
+        4: "failed",
+        5: "failed",
+        6: "failed",
+        7: "completed",
+        8: "failed",
+        9: "completed",
+    }
     errors = {item.index: item.error for item in batch.items if item.error is not None}
     assert all(e.type == "ValidationError" for i, e in errors.items() if i != 3)
     assert {i: e.field for i, e in errors.items() if i != 3} == {
-        1: "context_id", 4: "request", 5: "pattern_id", 6: "signals.k", 8: "request_id",
-    }  # fmt: skip
+        1: "context_id",
+        4: "request",
+        5: "pattern_id",
+        6: "signals.k",
+        8: "request_id",
+    }
     missing = errors[3]
     assert (missing.type, missing.status, missing.service) == (
         "ServiceRequestError",
@@ -140,8 +160,12 @@ def test_bad_items_fail_alone_with_their_own_errors(
     assert batch.items[9].result is not None and batch.items[9].result.context is not None
     # The bad items reached no service; the missing context was asked for once.
     published = {event.request_id for event in stream_events(clean)}
-    assert published == {good[0]["request_id"], good[1]["request_id"], good[2]["request_id"],
-                         inline["request_id"]}  # fmt: skip
+    assert published == {
+        good[0]["request_id"],
+        good[1]["request_id"],
+        good[2]["request_id"],
+        inline["request_id"],
+    }
     bulk = [r for r in api_calls(context_service) if r["path"].endswith("/batch")]
     assert len(bulk) == 1
     assert len(api_calls(prediction_service)) == 1
@@ -354,9 +378,13 @@ def test_clients_map_bulk_answers_and_remember_a_missing_route(
     assert singles[1] == singles[0][:1]
     # The client that met the missing route asks single routes from then on, and says so once.
     paths = [r["path"] for r in api_calls(context_service)]
-    assert paths[:5] == ["/api/v1/context/batch", "/api/v1/context/c-1",
-                         "/api/v1/context/missing-3", "/api/v1/context/c-2",
-                         "/api/v1/context/c-1"]  # fmt: skip
+    assert paths[:5] == [
+        "/api/v1/context/batch",
+        "/api/v1/context/c-1",
+        "/api/v1/context/missing-3",
+        "/api/v1/context/c-2",
+        "/api/v1/context/c-1",
+    ]
     assert sum("no bulk route" in r.getMessage() for r in caplog.records) == 1
     assert contexts.get_contexts([]) == []
 

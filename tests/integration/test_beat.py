@@ -37,9 +37,12 @@ class Beat:
         self.out = log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "intent.cli", "beat", "--loglevel", "INFO"],
-            env=env, stdout=self.out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
     def sends(self) -> int:
         return self.log.read_text(errors="replace").count(SENT)

@@ -89,9 +89,12 @@ def test_half_open_admits_a_limited_number_of_trials_with_leases(
     store: BreakerStore, name: str
 ) -> None:
     config = CircuitConfig(
-        failure_threshold=1, min_throughput=1, recovery_timeout=0.2, half_open_timeout=0.3,
+        failure_threshold=1,
+        min_throughput=1,
+        recovery_timeout=0.2,
+        half_open_timeout=0.3,
         half_open_max_calls=2,
-    )  # fmt: skip
+    )
     fail(store, name, "a", config)
     time.sleep(0.25)
     first = store.acquire(name, "a", config)
@@ -112,15 +115,17 @@ def test_trial_success_closes_and_trial_failure_reopens(store: BreakerStore, nam
     report = store.report(name, "a", trial, Outcome.FAILURE, config)
     assert report.transition is not None
     assert (report.transition.old_state, report.transition.reason) == (
-        "half-open", "trial call failed",
-    )  # fmt: skip
+        "half-open",
+        "trial call failed",
+    )
     time.sleep(0.25)
     trial = admit(store, name, "b", config)
     report = store.report(name, "b", trial, Outcome.SUCCESS, config)
     assert report.transition is not None
     assert (report.transition.new_state, report.transition.reason) == (
-        "closed", "1 trial call succeeded",
-    )  # fmt: skip
+        "closed",
+        "1 trial call succeeded",
+    )
     assert report.snapshot.generation == 5  # open, half-open, open, half-open, closed
 
 
@@ -307,9 +312,12 @@ def test_a_permit_that_succeeds_forgives_the_slow_calls_started_before_it(
 
 def test_a_trial_slower_than_the_slow_call_duration_reopens(store: BreakerStore, name: str) -> None:
     config = CircuitConfig(
-        failure_threshold=1, min_throughput=1, recovery_timeout=0.2, half_open_timeout=2.0,
+        failure_threshold=1,
+        min_throughput=1,
+        recovery_timeout=0.2,
+        half_open_timeout=2.0,
         slow_call_duration=0.2,
-    )  # fmt: skip
+    )
     fail(store, name, "a", config)
     time.sleep(0.25)
     assert admit(store, name, "trial", config).kind is TicketKind.TRIAL  # and it hangs

@@ -153,8 +153,10 @@ def test_operators_list_reset_and_force_breakers(
     with caplog.at_level(logging.WARNING, logger="intent.breaker"):
         forced = admin.force_open("admin-steady", "maintenance window")
     assert (forced.state, forced.forced, forced.reason) == (
-        "open", "open", "forced open: maintenance window",
-    )  # fmt: skip
+        "open",
+        "open",
+        "forced open: maintenance window",
+    )
     assert "admin-steady: closed -> open (forced open: maintenance window)" in caplog.text
     with pytest.raises(CircuitOpenError) as refused:
         CircuitBreaker("admin-steady", config, store=store).call(lambda: 1)

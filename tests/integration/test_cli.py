@@ -46,8 +46,11 @@ def _run_demo(**env: str) -> str:
     name, value = marker.split("=", 1)
     out = subprocess.run(
         [sys.executable, "-m", "intent.cli", "demo"],
-        capture_output=True, text=True, timeout=240, env=_env(**env, **{name: value}),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(**env, **{name: value}),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert _processes_with(marker) == []
     return out.stdout
@@ -124,10 +127,24 @@ def test_submit_local_prints_the_result_as_json(
         INTENT_PREDICTION_SERVICE_URL=reference.prediction_url,
     )
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "cli",
-         "--pattern-id", "checkout", "--context-id", "ctx-cli-1"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--local",
+            "--client-id",
+            "cli",
+            "--pattern-id",
+            "checkout",
+            "--context-id",
+            "ctx-cli-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["status"] == "completed"
@@ -136,21 +153,48 @@ def test_submit_local_prints_the_result_as_json(
 
 def test_submit_names_the_bad_field(redis_url: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "bad id",
-         "--pattern-id", "p", "--context-id", "c"],
-        capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--local",
+            "--client-id",
+            "bad id",
+            "--pattern-id",
+            "p",
+            "--context-id",
+            "c",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(INTENT_REDIS_URL=redis_url),
+    )
     assert out.returncode == 1
     assert "client_id" in out.stderr
 
 
 def test_a_bad_setting_stops_the_command_naming_the_variable(redis_url: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--local", "--client-id", "c",
-         "--pattern-id", "p", "--context-id", "c"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--local",
+            "--client-id",
+            "c",
+            "--pattern-id",
+            "p",
+            "--context-id",
+            "c",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_CIRCUIT_FAILURE_THRESHOLD="many"),
-    )  # fmt: skip
+    )
     assert out.returncode == 2
     assert "INTENT_CIRCUIT_FAILURE_THRESHOLD" in out.stderr
 
@@ -159,8 +203,11 @@ def test_circuits_lists_and_forces_breakers(redis_url: str, redis_client: object
     def intent(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "intent.cli", "circuits", *args],
-            capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(INTENT_REDIS_URL=redis_url),
+        )
 
     opened = intent("open", "context-service", "--reason", "maintenance", "--json")
     assert opened.returncode == 0, opened.stderr
@@ -194,8 +241,11 @@ def test_ratelimits_shows_and_resets_the_current_rate(redis_url: str, redis_clie
     def intent(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "intent.cli", "ratelimits", *args],
-            capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(INTENT_REDIS_URL=redis_url),
+        )
 
     shown = {s["name"]: s for s in json.loads(intent("--id", "web-cli", "--json").stdout)}
     assert shown["intake"]["current"] == 3 and shown["intake"]["amount"] == 100
@@ -221,10 +271,25 @@ def test_submit_answers_every_failure_as_a_json_error_never_a_traceback() -> Non
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
-         "--context-id", "c", "--timeout", "5"],
-        capture_output=True, text=True, timeout=120, env=_env(INTENT_REDIS_URL=dead_redis),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--client-id",
+            "c",
+            "--pattern-id",
+            "p",
+            "--context-id",
+            "c",
+            "--timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(INTENT_REDIS_URL=dead_redis),
+    )
     assert out.returncode == 1, out.stderr
     error = json.loads(out.stderr.splitlines()[-1])  # after the log lines, JSON too
     assert error["type"] == "ServiceUnavailableError"
@@ -237,11 +302,25 @@ def test_a_submit_that_times_out_says_what_the_analysis_waits_for(
 ) -> None:
     """No worker consumes the queue: the timeout says so, as a JSON error."""
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
-         "--context-id", "c", "--timeout", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--client-id",
+            "c",
+            "--pattern-id",
+            "p",
+            "--context-id",
+            "c",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
-    )  # fmt: skip
+    )
     assert out.returncode == 3, out.stderr
     error = json.loads(out.stderr.splitlines()[-1])
     assert error["error"] == "Timeout"
@@ -258,14 +337,35 @@ def test_a_submit_that_times_out_names_the_step_it_waits_for(
 
     rid = "cli-waits"
     room = WaitingRoom(redis.Redis.from_url(redis_url), Keys(), [])
-    room.park("get_context", f"{rid}.fetch_context", "{}", due=1e10,
-              reason="Circuit breaker is open for service context-service")  # fmt: skip
+    room.park(
+        "get_context",
+        f"{rid}.fetch_context",
+        "{}",
+        due=1e10,
+        reason="Circuit breaker is open for service context-service",
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "intent.cli", "submit", "--client-id", "c", "--pattern-id", "p",
-         "--context-id", "c", "--request-id", rid, "--timeout", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "intent.cli",
+            "submit",
+            "--client-id",
+            "c",
+            "--pattern-id",
+            "p",
+            "--context-id",
+            "c",
+            "--request-id",
+            rid,
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
-    )  # fmt: skip
+    )
     error = json.loads(out.stderr.splitlines()[-1])
     assert error["waiting"]["step"] == "fetch_context"
     assert "context-service" in error["waiting"]["reason"]
@@ -278,14 +378,21 @@ def test_tasks_dead_lists_refused_messages(redis_url: str, redis_client: object)
     from intent.poison import DeadTasks
 
     DeadTasks(redis.Redis.from_url(redis_url), Keys(), 100).add(
-        field="headers.timelimit", reason="must be [hard, soft] seconds", task="intent.analyze",
-        task_id="t-1", content_type="application/json", headers={"timelimit": "x"},
-        body=b'[[], {}, {}]',
-    )  # fmt: skip
+        field="headers.timelimit",
+        reason="must be [hard, soft] seconds",
+        task="intent.analyze",
+        task_id="t-1",
+        content_type="application/json",
+        headers={"timelimit": "x"},
+        body=b"[[], {}, {}]",
+    )
     listed = subprocess.run(
         [sys.executable, "-m", "intent.cli", "tasks", "dead", "--json"],
-        capture_output=True, text=True, timeout=60, env=_env(INTENT_REDIS_URL=redis_url),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(INTENT_REDIS_URL=redis_url),
+    )
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
     assert (row["field"], row["task_id"], row["body"]) == (

@@ -239,9 +239,15 @@ def test_malformed_entries_are_dead_lettered_with_the_reason_and_never_stop_the_
     stream = KEYS.events_stream
     redis_client.xgroup_create(stream, "g", "0", mkstream=True)
     valid = {
-        "id": "evt_x", "type": "context_changed", "pattern_id": "p", "request_id": "r",
-        "timestamp": "t", "source": "s", "schema_version": "1", "data": "{}",
-    }  # fmt: skip
+        "id": "evt_x",
+        "type": "context_changed",
+        "pattern_id": "p",
+        "request_id": "r",
+        "timestamp": "t",
+        "source": "s",
+        "schema_version": "1",
+        "data": "{}",
+    }
     bad = [
         {"id": "evt_m", "type": "context_changed"},
         {**valid, "data": "{not json"},
@@ -272,9 +278,15 @@ def test_entries_of_undecodable_bytes_or_deep_data_are_dead_lettered_bytes_intac
     stream = KEYS.events_stream
     redis_client.xgroup_create(stream, "g", "0", mkstream=True)
     valid = {
-        b"id": b"evt_x", b"type": b"context_changed", b"pattern_id": b"p", b"request_id": b"r",
-        b"timestamp": b"t", b"source": b"s", b"schema_version": b"1", b"data": b"{}",
-    }  # fmt: skip
+        b"id": b"evt_x",
+        b"type": b"context_changed",
+        b"pattern_id": b"p",
+        b"request_id": b"r",
+        b"timestamp": b"t",
+        b"source": b"s",
+        b"schema_version": b"1",
+        b"data": b"{}",
+    }
     bad = [
         {**valid, b"data": b"[" * 1000 + b"]" * 1000},
         {**valid, b"pattern\xff": b"p"},

@@ -22,8 +22,11 @@ pytestmark = pytest.mark.integration
 def run_cli(redis_url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "intent.cli", "events", *args],
-        capture_output=True, text=True, timeout=timeout, env=cli_env(redis_url),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(redis_url),
+    )
 
 
 def cli_env(redis_url: str) -> dict[str, str]:
@@ -63,8 +66,11 @@ def test_tail_follows_new_events_and_shows_malformed_ones(
     publish(redis_client, [make_event(0)])  # before the tail: not shown
     tail = subprocess.Popen(
         [sys.executable, "-m", "intent.cli", "events", "tail", "--count", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(redis_url),
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(redis_url),
+    )
     try:
 
         def tail_is_waiting() -> bool:
@@ -108,9 +114,16 @@ def test_dead_lists_the_dead_letters(redis_client: redis.Redis, redis_url: str) 
     out = run_cli(redis_url, "dead", "list", "--count", "1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{dead_id}  ")
-    for text in ("failed", "group=billing", "consumer=c-1", "deliveries=5",
-                 f"original={original_id}", "id=evt_0001", "error: RuntimeError: boom",
-                 "1 more (use --count)"):  # fmt: skip
+    for text in (
+        "failed",
+        "group=billing",
+        "consumer=c-1",
+        "deliveries=5",
+        f"original={original_id}",
+        "id=evt_0001",
+        "error: RuntimeError: boom",
+        "1 more (use --count)",
+    ):
         assert text in out.stdout
     listed: list[dict[str, Any]] = json.loads(run_cli(redis_url, "dead", "--json").stdout)
     assert [row["dead_id"] for row in listed][:1] == [dead_id]

@@ -81,11 +81,28 @@ class ConsumerProcess:
             **{f"INTENT_CONSUMER_{k.upper()}": v for k, v in settings.items()},
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "intent.cli", "events", "consume", "--group", "g",
-             "--consumer", name, "--start-id", "0", "--no-builtin",
-             "--handlers", f"{__name__}:register_blocking"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "intent.cli",
+                "events",
+                "consume",
+                "--group",
+                "g",
+                "--consumer",
+                name,
+                "--start-id",
+                "0",
+                "--no-builtin",
+                "--handlers",
+                f"{__name__}:register_blocking",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def finish(self, timeout: float = 15) -> tuple[int, str, str]:
         out, err = self.process.communicate(timeout=timeout)

@@ -86,17 +86,41 @@ def worker(
         with console.open("wb") as out:
             # Not --quiet: Celery's banner, which shows the broker URL, is checked too.
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-P", "prefork",
-                 "-c", "2", "-Q", queue, "-n", name, "--loglevel", "WARNING",
-                 "--logfile", str(logfile), "--without-gossip", "--without-mingle"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tasks.app",
+                    "worker",
+                    "-P",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "-Q",
+                    queue,
+                    "-n",
+                    name,
+                    "--loglevel",
+                    "WARNING",
+                    "--logfile",
+                    str(logfile),
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=die_with_parent,
-            )  # fmt: skip
+            )
         app = Celery("logs-client", broker=server.url, backend=server.url, set_as_current=False)
         app.conf.update(
-            task_serializer="json", result_serializer="json", accept_content=["json"],
+            task_serializer="json",
+            result_serializer="json",
+            accept_content=["json"],
             result_accept_content=["json"],
-        )  # fmt: skip
+        )
         logged = LoggedWorker(process, app, queue, logfile, console, server)
         try:
             deadline = time.monotonic() + 60
@@ -140,8 +164,11 @@ def test_downstream_requests_and_retries_carry_their_fields(
     assert retry["level"] == "WARNING"
     assert retry["request_id"] == failed[0]["request_id"]
     assert retry["task_id"] == failed[0]["task_id"]
-    assert (retry["step"], retry["service"], retry["retry"]) == ("fetch_context",
-                                                                 "context-service", 1)  # fmt: skip
+    assert (retry["step"], retry["service"], retry["retry"]) == (
+        "fetch_context",
+        "context-service",
+        1,
+    )
     assert retry["error"] == "ServiceUnavailableError"
     assert 0 < retry["countdown"] <= 0.2
 
@@ -154,10 +181,16 @@ def test_breaker_transitions_and_deferrals_carry_their_fields(
     prediction_service.set_faults(status=503, count=2)  # two failures trip the breaker
     first = worker.app.send_task(
         "intent.analyze",
-        args=[{"client_id": "web", "pattern_id": "checkout", "request_id": rid,
-               "context_id": f"ctx-l-{rid}"}],
+        args=[
+            {
+                "client_id": "web",
+                "pattern_id": "checkout",
+                "request_id": rid,
+                "context_id": f"ctx-l-{rid}",
+            }
+        ],
         queue=worker.queue,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 20
     while not any(
         line.get("new_state") == "open" for line in worker.lines() if line.get("request_id") == rid
@@ -172,8 +205,10 @@ def test_breaker_transitions_and_deferrals_carry_their_fields(
     lines = [line for line in worker.lines() if line.get("request_id") in (rid, later)]
     transitions = [line for line in lines if line["logger"] == "intent.breaker"]
     assert [(t["old_state"], t["new_state"]) for t in transitions] == [
-        ("closed", "open"), ("open", "half-open"), ("half-open", "closed"),
-    ]  # fmt: skip
+        ("closed", "open"),
+        ("open", "half-open"),
+        ("half-open", "closed"),
+    ]
     for line in transitions:
         assert line["breaker"] == "prediction-service"
         assert line["reason"]

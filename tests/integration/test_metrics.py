@@ -212,8 +212,13 @@ def test_a_batch_counts_each_item_as_an_analysis(
     tag = uuid.uuid4().hex[:8]
 
     def item(n: int, context_id: str, **fields: Any) -> dict[str, Any]:
-        return {"request_id": f"bm-{tag}-{n}", "client_id": "web", "pattern_id": "checkout",
-                "context_id": context_id, **fields}  # fmt: skip
+        return {
+            "request_id": f"bm-{tag}-{n}",
+            "client_id": "web",
+            "pattern_id": "checkout",
+            "context_id": context_id,
+            **fields,
+        }
 
     requests: list[Any] = [
         item(0, f"ctx-bm-{tag}-0"),  # completed

@@ -145,8 +145,10 @@ def test_a_dead_host_opens_the_breaker_after_at_most_threshold_requests(
         done = results(ids, timeout=60)
         worker.stop()
 
-    paths = Counter(str(r["path"]).split("/")[-1] if "health" not in r["path"] else "/health"
-                    for r in before_trials)  # fmt: skip
+    paths = Counter(
+        str(r["path"]).split("/")[-1] if "health" not in r["path"] else "/health"
+        for r in before_trials
+    )
     print(f"requests reaching the dead host before the first trial: {len(before_trials)} {paths}")
     assert 1 <= len(before_trials) <= THRESHOLD
     assert all(r.status == "completed" for r in done)

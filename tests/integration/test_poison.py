@@ -58,42 +58,88 @@ CASES: list[tuple[str, dict[str, Any], Any, str, str]] = [
     ("nested 10,000 deep", {}, "[" * 10000 + "]" * 10000, "application/json", "body"),
     ("a 5,000-digit integer", {}, "[[" + "9" * 5000 + "], {}, {}]", "application/json", "body"),
     ("args nested 500 deep", {}, body_of(nested(500)), "application/json", "args[0]"),
-    ("data nested 500 deep", {}, body_of([{**request(), "context_id": None, "data": nested(500)}]),
-     "application/json", "data"),
-    ("a type marker", {}, body_of([{**request(), "signals": {"__type__": "uuid",
-                                                            "__value__": "x"}}]),
-     "application/json", "signals"),
-    ("a lone surrogate", {}, body_of([{**request(), "context_id": None,
-                                       "data": {"name": "\ud800"}}]),
-     "application/json", "data.name"),
+    (
+        "data nested 500 deep",
+        {},
+        body_of([{**request(), "context_id": None, "data": nested(500)}]),
+        "application/json",
+        "data",
+    ),
+    (
+        "a type marker",
+        {},
+        body_of([{**request(), "signals": {"__type__": "uuid", "__value__": "x"}}]),
+        "application/json",
+        "signals",
+    ),
+    (
+        "a lone surrogate",
+        {},
+        body_of([{**request(), "context_id": None, "data": {"name": "\ud800"}}]),
+        "application/json",
+        "data.name",
+    ),
     ("kwargs as a list", {}, json.dumps([[request()], [1], {}]), "application/json", "kwargs"),
     ("args as an object", {}, json.dumps([{"a": 1}, {}, {}]), "application/json", "args"),
     ("too many args", {}, body_of([request(), request()]), "application/json", "args"),
     ("timelimit x", {"timelimit": "x"}, GOOD_BODY, "application/json", "headers.timelimit"),
-    ("timelimit of three", {"timelimit": [1, 2, 3]}, GOOD_BODY, "application/json",
-     "headers.timelimit"),
-    ("stamped_headers 5", {"stamped_headers": 5}, GOOD_BODY, "application/json",
-     "headers.stamped_headers"),
+    (
+        "timelimit of three",
+        {"timelimit": [1, 2, 3]},
+        GOOD_BODY,
+        "application/json",
+        "headers.timelimit",
+    ),
+    (
+        "stamped_headers 5",
+        {"stamped_headers": 5},
+        GOOD_BODY,
+        "application/json",
+        "headers.stamped_headers",
+    ),
     ("an eta that is no date", {"eta": "soon"}, GOOD_BODY, "application/json", "headers.eta"),
     ("retries a string", {"retries": "1"}, GOOD_BODY, "application/json", "headers.retries"),
-    ("an unknown task", {"task": "intent.analyse"}, GOOD_BODY, "application/json",
-     "headers.task"),
-    ("headers nested deep", {"origin": None, "x-deep": nested(50)}, GOOD_BODY,
-     "application/json", "headers.x-deep"),
-    ("an embed chain of numbers", {}, body_of([request()], embed={"chain": [5]}),
-     "application/json", "embed.chain"),
+    ("an unknown task", {"task": "intent.analyse"}, GOOD_BODY, "application/json", "headers.task"),
+    (
+        "headers nested deep",
+        {"origin": None, "x-deep": nested(50)},
+        GOOD_BODY,
+        "application/json",
+        "headers.x-deep",
+    ),
+    (
+        "an embed chain of numbers",
+        {},
+        body_of([request()], embed={"chain": [5]}),
+        "application/json",
+        "embed.chain",
+    ),
     # A key that is no valid Unicode: named escaped, so the answer can be read back.
-    ("a lone surrogate in a key", {}, body_of([{**request(), "signals": {"k\udc80": 1}}]),
-     "application/json", "signals.k\\udc80"),
+    (
+        "a lone surrogate in a key",
+        {},
+        body_of([{**request(), "signals": {"k\udc80": 1}}]),
+        "application/json",
+        "signals.k\\udc80",
+    ),
     # Type markers in a header: kombu's envelope decoder revived them, or raised what their
     # constructor raises (a Decimal's InvalidOperation, an AttributeError) and ended the worker.
-    *[(f"a header that is a type marker {marker}", {"x-m": marker}, GOOD_BODY,
-       "application/json", "headers.x-m")
-      for marker in ({"__type__": "decimal", "__value__": "x"},
-                     {"__type__": "bytes", "__value__": 5},
-                     {"__type__": "set", "__value__": 5},
-                     {"__type__": "uuid", "__value__": {"hex": "0" * 32}})],
-]  # fmt: skip
+    *[
+        (
+            f"a header that is a type marker {marker}",
+            {"x-m": marker},
+            GOOD_BODY,
+            "application/json",
+            "headers.x-m",
+        )
+        for marker in (
+            {"__type__": "decimal", "__value__": "x"},
+            {"__type__": "bytes", "__value__": 5},
+            {"__type__": "set", "__value__": 5},
+            {"__type__": "uuid", "__value__": {"hex": "0" * 32}},
+        )
+    ],
+]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +168,9 @@ def dead_letters() -> DeadTasks:
     return DeadTasks(rt.redis, rt.keys, 1000)
 
 
-@pytest.mark.parametrize(("name", "changes", "body", "content_type", "field"), CASES,
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "changes", "body", "content_type", "field"), CASES, ids=[c[0] for c in CASES]
+)
 def test_a_bad_message_is_answered_and_dead_lettered_and_the_worker_stays_up(
     worker: WorkerProcess,
     redis_client: redis.Redis,
@@ -147,8 +194,10 @@ def test_a_bad_message_is_answered_and_dead_lettered_and_the_worker_stays_up(
     )
     assert kept[0].field == info.value.field
     assert kept[0].reason == info.value.message
-    assert kept[0].body == (body if isinstance(body, bytes) else body.encode(
-        "utf-8", "surrogatepass"))[:65536]  # fmt: skip
+    assert (
+        kept[0].body
+        == (body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))[:65536]
+    )
     # The worker answered without a death: the same main process and pool processes.
     assert (worker.process.pid, sorted(worker.child_pids())) == pids
     assert worker.process.poll() is None
@@ -207,12 +256,14 @@ ENVELOPES = [
     ("headers a string", envelope(headers="x")),
     ("no properties", envelope(properties=None)),
     ("a body that is a number", envelope(body=5)),
-    ("a base64 body that is not", envelope(properties={"delivery_tag": "t",
-                                                       "body_encoding": "base64"}, body="x")),
+    (
+        "a base64 body that is not",
+        envelope(properties={"delivery_tag": "t", "body_encoding": "base64"}, body="x"),
+    ),
     ("not JSON", "garbage"),
     ("a list", json.dumps([1, 2])),
     ("nested 20,000 deep", envelope()[:-1] + ', "x": ' + "[" * 20000 + "]" * 20000 + "}"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("raw", [e[1] for e in ENVELOPES], ids=[e[0] for e in ENVELOPES])
@@ -267,8 +318,12 @@ def test_a_stopping_worker_that_hangs_exits_after_the_watchdogs_bound(tmp_path: 
         "dog = object.__new__(c.Watchdog); dog._armed = False; dog.arm()\n"
         "time.sleep(120)  # a shutdown that never ends\n"
     )
-    env = {**os.environ, "INTENT_TASK_SOFT_TIME_LIMIT": "0.5", "INTENT_TASK_TIME_LIMIT": "1",
-           "INTENT_REDIS_OUTAGE_TOLERANCE": "0.2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "INTENT_TASK_SOFT_TIME_LIMIT": "0.5",
+        "INTENT_TASK_TIME_LIMIT": "1",
+        "INTENT_REDIS_OUTAGE_TOLERANCE": "0.2",
+    }
     started = time.monotonic()
     done = subprocess.run([sys.executable, str(script)], env=env, timeout=60, check=False)
     assert done.returncode == 1

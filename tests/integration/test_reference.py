@@ -199,14 +199,18 @@ def test_bulk_predictions_answer_each_request_in_order(
         ("/api/v1/context/batch", {}, None, "context_ids"),
         ("/api/v1/context/batch", {"context_ids": []}, None, "context_ids"),
         ("/api/v1/context/batch", {"context_ids": "a"}, None, "context_ids"),
-        ("/api/v1/context/batch", {"context_ids": ["a"] * (MAX_BULK_ITEMS + 1)}, None,
-         "context_ids"),
+        (
+            "/api/v1/context/batch",
+            {"context_ids": ["a"] * (MAX_BULK_ITEMS + 1)},
+            None,
+            "context_ids",
+        ),
         ("/api/v1/context/batch", None, "{", "context_ids"),
         ("/api/v1/predict/batch", {"requests": {}}, None, "requests"),
         ("/api/v1/predict/batch", [], None, "requests"),
         ("/api/v1/predict/batch", None, "nope", "requests"),
     ],
-)  # fmt: skip
+)
 def test_invalid_bulk_bodies_are_422_naming_the_field(
     services: ReferenceServices, path: str, body: Any, raw: str | None, field: str
 ) -> None:

@@ -98,8 +98,11 @@ def test_four_processes_never_exceed_the_limit_in_any_window(clean: redis.Redis)
 def test_a_downstream_limit_defers_and_every_analysis_completes(
     settings_env: Any, context_service: ReferenceControl
 ) -> None:
-    settings_env(INTENT_RATE_LIMIT_GET_CONTEXT="3", INTENT_DOWNSTREAM_RATE_PERIOD="1",
-                 INTENT_DEFER_JITTER="0.1")  # fmt: skip
+    settings_env(
+        INTENT_RATE_LIMIT_GET_CONTEXT="3",
+        INTENT_DOWNSTREAM_RATE_PERIOD="1",
+        INTENT_DEFER_JITTER="0.1",
+    )
     tag = uuid.uuid4().hex[:6]
     analyses = [
         submit(request(request_id=f"rl-{tag}-{i}", context_id=f"ctx-rl-{i}")) for i in range(9)

@@ -101,12 +101,24 @@ class UpRun:
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.admin_port, self.flower_port = free_port(), free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "intent.cli", "up", "--concurrency", "2",
-             "--admin-port", str(self.admin_port), "--flower-port", str(self.flower_port),
-             *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "intent.cli",
+                "up",
+                "--concurrency",
+                "2",
+                "--admin-port",
+                str(self.admin_port),
+                "--flower-port",
+                str(self.flower_port),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # a signal for it reaches it alone
-        )  # fmt: skip
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -203,10 +215,14 @@ def run_analyses(redis_url: str, count: int) -> list[dict[str, Any]]:
     app.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
     try:
         payloads = [
-            {"request_id": f"up-{n}-{time.time_ns()}", "client_id": "up-test",
-             "context_id": f"ctx-up-{n}", "pattern_id": "checkout"}
+            {
+                "request_id": f"up-{n}-{time.time_ns()}",
+                "client_id": "up-test",
+                "context_id": f"ctx-up-{n}",
+                "pattern_id": "checkout",
+            }
             for n in range(count)
-        ]  # fmt: skip
+        ]
         results = [app.send_task("intent.analyze", args=[r], queue="intent") for r in payloads]
         return [result.get(timeout=120) for result in results]
     finally:
@@ -249,12 +265,15 @@ def test_up_runs_the_stack_on_a_password_redis_stops_on_sigint_and_leaks_no_secr
         health = wait_http(admin + "/health", lambda r: r.status_code == 200, 150).json()
         assert health["workers"]["status"] == "ok" and health["redis"]["status"] == "ok"
         # A mutating route takes the token (and refuses a request without it).
-        assert requests.post(admin + "/admin/circuits/context-service/reset",
-                             timeout=10).status_code == 401  # fmt: skip
+        assert (
+            requests.post(admin + "/admin/circuits/context-service/reset", timeout=10).status_code
+            == 401
+        )
         reset = requests.post(
             admin + "/admin/circuits/context-service/reset",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
-        )  # fmt: skip
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        )
         assert reset.status_code == 200, reset.text
 
         # Flower: basic auth on (INTENT_ENVIRONMENT=production was the user's choice).
@@ -271,8 +290,10 @@ def test_up_runs_the_stack_on_a_password_redis_stops_on_sigint_and_leaks_no_secr
         def counted(response: requests.Response) -> bool:
             for family in text_string_to_metric_families(response.text):
                 for sample in family.samples:
-                    if (sample.name == "intent_analyses_finished_total"
-                            and sample.labels.get("status") == "completed"):  # fmt: skip
+                    if (
+                        sample.name == "intent_analyses_finished_total"
+                        and sample.labels.get("status") == "completed"
+                    ):
                         return sample.value >= 2
             return False
 
@@ -312,9 +333,10 @@ def test_up_starts_its_own_redis_and_stops_everything_when_a_child_dies(
 
     tree = run.record_tree()
     worker = [
-        pid for pid in _children(run.process.pid)
+        pid
+        for pid in _children(run.process.pid)
         if "celery" in cmdline(pid) and "worker" in cmdline(pid)
-    ]  # fmt: skip
+    ]
     assert len(worker) == 1, {pid: cmdline(pid) for pid in tree}
     assert _children(worker[0]), "the prefork worker has pool processes"
     valkey = [pid for pid in tree if "valkey-server" in " ".join(cmdline(pid))]

@@ -269,9 +269,12 @@ def test_excluded_errors_are_neither_failures_nor_successes(
     breaker.add_excluded_exception(NotFound)
     breaker.add_excluded_exceptions(KeyError)
     errors: list[BaseException] = [
-        NotFound(), KeyError("k"), ValidationError("f", "bad"),
-        ServiceRequestError("svc", 404, "missing"), CircuitOpenError("other", None),
-    ]  # fmt: skip
+        NotFound(),
+        KeyError("k"),
+        ValidationError("f", "bad"),
+        ServiceRequestError("svc", 404, "missing"),
+        CircuitOpenError("other", None),
+    ]
     for error in errors * 2:
 
         def raise_it(error: BaseException = error) -> None:
@@ -450,9 +453,11 @@ class FlakyRedis(BreakerStore):
         if admission.ticket is None:
             return admission
         ticket = Ticket(
-            admission.ticket.generation, admission.ticket.kind, admission.ticket.bucket,
+            admission.ticket.generation,
+            admission.ticket.kind,
+            admission.ticket.bucket,
             self.origin,
-        )  # fmt: skip
+        )
         return Admission(admission.snapshot, ticket=ticket, transition=admission.transition)
 
     def report(

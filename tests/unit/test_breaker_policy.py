@@ -62,8 +62,10 @@ def test_trip_reason_names_failures_window_and_calls() -> None:
 def test_config_defaults_are_the_guides() -> None:
     config = CircuitConfig()
     assert (config.failure_threshold, config.recovery_timeout, config.half_open_timeout) == (
-        5, 60.0, 30.0,
-    )  # fmt: skip
+        5,
+        60.0,
+        30.0,
+    )
     assert (config.failure_window, config.min_throughput) == (120.0, 5)
     assert (config.half_open_max_calls, config.success_threshold) == (1, 1)
 

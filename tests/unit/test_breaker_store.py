@@ -66,8 +66,11 @@ def test_a_fresh_breaker_is_closed_and_admits(store: MemoryStore) -> None:
     assert not ticket.reports_success
     snapshot = store.snapshot("svc")
     assert (snapshot.state, snapshot.generation, snapshot.calls, snapshot.in_flight) == (
-        "closed", 0, 1, 1,
-    )  # fmt: skip
+        "closed",
+        0,
+        1,
+        1,
+    )
 
 
 def test_trips_once_on_the_threshold(store: MemoryStore, clock: FakeClock) -> None:
@@ -129,9 +132,13 @@ def test_half_open_admits_the_configured_trials_then_closes(
     store: MemoryStore, clock: FakeClock
 ) -> None:
     config = CircuitConfig(
-        failure_threshold=1, min_throughput=1, recovery_timeout=10, half_open_timeout=5,
-        half_open_max_calls=2, success_threshold=2,
-    )  # fmt: skip
+        failure_threshold=1,
+        min_throughput=1,
+        recovery_timeout=10,
+        half_open_timeout=5,
+        half_open_max_calls=2,
+        success_threshold=2,
+    )
     fail(store, "a", config)
     clock.advance(10)
     first = store.acquire("svc", "a", config)

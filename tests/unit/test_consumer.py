@@ -180,8 +180,9 @@ def test_bulk_parsing_reports_each_malformed_entry_with_the_reference_error() ->
     lone_surrogate = {**good, "data": '{"s": "\\ud800"}'}  # valid JSON text, no character
     deep = {**good, "data": "[" * 1000 + "]" * 1000}
     undecodable = {**good, "pattern_id": "p\udcff"}  # a byte 0xff, read with surrogateescape
-    results = parse_entries([good, bad_json, bad_version, missing, lone_surrogate, deep,
-                             undecodable])  # fmt: skip
+    results = parse_entries(
+        [good, bad_json, bad_version, missing, lone_surrogate, deep, undecodable]
+    )
     assert results[0] == make_event(1)
     assert isinstance(results[1], ValidationError) and results[1].field == "data"
     assert isinstance(results[2], pydantic.ValidationError)
@@ -191,9 +192,9 @@ def test_bulk_parsing_reports_each_malformed_entry_with_the_reference_error() ->
     assert isinstance(results[5], ValidationError) and "nested deeper" in results[5].message
     assert isinstance(results[6], ValidationError) and "UTF-8" in results[6].message
     assert [str(r) for r in results[1:]] == [
-        str(parse_entry(e)) for e in (bad_json, bad_version, missing, lone_surrogate, deep,
-                                      undecodable)
-    ]  # fmt: skip
+        str(parse_entry(e))
+        for e in (bad_json, bad_version, missing, lone_surrogate, deep, undecodable)
+    ]
 
 
 @pytest.mark.parametrize(

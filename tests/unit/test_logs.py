@@ -61,10 +61,18 @@ def json_log() -> Iterator[Capture]:
 
 def test_a_json_line_has_the_standard_fields_and_the_extra_ones(json_log: Capture) -> None:
     json_log.logger.info(
-        "%s GET %s -> %s", "context-service", "/api/v1/context/c1", 200,
-        extra={"service": "context-service", "endpoint": "get_context", "status": 200,
-               "duration": 0.0123, "nested": {"ids": ["a", "b"]}},
-    )  # fmt: skip
+        "%s GET %s -> %s",
+        "context-service",
+        "/api/v1/context/c1",
+        200,
+        extra={
+            "service": "context-service",
+            "endpoint": "get_context",
+            "status": 200,
+            "duration": 0.0123,
+            "nested": {"ids": ["a", "b"]},
+        },
+    )
     (line,) = json_log.records()
     assert line["message"] == "context-service GET /api/v1/context/c1 -> 200"
     assert line["level"] == "INFO"
@@ -197,8 +205,9 @@ def root_restored() -> Iterator[None]:
 @pytest.mark.usefixtures("root_restored")
 def test_configure_logging_follows_the_settings(tmp_path: Any) -> None:
     path = tmp_path / "admin.log"
-    configure_logging(load_settings(log_format="text", log_level="WARNING"), "admin",
-                      logfile=str(path))  # fmt: skip
+    configure_logging(
+        load_settings(log_format="text", log_level="WARNING"), "admin", logfile=str(path)
+    )
     handler = configure_logging(load_settings(log_level="WARNING"), "admin", logfile=str(path))
     root = logging.getLogger()
     assert root.handlers == [handler]  # reconfigured, not duplicated

@@ -104,8 +104,9 @@ def test_finished_analyses_count_status_fallbacks_and_duration(fresh: metrics.Me
 def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None:
     def item(index: int, status: str, result: IntentResult | None) -> BatchItem:
         error = None if status != "failed" else ErrorInfo(type="E", message="m")
-        return BatchItem(index=index, request_id=f"r{index}", status=status, result=result,
-                         error=error)  # type: ignore[arg-type]  # fmt: skip
+        return BatchItem(
+            index=index, request_id=f"r{index}", status=status, result=result, error=error
+        )  # type: ignore[arg-type]
 
     request = IntentRequest(client_id="web", context_id="c1", pattern_id="checkout")
     started = IntentResult(request=request, submitted_at=1000.0)
@@ -173,9 +174,12 @@ def test_each_transition_is_counted_once_by_the_process_that_made_it(
 
     def transitions(old: str, new: str) -> float:
         return sample(
-            fresh, "intent_circuit_breaker_transitions_total", breaker="svc-a", from_state=old,
+            fresh,
+            "intent_circuit_breaker_transitions_total",
+            breaker="svc-a",
+            from_state=old,
             to_state=new,
-        )  # fmt: skip
+        )
 
     assert transitions("closed", "open") == 1
     assert transitions("open", "closed") == 1
@@ -273,8 +277,11 @@ def test_multiprocess_mode_whoever_imported_prometheus_first(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     out = subprocess.run(
         [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(directory)],
-        capture_output=True, text=True, check=True, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     parent, child = out.stdout.split()
     files = {p.name for p in directory.iterdir()}
     host = metrics.host_name()
@@ -321,8 +328,11 @@ def test_two_containers_with_the_same_pid_keep_files_of_their_own(tmp_path: Path
     def start(host: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, "-c", CONTAINER_SCRIPT, str(directory), host],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert process.stdout is not None and process.stdout.readline() == "recorded\n"
         return process
 

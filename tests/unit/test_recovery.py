@@ -31,9 +31,12 @@ from intent.retry import Backoff
 
 NOW = 1_000_000.0
 BUDGETS = Budgets(
-    retry_max=3, max_deferral=600, recovery_timeout=60, defer_jitter=1.0,
+    retry_max=3,
+    max_deferral=600,
+    recovery_timeout=60,
+    defer_jitter=1.0,
     backoff=Backoff(initial=1, maximum=10, jitter=0.25, max_retries=3),
-)  # fmt: skip
+)
 DOWN = ServiceUnavailableError("context-service", "connection refused")
 
 

@@ -54,9 +54,13 @@ print(any(m is not None for n, m in sys.modules.items() if n.startswith("opentel
 
 def run_python(code: str, env: dict[str, str] | None = None) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     return out.stdout.split()
 
 
@@ -104,8 +108,11 @@ def test_events_and_attributes_land_on_the_current_span(spans: InMemorySpanExpor
         tracing.annotate(**{"intent.wait": "retry"})
     span = only(spans)
     assert span.name == "work"
-    assert span.attributes == {"intent.request_id": "r-1", "intent.step": "predict",
-                               "intent.wait": "retry"}  # fmt: skip
+    assert span.attributes == {
+        "intent.request_id": "r-1",
+        "intent.step": "predict",
+        "intent.wait": "retry",
+    }
     assert events(span) == [("cache.hit", {"context_id": "ctx-1", "age": 1.5})]
 
 
@@ -152,8 +159,11 @@ def test_breaker_rejections_and_transitions_are_events(spans: InMemorySpanExport
     names = events(only(spans))
     assert names[0][0] == "breaker.transition"
     assert names[0][1] | {"reason": ""} == {
-        "breaker": "svc", "from_state": "closed", "to_state": "open", "reason": ""
-    }  # fmt: skip
+        "breaker": "svc",
+        "from_state": "closed",
+        "to_state": "open",
+        "reason": "",
+    }
     assert names[1][0] == "breaker.rejected"
     assert names[1][1]["service"] == "svc" and names[1][1]["until"] > 0
 
@@ -201,8 +211,9 @@ def test_a_downstream_call_is_a_client_span_whose_context_the_service_receives(
     assert span.attributes["url.full"] == "http://svc.test/api/x"
     (sent,) = recorder.headers
     assert sent["traceparent"].split("-")[1:3] == [
-        f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
-    ]  # fmt: skip
+        f"{span.context.trace_id:032x}",
+        f"{span.context.span_id:016x}",
+    ]
     assert sent["Accept"] == "application/json"
 
 

@@ -196,12 +196,18 @@ def _big_numbers(text: str, limits: Limits) -> bool:
 def within_limits(value: Any, limits: Limits) -> bool:
     """A value another parser decoded (pydantic-core's, which reads NaN, 1e400 as inf and
     integers of any length) within the depth and numbers of ``limits`` and free of type
-    markers: a walk over its containers and numbers. Strings are the caller's to bound."""
-    bound = limits.int_bound
+    markers. Strings are the caller's to bound."""
+    return _plain_shape(value, limits.max_depth, limits.int_bound)
+
+
+def _plain_shape(value: Any, max_depth: int, int_bound: int | None = None) -> bool:
+    """Within ``max_depth`` and free of type markers (and, given ``int_bound``, of integers
+    that large and of non-finite floats): a walk over the containers, a level at a time
+    (the cheap path for a decoded document; :func:`check` says where)."""
     level: list[Any] = [[value]]  # a wrapper at depth 0: the value itself may be a number
     depth = 0
     while level:
-        if depth > limits.max_depth:
+        if depth > max_depth:
             return False
         below: list[Any] = []
         for item in level:
@@ -215,38 +221,13 @@ def within_limits(value: Any, limits: Limits) -> bool:
                 kind = type(child)
                 if kind is dict or kind is list:
                     below.append(child)
+                elif int_bound is None:
+                    continue
                 elif kind is int:
-                    if not -bound < child < bound:
+                    if not -int_bound < child < int_bound:
                         return False
                 elif kind is float and child - child != 0:  # inf or nan
                     return False
-        level = below
-        depth += 1
-    return True
-
-
-def _plain_shape(value: Any, max_depth: int) -> bool:
-    """Within ``max_depth`` and free of type markers: a walk over the containers alone, a
-    level at a time (the cheap path for a decoded document; :func:`check` says where)."""
-    level = [value]
-    depth = 1
-    while level:
-        if depth > max_depth:
-            return False
-        below: list[Any] = []
-        for item in level:
-            if type(item) is dict:
-                if len(item) == 2 and item.keys() == MARKER_KEYS:
-                    return False
-                for child in item.values():
-                    kind = type(child)
-                    if kind is dict or kind is list:
-                        below.append(child)
-            elif type(item) is list:
-                for child in item:
-                    kind = type(child)
-                    if kind is dict or kind is list:
-                        below.append(child)
         level = below
         depth += 1
     return True

@@ -384,19 +384,23 @@ def test_an_answered_probe_does_not_excuse_api_calls_that_hang(
     assert "3 calls slower than 0.2 s" in tripped.transition.reason
 
 
+# Idle callers: a slow-call duration short enough for a test to go idle past it.
+IDLE_CONFIG = CircuitConfig(
+    failure_threshold=3,
+    min_throughput=3,
+    recovery_timeout=5.0,
+    half_open_timeout=5.0,
+    failure_window=5.0,
+    throttle_wait=0.0,
+    slow_call_duration=0.4,
+)
+
+
 def test_idle_callers_answered_calls_never_look_slow(store: BreakerStore, name: str) -> None:
     """Five pool processes each make one healthy call and go idle for longer than the
     slow-call duration: their unreported leases must not look like calls that hang, or the
     next call would trip a healthy service's breaker."""
-    config = CircuitConfig(
-        failure_threshold=3,
-        min_throughput=3,
-        recovery_timeout=5.0,
-        half_open_timeout=5.0,
-        failure_window=5.0,
-        throttle_wait=0.0,
-        slow_call_duration=0.4,
-    )
+    config = IDLE_CONFIG
     breakers = [CircuitBreaker(name, config, store=store) for _ in range(5)]  # five processes
     for breaker in breakers:
         assert breaker.call(lambda: "answered") == "answered"
@@ -410,15 +414,7 @@ def test_idle_callers_answered_calls_never_look_slow(store: BreakerStore, name: 
 def test_idle_callers_answered_calls_never_look_slow_in_a_second_idle_period(
     store: BreakerStore, name: str
 ) -> None:
-    config = CircuitConfig(
-        failure_threshold=3,
-        min_throughput=3,
-        recovery_timeout=5.0,
-        half_open_timeout=5.0,
-        failure_window=5.0,
-        throttle_wait=0.0,
-        slow_call_duration=0.4,
-    )
+    config = IDLE_CONFIG
     breakers = [CircuitBreaker(name, config, store=store) for _ in range(5)]
     for _ in range(2):  # busy, idle, busy, idle
         for breaker in breakers:

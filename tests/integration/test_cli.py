@@ -23,6 +23,12 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _submit(*options: str, timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``intent submit`` with ``options``, as a user runs it."""
+    command = [sys.executable, "-m", "intent.cli", "submit", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def _processes_with(marker: str) -> list[str]:
     """The command lines of the processes whose environment holds ``marker``."""
     found = []
@@ -126,22 +132,14 @@ def test_submit_local_prints_the_result_as_json(
         INTENT_CONTEXT_SERVICE_URL=reference.context_url,
         INTENT_PREDICTION_SERVICE_URL=reference.prediction_url,
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--local",
-            "--client-id",
-            "cli",
-            "--pattern-id",
-            "checkout",
-            "--context-id",
-            "ctx-cli-1",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--local",
+        "--client-id",
+        "cli",
+        "--pattern-id",
+        "checkout",
+        "--context-id",
+        "ctx-cli-1",
         timeout=60,
         env=env,
     )
@@ -152,22 +150,14 @@ def test_submit_local_prints_the_result_as_json(
 
 
 def test_submit_names_the_bad_field(redis_url: str) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--local",
-            "--client-id",
-            "bad id",
-            "--pattern-id",
-            "p",
-            "--context-id",
-            "c",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--local",
+        "--client-id",
+        "bad id",
+        "--pattern-id",
+        "p",
+        "--context-id",
+        "c",
         timeout=60,
         env=_env(INTENT_REDIS_URL=redis_url),
     )
@@ -176,22 +166,14 @@ def test_submit_names_the_bad_field(redis_url: str) -> None:
 
 
 def test_a_bad_setting_stops_the_command_naming_the_variable(redis_url: str) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--local",
-            "--client-id",
-            "c",
-            "--pattern-id",
-            "p",
-            "--context-id",
-            "c",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--local",
+        "--client-id",
+        "c",
+        "--pattern-id",
+        "p",
+        "--context-id",
+        "c",
         timeout=60,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_CIRCUIT_FAILURE_THRESHOLD="many"),
     )
@@ -270,23 +252,15 @@ def test_submit_answers_every_failure_as_a_json_error_never_a_traceback() -> Non
     from intent.embedded import free_port
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--client-id",
-            "c",
-            "--pattern-id",
-            "p",
-            "--context-id",
-            "c",
-            "--timeout",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--client-id",
+        "c",
+        "--pattern-id",
+        "p",
+        "--context-id",
+        "c",
+        "--timeout",
+        "5",
         timeout=120,
         env=_env(INTENT_REDIS_URL=dead_redis),
     )
@@ -301,23 +275,15 @@ def test_a_submit_that_times_out_says_what_the_analysis_waits_for(
     redis_url: str, redis_client: object
 ) -> None:
     """No worker consumes the queue: the timeout says so, as a JSON error."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--client-id",
-            "c",
-            "--pattern-id",
-            "p",
-            "--context-id",
-            "c",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--client-id",
+        "c",
+        "--pattern-id",
+        "p",
+        "--context-id",
+        "c",
+        "--timeout",
+        "1",
         timeout=120,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
     )
@@ -344,25 +310,17 @@ def test_a_submit_that_times_out_names_the_step_it_waits_for(
         due=1e10,
         reason="Circuit breaker is open for service context-service",
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intent.cli",
-            "submit",
-            "--client-id",
-            "c",
-            "--pattern-id",
-            "p",
-            "--context-id",
-            "c",
-            "--request-id",
-            rid,
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    out = _submit(
+        "--client-id",
+        "c",
+        "--pattern-id",
+        "p",
+        "--context-id",
+        "c",
+        "--request-id",
+        rid,
+        "--timeout",
+        "1",
         timeout=120,
         env=_env(INTENT_REDIS_URL=redis_url, INTENT_QUEUE="nobody-consumes-this"),
     )

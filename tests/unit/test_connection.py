@@ -13,10 +13,10 @@ from tasks.connection import PacedConnection
 def test_a_lost_broker_is_tried_again_every_reconnect_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("INTENT_BROKER_RECONNECT_INTERVAL", "0.5")
-    from intent.settings import get_settings
+    from intent.settings import Settings
 
-    get_settings.cache_clear()
+    settings = Settings(broker_reconnect_interval=0.5)
+    monkeypatch.setattr("tasks.connection.get_settings", lambda: settings)
     seen: dict[str, Any] = {}
     monkeypatch.setattr(Connection, "_ensure_connection", lambda self, *a, **k: seen.update(k))
     connection = PacedConnection("memory://")
@@ -33,4 +33,3 @@ def test_a_lost_broker_is_tried_again_every_reconnect_interval(
         assert type(connection.clone()) is PacedConnection
     finally:
         connection.release()
-        get_settings.cache_clear()

@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    from tasks.stack import Stack
+    from intent.dev.stack import Stack
 
     with stdout_to_stderr(), Stack(concurrency=args.concurrency, env=LIFTED_LIMITS):
         rates = alternate(

@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    from tasks.stack import Stack, WorkerProcess
+    from intent.dev.stack import Stack, WorkerProcess
 
     uids = Uids()
     log = str(Path(tempfile.mkdtemp(prefix="intent-fuzz-")) / "worker.log")

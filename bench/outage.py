@@ -586,7 +586,7 @@ def main() -> int:
     args = parse_args()
     env = settings_env(args)
 
-    from tasks.stack import Stack
+    from intent.dev.stack import Stack
 
     with stdout_to_stderr(), Stack(concurrency=args.concurrency, env=env) as stack:
         run = measure(stack, args)

@@ -39,7 +39,7 @@ def bare_round(n: int, payload: dict[str, Any], last_result_only: bool = False) 
     do not store their result, as the pipeline's steps do not."""
     from celery import chain
 
-    from tasks.noop import noop
+    from bench.noop import noop
 
     first = {"ignore_result": last_result_only}
 
@@ -76,10 +76,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    from tasks.stack import Stack
+    from intent.dev.stack import Stack
 
     payload = {"request_id": "bare", "client_id": "bench", "context_id": "c", "pattern_id": "p"}
-    with stdout_to_stderr(), Stack(concurrency=args.concurrency, env=LIFTED_LIMITS):
+    with (
+        stdout_to_stderr(),
+        Stack(concurrency=args.concurrency, env=LIFTED_LIMITS, include=["bench.noop"]),
+    ):
         rates = alternate(
             {
                 "bare": lambda n: bare_round(n, payload),

@@ -6,6 +6,7 @@ can be stopped and started again on the same port (tests use that to simulate an
 
 from __future__ import annotations
 
+import ctypes  # imported here, not post-fork: a forked child must not take the import lock
 import shutil
 import signal
 import socket
@@ -30,8 +31,6 @@ def die_with_parent() -> None:
     """In a child before exec: have Linux send SIGTERM when the parent dies, so a crashed
     demo or test run leaves no server or worker behind (a no-op elsewhere)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

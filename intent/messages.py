@@ -13,12 +13,13 @@ import inspect as pyinspect
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from intent import codec
 from intent.errors import ValidationError
+from intent.settings import get_settings
 
 JSON_TYPES = frozenset({"application/json"})
 ENCODINGS = frozenset({"utf-8", "utf8"})
@@ -262,3 +263,28 @@ def _kinds(kinds: tuple[type, ...]) -> str:
         "dict": "an object",
     }
     return " or ".join(dict.fromkeys(names.get(k.__name__, k.__name__) for k in kinds))
+
+
+# How deep a task's message wraps a request: [args][0] around the request itself (by name),
+# an analysis around it (a step), a batch's items around analyses; others, the most.
+WRAPPING = {"intent.analyze": 2, "intent.analyze_batch": 3}
+STEP_WRAPPING, BATCH_STEP_WRAPPING, MOST_WRAPPING = 3, 6, 8
+
+
+def message_limits(task: str | None = None) -> codec.Limits:
+    """What one task message may hold: up to a batch of analyses, each with its context
+    and predictions, around the request limits, nested as ``task`` nests a request (so a
+    request too deep is refused naming the same field as the request's own check)."""
+    settings = get_settings()
+    request = codec.Limits(max_bytes=settings.max_payload_bytes, max_depth=settings.max_json_depth)
+    if task in WRAPPING:
+        levels = WRAPPING[task]
+    elif task is not None and task.startswith("intent.batch_"):
+        levels = BATCH_STEP_WRAPPING
+    elif task is not None and task.startswith("intent."):
+        levels = STEP_WRAPPING
+    else:
+        levels = MOST_WRAPPING
+    message = request.nested(levels, 8 * settings.batch_max_size)
+    # A long string is the request's to refuse, by its field name, in the task itself.
+    return replace(message, max_string=message.max_bytes)

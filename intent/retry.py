@@ -1,8 +1,10 @@
 """The retry schedule for transient failures, as plain functions, and the guide's RetryHandler.
 
-The Celery layer asks :class:`Backoff` for each countdown; :class:`RetryHandler` uses the
-same schedule in-process (``intent submit --local``). Sleep and randomness are injected,
-so tests check exact schedules without waiting.
+:class:`Backoff` is the schedule the pipeline's one recovery decision
+(:mod:`intent.pipeline.recovery`) counts down by, on a worker and in ``intent submit
+--local`` alike. :class:`RetryHandler` is the guide's retry for a caller's own operation,
+on the same schedule; no step of the pipeline goes through it. Sleep and randomness are
+injected, so tests check exact schedules without waiting.
 """
 
 from __future__ import annotations

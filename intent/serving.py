@@ -9,13 +9,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 from typing import Any
 from wsgiref.types import WSGIApplication
 
@@ -235,26 +231,3 @@ class TornadoWsgiServer(Background):
         thread.join(timeout=5)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[threading.Event]:
-    """An event that SIGINT and SIGTERM set while inside (call from the main thread); the
-    previous handlers come back on exit."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def wait_for(stop: threading.Event) -> None:
-    """Block until ``stop`` is set, waking often so the main thread runs signal handlers."""
-    while not stop.wait(0.5):
-        pass

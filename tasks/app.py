@@ -5,8 +5,6 @@ from celery import Celery
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
 from tasks import serializer, transport
 from tasks import tracing as _tracing  # noqa: F401  # task spans, context in message headers
-from tasks.consumer import Watchdog
-from tasks.release import ReleaseStep
 
 transport.install()  # before any broker connection: the Redis transport, one defect mended
 
@@ -15,10 +13,13 @@ serializer.install()  # application/json: plain JSON only, bounded, no type mark
 app = Celery(
     "intent",
     amqp="tasks.connection:IntentAMQP",  # reconnects to the broker every second, not 2-30 s
-    include=["tasks.pipeline", "tasks.batch", "tasks.noop", "tasks.health"],
+    include=["tasks.pipeline", "tasks.batch", "tasks.health"],
 )
 app.config_from_object("celeryconfig")
+# The worker's own steps, named as Celery names its defaults (and worker_consumer in
+# celeryconfig): loaded when a worker builds its blueprint, so a producer that imports the
+# app for submit() does not load the worker side.
 # Every worker publishes the waiting steps that are due (intent/waiting.py).
-app.steps["consumer"].add(ReleaseStep)
+app.steps["consumer"].add("tasks.release:ReleaseStep")
 # A stopping worker exits within a bound, whatever hangs (tasks/consumer.py).
-app.steps["worker"].add(Watchdog)
+app.steps["worker"].add("tasks.consumer:Watchdog")

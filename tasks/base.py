@@ -38,11 +38,10 @@ from intent.pipeline import recovery, steps
 from intent.pipeline.intake import give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
+from tasks.chains import ANALYSIS_STEP_TASKS, shown
 from tasks.tracing import carry
 
 log = logging.getLogger("intent.tasks")
-
-STEP_TASK_NAMES = frozenset(f"intent.{name}" for name, _ in steps.STEPS)
 
 
 def step_error(step: str, exc: Exception) -> Exception:
@@ -108,13 +107,6 @@ def release_refused(task_id: str, chain: Any, args: Any) -> None:
         log.warning("could not give back the claim of %s: %s", request_id, exc)
 
 
-def forget_analysis(app: Any, request_id: str, analysis_id: str) -> None:
-    """Delete what an analysis stored: its result and its steps' failures."""
-    ids = [analysis_id, *(f"{request_id}.{name}" for name, _ in steps.STEPS[:-1])]
-    for task_id in ids:
-        app.AsyncResult(task_id).forget()
-
-
 def budgets() -> recovery.Budgets:
     return recovery.Budgets.from_settings(get_settings())
 
@@ -138,7 +130,7 @@ class PipelineTask(Task):
         outcome = steps.recover(get_runtime(), step, step_error(step, exc), current)
         if isinstance(outcome, IntentResult):
             return outcome
-        self.carry_out(outcome, shown=_shown(current))
+        self.carry_out(outcome, shown=shown(current.request.request_id))
 
     def carry_out(
         self,
@@ -280,7 +272,7 @@ class PipelineTask(Task):
         # The chain stops at a failed step: the analysis ends here.
         if self.name == "intent.analyze":
             metrics.record_failed("rejected")
-        elif self.name in STEP_TASK_NAMES:
+        elif self.name in ANALYSIS_STEP_TASKS:
             metrics.record_failed("failed", submitted_at(args))
 
 
@@ -301,8 +293,3 @@ def submitted_at(args: Any) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _shown(current: IntentResult) -> dict[str, str]:
-    # Keep the re-sent message's repr short too (see tasks.pipeline.analysis_chain).
-    return {"argsrepr": f"(<analysis {current.request.request_id}>,)", "kwargsrepr": "{}"}

@@ -5,34 +5,26 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
-from celery import Task, chain
-from celery.result import AsyncResult
+from celery import Task
 
-from intent import metrics, tracing
-from intent.models import BatchResult
+from intent import metrics
+from intent.models import STEP_NAMES, BatchResult
 from intent.pipeline import batch as batch_steps
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_model, request_limits
 from tasks.app import app
 from tasks.base import PipelineTask, chain_step_options, step_error
+from tasks.chains import batch_chain
 
 log = logging.getLogger("intent.tasks")
-
-STEP_NAMES = ("fetch_context", "predict", "detect_pattern", "emit_events")
-
-
-def batch_max_size() -> int:
-    """``INTENT_BATCH_MAX_SIZE``: the most requests one batch takes."""
-    return get_settings().batch_max_size
 
 
 def parse_batch(payload: Any) -> BatchResult:
     # A step's input carries up to a batch of analyses, contexts and predictions included.
-    limits = request_limits(get_settings()).nested(8, 8 * batch_max_size())
+    limits = request_limits(get_settings()).nested(8, 8 * get_settings().batch_max_size)
     return parse_model(BatchResult, payload, what="batch", limits=limits)
 
 
@@ -70,25 +62,7 @@ def _batch_step_task(name: str) -> Task:
     return run
 
 
-batch_fetch_context = _batch_step_task("fetch_context")
-batch_predict = _batch_step_task("predict")
-batch_detect_pattern = _batch_step_task("detect_pattern")
-batch_emit_events = _batch_step_task("emit_events")
-BATCH_STEP_TASKS = (batch_fetch_context, batch_predict, batch_detect_pattern, batch_emit_events)
-
-
-def batch_chain(batch: BatchResult) -> Any:
-    """The four batch steps with stable ids: the last one's is the batch_id (the batch
-    result), the others are ``{batch_id}.batch_{step}``."""
-    payload = batch.model_dump(mode="json")
-    bid = batch.batch_id
-    first, second, third, last = BATCH_STEP_TASKS
-    return chain(
-        first.signature((payload,), task_id=f"{bid}.batch_fetch_context"),
-        second.signature(task_id=f"{bid}.batch_predict"),
-        third.signature(task_id=f"{bid}.batch_detect_pattern"),
-        last.signature(task_id=bid),
-    )
+BATCH_STEP_TASKS = tuple(_batch_step_task(name) for name in STEP_NAMES)
 
 
 @app.task(bind=True, base=BatchTask, name="intent.analyze_batch")
@@ -96,26 +70,12 @@ def analyze_batch(self: BatchTask, requests: Any) -> dict[str, Any]:
     """Entry point by name: a list of request dicts (or a JSON text of one). A batch that
     is not a list, is empty or is larger than INTENT_BATCH_MAX_SIZE fails with
     ``ValidationError("requests", ...)``; a bad request fails alone in the batch result."""
-    batch = batch_steps.start_batch(get_runtime(), requests, self.request.id, batch_max_size())
+    batch = batch_steps.start_batch(
+        get_runtime(), requests, self.request.id, get_settings().batch_max_size
+    )
     if batch.status == "completed":  # every request was refused: nothing to run
         metrics.record_batch_finished(batch)
         return batch.model_dump(mode="json")
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
     # the batch result.
     raise self.replace(batch_chain(batch))
-
-
-def submit_batch(requests: Any, batch_id: str | None = None) -> AsyncResult:
-    """Validate ``requests`` and enqueue their batch; the AsyncResult (id: the batch_id)
-    resolves to a :class:`intent.batch.BatchResult` dump.
-
-    Raises :class:`intent.errors.ValidationError` naming ``requests`` (nothing enqueued)
-    for a batch that is not a list, is empty or is too large; a bad request fails alone.
-    """
-    batch = batch_steps.start_batch(
-        get_runtime(), requests, batch_id or uuid.uuid4().hex, batch_max_size()
-    )
-    tracing.start()  # a caller that traces: the batch's trace starts with this span
-    with tracing.span("intent.submit_batch", "producer", {"intent.batch_id": batch.batch_id}):
-        batch_chain(batch).apply_async()
-    return AsyncResult(batch.batch_id, app=app)

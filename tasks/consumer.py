@@ -14,7 +14,6 @@ time limit plus a grace, so a supervisor can restart it; it never stays wedged.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import os
@@ -28,8 +27,7 @@ from celery.app.task import Context
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
-from intent import codec
-from intent.messages import Checked, Refusal, task_id_of
+from intent.messages import Checked, Refusal, message_limits, task_id_of
 from intent.messages import inspect as inspect_message
 from intent.poison import DeadTasks
 from intent.runtime import get_runtime
@@ -39,31 +37,6 @@ from tasks.base import release_refused
 log = logging.getLogger("intent.worker")
 
 WEDGE_GRACE = 15.0  # seconds past the hard time limit before a stopping worker exits
-
-
-# How deep a task's message wraps a request: [args][0] around the request itself (by name),
-# an analysis around it (a step), a batch's items around analyses; others, the most.
-WRAPPING = {"intent.analyze": 2, "intent.analyze_batch": 3}
-STEP_WRAPPING, BATCH_STEP_WRAPPING, MOST_WRAPPING = 3, 6, 8
-
-
-def message_limits(task: str | None = None) -> codec.Limits:
-    """What one task message may hold: up to a batch of analyses, each with its context
-    and predictions, around the request limits, nested as ``task`` nests a request (so a
-    request too deep is refused naming the same field as the request's own check)."""
-    settings = get_settings()
-    request = codec.Limits(max_bytes=settings.max_payload_bytes, max_depth=settings.max_json_depth)
-    if task in WRAPPING:
-        levels = WRAPPING[task]
-    elif task is not None and task.startswith("intent.batch_"):
-        levels = BATCH_STEP_WRAPPING
-    elif task is not None and task.startswith("intent."):
-        levels = STEP_WRAPPING
-    else:
-        levels = MOST_WRAPPING
-    message = request.nested(levels, 8 * settings.batch_max_size)
-    # A long string is the request's to refuse, by its field name, in the task itself.
-    return dataclasses.replace(message, max_string=message.max_bytes)
 
 
 class Consumer(CeleryConsumer):

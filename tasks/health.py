@@ -9,18 +9,39 @@ scheduler is celery-redbeat's, whose Redis lock lets one beat schedule at a time
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
 
 from intent.health import HealthChecker
 from intent.runtime import get_runtime
 from tasks.app import app
 
 
-def ping_workers(timeout: float) -> Iterable[str]:
-    """Names of the workers that answer a broadcast ping within ``timeout`` seconds."""
-    replies = app.control.ping(timeout=timeout) or []
-    return [name for reply in replies for name in reply]
+def ping_workers(
+    timeout: float, destination: Sequence[str] | None = None, via: Celery | None = None
+) -> list[str]:
+    """Names of the workers (of ``destination``, else all) that answer a ping within
+    ``timeout`` seconds, through ``via`` (default: this app and its broker)."""
+    control = (via or app).control
+    replies = control.ping(destination=list(destination) if destination else None, timeout=timeout)
+    return [name for reply in replies or [] for name in reply]
+
+
+def worker_answers(name: str, timeout: float = 0.5, broker_url: str | None = None) -> bool:
+    """Whether worker ``name`` answers a ping; ``False`` while its broker cannot be reached
+    (one that restarted: the next ping reconnects). ``broker_url`` asks another broker than
+    this process's settings name (``intent up``'s children get theirs at start)."""
+    via = Celery("intent-probe", broker=broker_url) if broker_url else app
+    try:
+        return name in ping_workers(timeout, [name], via)
+    except (OperationalError, *via.connection_for_write().connection_errors):
+        return False
+    finally:
+        if via is not app:
+            via.close()
 
 
 _checkers: dict[int, HealthChecker] = {}

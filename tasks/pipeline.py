@@ -6,18 +6,19 @@ import logging
 import time
 from typing import Any
 
-from celery import Task, chain
+from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from intent import metrics
-from intent.models import IntentRequest, IntentResult
+from intent.models import STEP_NAMES, IntentResult
 from intent.pipeline import steps
 from intent.pipeline.intake import admit, claim_request, give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
 from tasks.app import app
-from tasks.base import PipelineTask, chain_step_options, forget_analysis
+from tasks.base import PipelineTask, chain_step_options
+from tasks.chains import analysis_chain, forget_analysis
 
 log = logging.getLogger("intent.tasks")
 
@@ -43,7 +44,7 @@ def log_finished(result: IntentResult, now: float | None = None) -> None:
 
 
 def _step_task(name: str) -> Task:
-    last = name == steps.STEPS[-1][0]  # the analysis ends with this step
+    last = name == STEP_NAMES[-1]  # the analysis ends with this step
 
     def step(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
         result = parse_result(payload, get_settings()).resumed(time.time())
@@ -77,32 +78,7 @@ def _step_task(name: str) -> Task:
     return run
 
 
-fetch_context = _step_task("fetch_context")
-predict = _step_task("predict")
-detect_pattern = _step_task("detect_pattern")
-emit_events = _step_task("emit_events")
-STEP_TASKS = (fetch_context, predict, detect_pattern, emit_events)
-
-
-def args_repr(request_id: str) -> str:
-    return f"(<analysis {request_id}>,)"
-
-
-def analysis_chain(request: IntentRequest, analysis_id: str) -> Any:
-    """The four steps with stable ids: the last one's is ``analysis_id`` (the analysis
-    result), the others are ``{request_id}.{step}``."""
-    payload = IntentResult(request=request, submitted_at=time.time()).model_dump(mode="json")
-    rid = request.request_id
-    # A short argsrepr for logs, events and Flower: Celery would otherwise saferepr the
-    # whole analysis (context, predictions) at every hop, a measurable cost per task.
-    shown = {"argsrepr": args_repr(rid), "kwargsrepr": "{}"}
-    first, second, third, last = STEP_TASKS
-    return chain(
-        first.signature((payload,), task_id=f"{rid}.fetch_context", **shown),
-        second.signature(task_id=f"{rid}.predict", **shown),
-        third.signature(task_id=f"{rid}.detect_pattern", **shown),
-        last.signature(task_id=analysis_id, **shown),
-    )
+STEP_TASKS = tuple(_step_task(name) for name in STEP_NAMES)
 
 
 @app.task(bind=True, base=PipelineTask, name="intent.analyze")
@@ -118,7 +94,7 @@ def analyze(self: PipelineTask, request: Any) -> dict[str, Any]:
         duplicate = IntentResult(request=parsed, status="duplicate", duplicate_of=owner)
         return duplicate.model_dump(mode="json")
     if claim.replaces is not None:
-        forget_analysis(app, parsed.request_id, claim.replaces)
+        forget_analysis(parsed.request_id, claim.replaces)
     # The chain's last step takes this task's id, so the caller's AsyncResult resolves to
     # the analysis result.
     try:

@@ -14,11 +14,10 @@ from typing import Any
 from kombu.serialization import register
 
 from intent import codec
+from intent.messages import message_limits
 
 
 def install() -> None:
-    from tasks.consumer import message_limits
-
     limits: list[codec.Limits] = []
 
     def decode(data: Any) -> Any:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from intent import tracing
 from intent.models import IntentRequest, IntentResult
+from intent.pipeline import batch as batch_steps
 from intent.pipeline.intake import admit, claim_request, release_request
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request
 from tasks.app import app
-from tasks.base import forget_analysis
-from tasks.pipeline import analysis_chain
+from tasks.chains import analysis_chain, batch_chain, forget_analysis
+
+
+class AnalysisTimeout(CeleryTimeout, TimeoutError):
+    """No result within the wait: Celery's TimeoutError, and Python's, so a caller that
+    knows no Celery (``intent submit``) catches it as the builtin."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,18 @@ class Analysis:
         return bool(self.result.ready())
 
     def get(self, timeout: float | None = None) -> IntentResult:
-        """Wait for the result; raises the analysis's error (e.g. ServiceError) if it failed."""
-        return IntentResult.model_validate(self.result.get(timeout=timeout, propagate=True))
+        """Wait for the result; raises the analysis's error (e.g. ServiceError) if it failed,
+        :class:`AnalysisTimeout` if none came within ``timeout``."""
+        try:
+            answer = self.result.get(timeout=timeout, propagate=True)
+        except CeleryTimeout as exc:
+            raise AnalysisTimeout(str(exc)) from None
+        return IntentResult.model_validate(answer)
+
+    def forget_subscription(self) -> None:
+        """Unsubscribe from the result now, not at interpreter exit (where Celery's clean-up
+        of a pending result prints a traceback after the answer)."""
+        self.result.backend.remove_pending_result(self.result)
 
 
 def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
@@ -58,7 +75,7 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
         return Analysis(parsed.request_id, AsyncResult(claim.owner, app=app), duplicate=True)
     if claim.replaces is not None:
         # Refused and given back: forget its stored refusal, so the new run answers.
-        forget_analysis(app, parsed.request_id, claim.replaces)
+        forget_analysis(parsed.request_id, claim.replaces)
     tracing.start()  # a caller that traces: the analysis's trace starts with this span
     try:
         with tracing.span("intent.submit", "producer", {"intent.request_id": parsed.request_id}):
@@ -67,3 +84,19 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
         release_request(rt, parsed.request_id)  # not enqueued: let a retry claim it again
         raise
     return Analysis(parsed.request_id, AsyncResult(parsed.request_id, app=app))
+
+
+def submit_batch(requests: Any, batch_id: str | None = None) -> AsyncResult:
+    """Validate ``requests`` and enqueue their batch; the AsyncResult (id: the batch_id)
+    resolves to a :class:`intent.batch.BatchResult` dump.
+
+    Raises :class:`intent.errors.ValidationError` naming ``requests`` (nothing enqueued)
+    for a batch that is not a list, is empty or is too large; a bad request fails alone.
+    """
+    batch = batch_steps.start_batch(
+        get_runtime(), requests, batch_id or uuid.uuid4().hex, get_settings().batch_max_size
+    )
+    tracing.start()  # a caller that traces: the batch's trace starts with this span
+    with tracing.span("intent.submit_batch", "producer", {"intent.batch_id": batch.batch_id}):
+        batch_chain(batch).apply_async()
+    return AsyncResult(batch.batch_id, app=app)

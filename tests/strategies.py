@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
-    from tasks.stack import WorkerProcess
+    from intent.dev.stack import WorkerProcess
 
 T = TypeVar("T")
 

@@ -6,7 +6,8 @@ import logging
 from wsgiref.types import WSGIApplication
 
 from intent.admin.app import MAX_BODY_BYTES
-from intent.serving import TornadoWsgiServer, stop_signals, wait_for
+from intent.lifecycle import stop_signals, wait_for
+from intent.serving import TornadoWsgiServer
 
 log = logging.getLogger("intent.admin")
 

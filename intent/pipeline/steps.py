@@ -118,6 +118,14 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("emit_events", emit_events),
 )
 STEP_FUNCTIONS: dict[str, Step] = dict(STEPS)
+
+
+def step_task_ids(request_id: str, last_id: str, prefix: str = "") -> list[str]:
+    """Each step's task id: ``{request_id}.{prefix}{step}``, the last one ``last_id`` (the
+    id callers wait on: the analysis id, or the batch id)."""
+    return [f"{request_id}.{prefix}{name}" for name, _ in STEPS[:-1]] + [last_id]
+
+
 FALLBACKS: dict[str, Fallback] = {"fetch_context": stale_context, "predict": last_predictions}
 
 

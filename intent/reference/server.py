@@ -8,9 +8,9 @@ from typing import Any
 
 import requests
 
-from intent.lifecycle import Background
+from intent.lifecycle import Background, stop_signals, wait_for
 from intent.reference.app import ServiceState, make_context_app, make_prediction_app
-from intent.serving import WsgiServer, stop_signals, wait_for
+from intent.serving import WsgiServer
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import reset_runtime
-from tasks.stack import WorkerProcess, running_worker
 
 # Retries on a short schedule (0.2 s, 0.4 s, 0.8 s, jitter 25 %) so tests stay quick; the
 # production schedule is checked as numbers in tests/unit/test_retry.py.

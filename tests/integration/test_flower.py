@@ -18,13 +18,13 @@ import pytest
 import redis
 import requests
 
+from intent.dev.stack import WorkerProcess
 from intent.embedded import EmbeddedRedis, die_with_parent, free_port
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess
 from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]

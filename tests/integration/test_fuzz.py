@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
+from intent.dev.stack import WorkerProcess
 from intent.reference import ReferenceServices
-from tasks.stack import WorkerProcess
 from tests.integration.conftest import FAST_RETRY_ENV
 from tests.strategies import (
     BAD,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.errors import ValidationError
 from intent.reference import ReferenceServices
 from tasks import submit
-from tasks.stack import WorkerProcess, running_worker
 from tests.helpers import wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
 from tests.integration.test_pipeline_inprocess import request

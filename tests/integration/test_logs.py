@@ -250,9 +250,9 @@ def test_at_info_an_analysis_logs_one_line(
 ) -> None:
     """INFO is an operator's level: an analysis that went well is one line (its outcome and
     duration), not Celery's two lines per task and one per downstream request."""
+    from intent.dev.stack import WorkerProcess
     from tasks import submit
     from tasks.signals import PER_TASK_LOGGERS
-    from tasks.stack import WorkerProcess
     from tests.integration.test_pipeline_inprocess import request
 
     logfile = tmp_path / "worker.log"

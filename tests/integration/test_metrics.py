@@ -16,6 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from intent.admin.exposition import exposition
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.errors import ServiceRequestError, ValidationError
 from intent.metrics import host_name
 from intent.models import BatchResult, Context
@@ -26,7 +27,6 @@ from intent.settings import load_settings
 from tasks import submit
 from tasks.app import app
 from tasks.batch import submit_batch
-from tasks.stack import WorkerProcess, running_worker
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
 

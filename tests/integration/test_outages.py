@@ -21,6 +21,7 @@ import redis
 from celery.result import AsyncResult
 
 from intent.breaker import CircuitAdmin
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.embedded import EmbeddedRedis
 from intent.errors import ServiceUnavailableError
 from intent.models import IntentResult
@@ -28,7 +29,6 @@ from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess, running_worker
 from tests.helpers import environment, scaled_env, wait_until
 from tests.integration.test_pipeline_inprocess import request, stream_events
 

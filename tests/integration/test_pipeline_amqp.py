@@ -26,12 +26,12 @@ import redis
 from celery import Celery
 from kombu import Connection
 
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceServices
 from intent.runtime import reset_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess, running_worker
 from tests.integration import test_pipeline_inprocess, test_pipeline_prefork
 from tests.integration.conftest import FAST_RETRY_ENV
 from tests.integration.test_flower import (

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from intent.breaker import CircuitAdmin
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.errors import CircuitOpenError
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
 from tasks import submit
-from tasks.stack import WorkerProcess, running_worker
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
 

@@ -12,6 +12,7 @@ import uuid
 import pytest
 import redis
 
+from intent.dev.stack import WorkerProcess
 from intent.errors import RetriesExhaustedError, ServiceRequestError
 from intent.models import IntentEvent
 from intent.reference import ReferenceControl
@@ -19,7 +20,6 @@ from intent.reference.data import context_for, predictions_for
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess
 from tests.integration.conftest import api_calls
 from tests.integration.test_pipeline_inprocess import request, stream_events
 

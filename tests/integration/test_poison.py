@@ -15,13 +15,13 @@ import pytest
 import redis
 from kombu import Producer
 
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.errors import ValidationError
 from intent.poison import DeadTasks
 from intent.reference import ReferenceServices
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess, running_worker
 from tests.helpers import wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
 from tests.integration.test_pipeline_inprocess import request

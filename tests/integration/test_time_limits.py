@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceControl, ReferenceServices
 from tasks import submit
 from tasks.app import app
-from tasks.stack import WorkerProcess, running_worker
 from tests.integration.conftest import FAST_RETRY_ENV, api_calls
 from tests.integration.test_pipeline_inprocess import request
 

@@ -26,8 +26,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from intent.dev.up import Supervisor
 from intent.embedded import EmbeddedRedis, free_port
-from tasks.up import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -384,7 +384,7 @@ def test_children_get_sigterm_when_intent_up_itself_dies() -> None:
     # A parent that is SIGKILLed cannot stop anything: die_with_parent has Linux do it.
     code = (
         "import os, sys, time\n"
-        "from tasks.up import Supervisor\n"
+        "from intent.dev.up import Supervisor\n"
         "s = Supervisor(sys.stdout)\n"
         "c = s.start('sleeper', [sys.executable, '-c', 'import time; time.sleep(300)'],"
         " dict(os.environ))\n"

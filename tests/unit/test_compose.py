@@ -637,7 +637,7 @@ def test_the_admin_token_is_optional_and_unset_means_no_token(settings_of: Any) 
     name = service_with_command("admin")
     admin = RAW["services"][name]["environment"]
     assert "INTENT_ADMIN_TOKEN" in admin
-    # Unset in the shell, the container gets it empty, which tasks.admin takes as no token
+    # Unset in the shell, the container gets it empty, which intent.ops.admin takes as no token
     # (SecretStr("") is falsy): every mutating route is refused.
     assert service_env(name)["INTENT_ADMIN_TOKEN"] == ""
     assert not settings_of(name).admin_token

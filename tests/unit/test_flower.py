@@ -10,9 +10,9 @@ import socket
 import pytest
 
 from intent import cli
+from intent.dev.up import Options, Up
+from intent.ops.flower import flower_command, is_loopback
 from intent.settings import SettingsError, get_settings, load_settings
-from tasks.flower import flower_command, is_loopback
-from tasks.up import Options, Up
 
 REDIS = "redis://127.0.0.1:6379/0"
 INHERITED = {"PATH": "/usr/bin", "FLOWER_UNAUTHENTICATED_API": "true", "FLOWER_BASIC_AUTH": "x:y"}

@@ -579,14 +579,15 @@ def missing_parts(demo: Demo, rows: list[Row]) -> list[str]:
 
 
 def run(concurrency: int = 4) -> int:
+    from intent.dev.stack import Stack
+    from intent.lifecycle import interrupt_on_sigterm
     from intent.reference import ReferenceControl
     from intent.runtime import get_runtime
     from intent.settings import get_settings
-    from tasks.stack import Stack, signals_stop
 
     logdir = Path(tempfile.mkdtemp(prefix="intent-demo-"))
     stack = Stack(concurrency=concurrency, env=DEMO_ENV, logfile=str(logdir / "worker.log"))
-    with signals_stop(), stack:
+    with interrupt_on_sigterm(), stack:
         from tasks.app import app
         from tasks.submit import submit
 

@@ -10,10 +10,11 @@ from intent.admin.exposition import exposition
 from intent.health import HealthChecker
 from intent.logs import configure_logging
 from intent.runtime import get_runtime
-from tasks.health import ping_workers
 
 
 def build_app() -> AdminApp:
+    from tasks.health import ping_workers  # Celery, loaded by this command alone
+
     rt = get_runtime()
     settings = rt.settings
     token = settings.admin_token.get_secret_value() if settings.admin_token else None

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import requests
 
-from intent.embedded import EmbeddedRedis, die_with_parent, free_port
+from intent.dev.supervisor import Child, spawn, stop_children
+from intent.embedded import EmbeddedRedis, free_port
 from intent.lifecycle import Background
 from intent.runtime import reset_runtime
 
@@ -36,15 +36,7 @@ def _wait_http(url: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # a worker's warm shutdown: finish, requeue the rest
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+STOP_GRACE = 15.0  # seconds a worker has for its warm shutdown
 
 
 class WorkerProcess:
@@ -57,6 +49,7 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         loglevel: str = "WARNING",
         logfile: str | None = None,
+        include: Sequence[str] = (),
     ):
         self.name = f"intent-{uuid.uuid4().hex[:8]}@localhost"
         args = [
@@ -80,25 +73,23 @@ class WorkerProcess:
         ]
         if logfile:
             args += ["--logfile", logfile]
-        self.process = subprocess.Popen(
-            args,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        if include:  # task modules beyond the app's (a benchmark's own tasks)
+            args += ["--include", ",".join(include)]
+        self.child = spawn(args, {**os.environ, **(env or {})})
+        self.process = self.child.process
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        from tasks.app import app
+        from tasks.health import worker_answers
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with code {self.process.returncode}")
-            try:
-                if app.control.ping(destination=[self.name], timeout=0.5):
-                    return
-            except app.connection_for_write().connection_errors:
-                time.sleep(0.1)  # a broker that restarted: the next ping reconnects
+            if self.child.exited():
+                raise RuntimeError(
+                    f"worker {self.name} ended before it answered: {self.child.describe_exit()}"
+                )
+            if worker_answers(self.name):
+                return
+            time.sleep(0.1)
         raise RuntimeError(f"worker {self.name} did not answer a ping within {timeout:.0f} s")
 
     def child_pids(self) -> list[int]:
@@ -110,7 +101,7 @@ class WorkerProcess:
             return []
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_children([self.child], STOP_GRACE)
 
 
 @contextlib.contextmanager
@@ -141,6 +132,7 @@ class Stack(Background):
         env: Mapping[str, str] | None = None,
         loglevel: str = "WARNING",
         logfile: str | None = None,
+        include: Sequence[str] = (),
     ):
         self.logfile = logfile
         self.worker_count = workers
@@ -148,8 +140,9 @@ class Stack(Background):
         self.with_reference = reference
         self.extra_env = dict(env or {})
         self.loglevel = loglevel
+        self.include = tuple(include)
         self.redis: EmbeddedRedis | None = None
-        self.reference: subprocess.Popen[bytes] | None = None
+        self.reference: Child | None = None
         self.workers: list[WorkerProcess] = []
         self._saved_env: dict[str, str | None] = {}
         self.context_url = ""
@@ -176,7 +169,7 @@ class Stack(Background):
             self._setenv("INTENT_REDIS_URL", self.redis.url)
         if self.with_reference:
             ports = free_port(), free_port()
-            self.reference = subprocess.Popen(
+            self.reference = spawn(
                 [
                     sys.executable,
                     "-m",
@@ -188,8 +181,6 @@ class Stack(Background):
                     str(ports[1]),
                 ],
                 stdout=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
             )
             self.context_url = f"http://127.0.0.1:{ports[0]}"
             self.prediction_url = f"http://127.0.0.1:{ports[1]}"
@@ -201,7 +192,12 @@ class Stack(Background):
         # yet, so it sees the URLs set above.
         reset_runtime()
         self.workers = [
-            WorkerProcess(self.concurrency, loglevel=self.loglevel, logfile=self.logfile)
+            WorkerProcess(
+                self.concurrency,
+                loglevel=self.loglevel,
+                logfile=self.logfile,
+                include=self.include,
+            )
             for _ in range(self.worker_count)
         ]
         for worker in self.workers:
@@ -212,7 +208,7 @@ class Stack(Background):
             with contextlib.suppress(Exception):
                 worker.stop()
         if self.reference is not None:
-            _stop(self.reference)
+            stop_children([self.reference], STOP_GRACE)
         if self.redis is not None:
             self.redis.close()
         for name, value in self._saved_env.items():
@@ -221,17 +217,3 @@ class Stack(Background):
             else:
                 os.environ[name] = value
         reset_runtime()
-
-
-@contextlib.contextmanager
-def signals_stop(handler_message: str = "stopping") -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so ``with Stack()`` cleans up on either."""
-
-    def raise_interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(handler_message)
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

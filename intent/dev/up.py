@@ -14,49 +14,48 @@ after the grace period; a child whose own children outlived it (a worker's pool)
 killed too. If ``intent up`` itself dies, Linux sends each child SIGTERM
 (``die_with_parent``).
 
-Lives in ``tasks/`` beside the other process helpers (``tasks.stack``): it pings the
+Lives in ``tasks/`` beside the other process helpers (``intent.dev.stack``): it pings the
 worker through Celery to know it is up.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes  # noqa: F401  # loaded before threads start: die_with_parent runs it post-fork
 import os
 import re
 import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
-from types import FrameType
 from typing import TextIO
 from urllib.parse import urlsplit
 
 import redis
 import requests
 
-from intent.embedded import die_with_parent, free_port
+from intent.dev.supervisor import (
+    DEFAULT_GRACE,
+    TIER_REDIS,
+    TIER_SERVICES,
+    Child,
+    Supervisor,
+)
+from intent.embedded import free_port
+from intent.lifecycle import on_signals
 from intent.logs import mask_url
+from intent.ops.flower import AUTH_VARIABLE as FLOWER_AUTH_VARIABLE
+from intent.ops.flower import has_credentials
 from intent.settings import ENV_PREFIX, Settings, load_settings
-from tasks.flower import AUTH_VARIABLE as FLOWER_AUTH_VARIABLE
-from tasks.flower import has_credentials
 
-DEFAULT_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 START_TIMEOUT = 120.0  # seconds for every process to answer
 _POLL = 0.2
-_NAME_WIDTH = 9  # "reference"
-# Stop order: the higher tier first (Redis outlives everything that talks to it).
-_TIER_REDIS, _TIER_SERVICES, _TIER_APPS = 0, 1, 2
-_COLOURS = ("36", "33", "32", "35", "34", "96", "93", "92")
 _REDIS_LINE = re.compile(r"^INTENT_REDIS_URL=(\S+)$")
 
 
@@ -72,146 +71,6 @@ class ChildExited(RuntimeError):
 
 class Stopped(Exception):
     """SIGINT or SIGTERM arrived."""
-
-
-@dataclass
-class Child:
-    """One child process: the leader of its own session and process group."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    tier: int
-    reader: threading.Thread | None = None
-    returncode: int | None = field(default=None, init=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def exited(self) -> bool:
-        """Whether the process has exited. It is not reaped here: until :meth:`reap`, its
-        pid names its process group, so killing the group cannot hit another process."""
-        if self.returncode is not None:
-            return True
-        try:
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:  # reaped elsewhere
-            return True
-
-    def send(self, signum: int) -> None:
-        if not self.exited():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def kill_group(self) -> None:
-        """SIGKILL whatever is left in the process group (the leader included)."""
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-
-    def reap(self) -> int:
-        if self.returncode is None:
-            self.returncode = self.process.wait()
-        return self.returncode
-
-    def describe_exit(self) -> str:
-        """How it ended, without reaping it (its group may still need killing)."""
-        if self.returncode is not None:
-            code = self.returncode
-            killed = code < 0
-            code = -code if killed else code
-        else:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if info is None:
-                return "still running"
-            killed, code = info.si_code != os.CLD_EXITED, info.si_status
-        if killed:
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(code).name}"
-            return f"killed by signal {code}"
-        return f"exit code {code}"
-
-
-class Supervisor:
-    """Starts children with their output prefixed by name, and stops them all."""
-
-    def __init__(self, out: TextIO, colour: bool | None = None) -> None:
-        self.out = out
-        if colour is None:
-            colour = out.isatty() and "NO_COLOR" not in os.environ
-        self.colour = colour
-        self.children: list[Child] = []
-        self._lock = threading.Lock()
-
-    def say(self, line: str) -> None:
-        with self._lock, contextlib.suppress(OSError, ValueError):
-            self.out.write(line + "\n")
-            self.out.flush()
-
-    def _prefix(self, name: str) -> str:
-        label = f"{name:<{_NAME_WIDTH}} |"
-        if not self.colour:
-            return label + " "
-        colour = _COLOURS[len(self.children) % len(_COLOURS)]
-        return f"\x1b[{colour}m{label}\x1b[0m "
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        tier: int = _TIER_APPS,
-        on_line: Callable[[str], None] | None = None,
-    ) -> Child:
-        """Start ``argv`` (call from the main thread: die_with_parent is tied to it)."""
-        process = subprocess.Popen(
-            list(argv),
-            env={**env, "PYTHONUNBUFFERED": "1"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        child = Child(name, process, tier)
-        prefix = self._prefix(name)
-        child.reader = threading.Thread(
-            target=self._pump, args=(child, prefix, on_line), name=f"up-{name}", daemon=True
-        )
-        self.children.append(child)
-        child.reader.start()
-        return child
-
-    def _pump(self, child: Child, prefix: str, on_line: Callable[[str], None] | None) -> None:
-        stream = child.process.stdout
-        assert stream is not None
-        with stream:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                if on_line is not None:
-                    on_line(line)
-                self.say(prefix + line)
-
-    def first_exited(self) -> Child | None:
-        return next((child for child in self.children if child.exited()), None)
-
-    def stop(self, grace: float = DEFAULT_GRACE) -> None:
-        """SIGTERM each tier (apps, services, Redis), SIGKILL its groups after ``grace``."""
-        for tier in sorted({child.tier for child in self.children}, reverse=True):
-            group = [child for child in self.children if child.tier == tier]
-            for child in group:
-                child.send(signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and not all(c.exited() for c in group):
-                time.sleep(0.05)
-            for child in group:
-                if not child.exited():
-                    self.say(f"intent up: {child.name} did not stop within {grace:.0f} s: killed")
-                child.kill_group()  # the leader if still there, and anything it left
-                child.reap()
-        for child in self.children:
-            if child.reader is not None:
-                child.reader.join(timeout=5)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -306,12 +165,14 @@ class Up:
     # -- the run --------------------------------------------------------------------
 
     def run(self) -> int:
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            self.signal_name = signal.Signals(signum).name
+        def on_signal(sig: signal.Signals) -> None:
+            self.signal_name = sig.name
             self.stop_requested.set()
 
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+        with on_signals(on_signal):
+            return self._run()
+
+    def _run(self) -> int:
         say = self.supervisor.say
         try:
             self._start()
@@ -339,8 +200,6 @@ class Up:
             self.supervisor.stop(self.options.grace)
             if self._metrics_dir is not None:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             say("intent up: stopped " + ", ".join(c.name for c in self.supervisor.children))
 
     def _intent(self, *args: str) -> list[str]:
@@ -446,7 +305,7 @@ class Up:
                 if match and self._redis_url is None:
                     self._redis_url = match.group(1)
 
-            self.supervisor.start("redis", self._intent("redis"), self.env, _TIER_REDIS, on_line)
+            self.supervisor.start("redis", self._intent("redis"), self.env, TIER_REDIS, on_line)
             self._wait("redis", lambda: self._redis_url is not None, timeout=30)
             url = self._redis_url
             assert url is not None
@@ -492,7 +351,7 @@ class Up:
                 str(prediction_port),
             ),
             self.env,
-            _TIER_SERVICES,
+            TIER_SERVICES,
         )
         reference = {
             context_var: f"http://{host}:{context_port}",
@@ -508,22 +367,10 @@ class Up:
 
     def _wait_worker(self, settings: Settings) -> None:
         """Until this stack's worker (node celery@<this host>) answers a ping."""
-        from celery import Celery
+        from tasks.health import worker_answers
 
-        app = Celery("intent-up", broker=settings.effective_broker_url)
         node = f"celery@{socket.gethostname()}"
-
-        def answers() -> bool:
-            try:
-                replies = app.control.ping(timeout=1.0) or []
-            except Exception:  # the broker is not reachable yet: not ready
-                return False
-            return any(node in reply for reply in replies)
-
-        try:
-            self._wait("worker", answers)
-        finally:
-            app.close()
+        self._wait("worker", partial(worker_answers, node, 1.0, settings.effective_broker_url))
 
     def _print_ready(self) -> None:
         say = self.supervisor.say

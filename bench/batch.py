@@ -33,7 +33,7 @@ from bench.pipeline import pipeline_round
 
 def batch_round(n: int, batch_size: int) -> float:
     from intent.models import BatchResult
-    from tasks.batch import submit_batch
+    from tasks import submit_batch
 
     requests = analyses(n, uuid.uuid4().hex[:8])
     started = time.perf_counter()

@@ -32,7 +32,7 @@ from intent.messages import inspect as inspect_message
 from intent.poison import DeadTasks
 from intent.runtime import get_runtime
 from intent.settings import get_settings
-from tasks.base import release_refused
+from tasks.steptask import release_refused
 
 log = logging.getLogger("intent.worker")
 

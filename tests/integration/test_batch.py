@@ -19,9 +19,8 @@ from intent.reference import ReferenceControl, ReferenceServices
 from intent.reference.data import context_for
 from intent.runtime import get_runtime
 from intent.settings import get_settings
-from tasks import submit
+from tasks import submit, submit_batch
 from tasks.app import app
-from tasks.batch import submit_batch
 from tests.conftest import delete_service_keys
 from tests.integration.conftest import api_calls
 

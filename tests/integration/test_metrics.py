@@ -24,9 +24,8 @@ from intent.reference import ReferenceControl
 from intent.reference.data import context_for
 from intent.runtime import Runtime
 from intent.settings import load_settings
-from tasks import submit
+from tasks import submit, submit_batch
 from tasks.app import app
-from tasks.batch import submit_batch
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
 from tests.integration.test_pipeline_inprocess import request
 

@@ -18,7 +18,7 @@ from intent.settings import get_settings
 from intent.validation import parse_request
 from tasks import submit
 from tasks.app import app
-from tasks.pipeline import analysis_chain
+from tasks.chains import analysis_chain
 from tests.integration.conftest import api_calls
 from tests.unit.test_validation import MALFORMED
 

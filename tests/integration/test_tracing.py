@@ -22,9 +22,8 @@ from intent.breaker import CircuitAdmin
 from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import get_runtime
-from tasks import submit
+from tasks import submit, submit_batch
 from tasks.app import app
-from tasks.batch import submit_batch
 from tests.helpers import wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
 from tests.integration.test_pipeline_inprocess import request

@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
-WORKER_SIDE = ("tasks.pipeline", "tasks.batch", "tasks.base", "tasks.consumer", "tasks.release")
+WORKER_SIDE = ("tasks.pipeline", "tasks.batch", "tasks.steptask", "tasks.consumer", "tasks.release")
 
 
 def _loaded_after(statement: str) -> set[str]:
-    code = f"{statement}\nimport sys\nprint(' '.join(m for m in sys.modules if m.startswith('tasks')))"
+    code = (
+        f"{statement}\nimport sys\nprint(' '.join(m for m in sys.modules if m.startswith('tasks')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 

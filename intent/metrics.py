@@ -6,12 +6,14 @@ with ``intent_``. Label values the pipeline knows (services, endpoints, steps, o
 fallbacks, breaker transitions) are present from the start, at 0, so a rate over them is
 defined before the first event.
 
-Recorders never fail their caller. The breaker reports through :class:`BreakerMetrics`,
-a listener; the clients through an ``observe`` callable; the task layer calls the
-recorders. This module imports only settings, models and the breaker's families
-(``intent.breaker.prometheus``, which a team using the breaker alone registers itself).
-The ``/metrics`` exposition (merging prefork processes, reading the shared state at
-scrape) is the operators' (``intent.admin.exposition``).
+Recorders never fail their caller. Nothing below reports here by name: the runtime hands
+:func:`record_transition` to the breakers (``intent.breaker.TransitionListener``) and to
+the operators' view, and :func:`observe_request` to the clients (``observe=``), as it
+hands them their ``guard`` and ``limiter``; the task layer calls the recorders. So this
+module imports only settings and models. The breaker's own families are declared here
+too, once: ``intent.breaker.prometheus`` (what a team using the breaker alone registers)
+reads them. The ``/metrics`` exposition (merging prefork processes, reading the shared
+state at scrape) is the operators' (``intent.admin.exposition``).
 
 With ``INTENT_METRICS_DIR`` set, every process writes its samples to files in that
 directory (prometheus_client's multiprocess mode, the files named by host and pid: see
@@ -30,12 +32,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client.metrics_core import GaugeMetricFamily
 
-from intent.breaker import prometheus as breaker_metrics
-from intent.breaker.prometheus import TRANSITIONS, Family
 from intent.models import (
     FALLBACK_NAMES,
     OUTCOMES,
@@ -56,7 +58,75 @@ ENDPOINTS = {
 LANES = ("get_context", "analyze_context", "predict", "other")
 # An analysis can wait for breakers and limits up to max_deferral (600 s by default).
 ANALYSIS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+BREAKER_STATES = ("closed", "open", "half-open")
+TRANSITIONS = (
+    ("closed", "open"),
+    ("open", "half-open"),
+    ("half-open", "closed"),
+    ("half-open", "open"),
+    ("open", "closed"),
+    ("closed", "half-open"),
+)
 
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family as Prometheus shows it (``name`` without a ``_total`` suffix for a
+    counter); ``collected``: read from the shared state at each scrape, not recorded."""
+
+    name: str
+    kind: str  # counter, histogram, gauge
+    labels: tuple[str, ...]
+    help: str
+    collected: bool = False
+
+    @property
+    def exposed(self) -> str:
+        """The name a query uses (a counter's ``_total``; a histogram's base name)."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name
+
+    def gauge(self) -> GaugeMetricFamily:
+        """An empty gauge of this family, for a collector to fill at scrape time."""
+        return GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
+
+
+# The breaker's families: a team using the breaker alone registers them too
+# (intent.breaker.register_metrics), so they are named here, not inline in FAMILIES.
+TRANSITIONS_FAMILY = Family(
+    "intent_circuit_breaker_transitions",
+    "counter",
+    ("breaker", "from_state", "to_state"),
+    "Breaker state changes, counted once fleet-wide, by the process that performed each "
+    "(a worker, the CLI, the admin endpoint).",
+)
+STATE = Family(
+    "intent_circuit_breaker_state",
+    "gauge",
+    ("breaker", "state"),
+    "1 for the breaker's current state, fleet-wide (read from the shared store).",
+    collected=True,
+)
+WINDOW_FAILURES = Family(
+    "intent_circuit_breaker_window_failures",
+    "gauge",
+    ("breaker",),
+    "Failures in the breaker's current window.",
+    collected=True,
+)
+WINDOW_CALLS = Family(
+    "intent_circuit_breaker_window_calls",
+    "gauge",
+    ("breaker",),
+    "Calls in the breaker's current window.",
+    collected=True,
+)
+STORE_UP = Family(
+    "intent_circuit_breaker_store_up",
+    "gauge",
+    (),
+    "Whether the shared breaker state could be read.",
+    collected=True,
+)
 
 FAMILIES = (
     Family(
@@ -72,7 +142,7 @@ FAMILIES = (
         ("service", "endpoint"),
         "Downstream HTTP request duration, failures included.",
     ),
-    breaker_metrics.TRANSITIONS_FAMILY,
+    TRANSITIONS_FAMILY,
     Family(
         "intent_task_retries", "counter", ("step",), "Steps run again after a transient failure."
     ),
@@ -108,10 +178,10 @@ FAMILIES = (
         ("status",),
         "From submission to the end of the analysis, by how it ended.",
     ),
-    breaker_metrics.STATE,
-    breaker_metrics.WINDOW_FAILURES,
-    breaker_metrics.WINDOW_CALLS,
-    breaker_metrics.STORE_UP,
+    STATE,
+    WINDOW_FAILURES,
+    WINDOW_CALLS,
+    STORE_UP,
     Family(
         "intent_waiting_steps",
         "gauge",
@@ -288,25 +358,10 @@ def observe_request(service: str, endpoint: str, status: int | str, seconds: flo
 
 
 def record_transition(breaker: str, old_state: str, new_state: str) -> None:
+    """A state change this process performed (a breaker's store step, an operator's
+    action): counted here once, fleet-wide."""
     if old_state != new_state:
         _safely(lambda m: m.transitions.labels(breaker, old_state, new_state).inc())
-
-
-class BreakerMetrics:
-    """A breaker listener (pybreaker's protocol) that counts the transitions its process
-    performs."""
-
-    def before_call(self, cb: Any, func: Any, *args: Any, **kwargs: Any) -> None:
-        """Calls are counted by the clients, with their outcome."""
-
-    def failure(self, cb: Any, exc: BaseException) -> None:
-        """Failures are counted by the clients, with their status."""
-
-    def success(self, cb: Any) -> None:
-        """Successes are counted by the clients."""
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        record_transition(cb.name, str(old_state), str(new_state))
 
 
 def record_retry(step: str) -> None:

@@ -22,6 +22,7 @@ from intent.breaker import (
     CircuitBreaker,
     CircuitConfig,
     FallbackStore,
+    TransitionListener,
     store_from_settings,
 )
 from intent.cache import ContextCache
@@ -99,7 +100,9 @@ class Runtime:
                 CircuitConfig.from_settings(self.settings),
                 store=self.breaker_store,
                 throw_new_error_on_trip=True,
-                listeners=[metrics.BreakerMetrics()],
+                # The transitions this process performs are counted; the breaker knows
+                # the metrics only as this callable.
+                listeners=[TransitionListener(metrics.record_transition)],
             )
         return self.breakers[service]
 

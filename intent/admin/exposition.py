@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from intent import metrics
@@ -21,9 +21,10 @@ from intent.runtime import Runtime
 log = logging.getLogger("intent.metrics")
 
 
-def _gauge(name: str) -> GaugeMetricFamily:
-    family = metrics.BY_NAME[name]
-    return GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+# The breakers' state is read by the collector a team using the breaker alone registers
+# too (intent.breaker.register_metrics): one reader of the store, exported here as part of
+# the exposition.
+__all__ = ["BreakerStateCollector", "SharedStateCollector", "exposition"]
 
 
 class SharedStateCollector:
@@ -43,14 +44,14 @@ class SharedStateCollector:
 
     @staticmethod
     def _waiting(rt: Runtime) -> Metric:
-        gauge = _gauge("intent_waiting_steps")
+        gauge = metrics.BY_NAME["intent_waiting_steps"].gauge()
         for lane, count in rt.waiting.depth().items():
             gauge.add_metric([lane], count)
         return gauge
 
     @staticmethod
     def _queue(rt: Runtime) -> Metric:
-        gauge = _gauge("intent_queue_messages")
+        gauge = metrics.BY_NAME["intent_queue_messages"].gauge()
         broker = rt.settings.broker_url or rt.settings.redis_url or ""
         if broker.startswith(("redis://", "rediss://")) and broker == rt.settings.redis_url:
             for queue in rt.settings.worker_queues:
@@ -59,7 +60,7 @@ class SharedStateCollector:
 
     @staticmethod
     def _dead(rt: Runtime) -> Metric:
-        gauge = _gauge("intent_dead_letters")
+        gauge = metrics.BY_NAME["intent_dead_letters"].gauge()
         with rt.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(rt.keys.dead_letters)
             pipe.xlen(rt.keys.dead_tasks)

@@ -9,9 +9,10 @@ from intent.breaker.breaker import (
     CircuitState,
     ExcludeRule,
     Listener,
+    TransitionListener,
 )
 from intent.breaker.config import CircuitConfig, CircuitContext
-from intent.breaker.factory import breaker_from_settings, default_store, store_from_settings
+from intent.breaker.factory import default_store, store_from_settings
 from intent.breaker.fallback import FallbackStore
 from intent.breaker.memory_store import MemoryStore
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
@@ -73,7 +74,7 @@ __all__ = [
     "TicketKind",
     "Transition",
     "TransitionCounter",
-    "breaker_from_settings",
+    "TransitionListener",
     "breaker_redis_client",
     "default_store",
     "register_metrics",

@@ -116,6 +116,22 @@ class CircuitBreakerListener:
         """Called in the one process whose store step performed the transition."""
 
 
+class TransitionListener(CircuitBreakerListener):
+    """Hands each state change to ``on_transition(breaker, old, new)`` (state names), as
+    :class:`~intent.breaker.admin.CircuitAdmin` does for operators' actions: an observer
+    such as the metrics plugs in a callable, and the breaker imports nothing of it."""
+
+    def __init__(self, on_transition: Callable[[str, str, str], None]):
+        self.on_transition = on_transition
+
+    def state_change(
+        self, cb: CircuitBreaker, old_state: CircuitState | None, new_state: CircuitState
+    ) -> None:
+        old, new = str(old_state), str(new_state)
+        if old != new:
+            self.on_transition(cb.name, old, new)
+
+
 @dataclass(frozen=True, slots=True)
 class _Refusal:
     """A refusal this process repeats without asking the store, while the store's clock
@@ -563,4 +579,5 @@ __all__ = [
     "CircuitState",
     "ExcludeRule",
     "Listener",
+    "TransitionListener",
 ]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from intent.breaker.breaker import CircuitBreaker
-from intent.breaker.config import CircuitConfig
 from intent.breaker.fallback import FallbackStore
 from intent.breaker.redis_store import DEFAULT_SOCKET_TIMEOUT, RedisStore
 from intent.breaker.store import BreakerStore, NoSharedStore
@@ -51,17 +49,3 @@ def default_store() -> BreakerStore:
 
             _default = store_from_settings(get_settings())
         return _default
-
-
-def breaker_from_settings(
-    name: str, settings: Any = None, store: BreakerStore | None = None, **options: Any
-) -> CircuitBreaker:
-    """A breaker configured from ``INTENT_CIRCUIT_*`` settings."""
-    if settings is None:
-        from intent.settings import get_settings
-
-        settings = get_settings()
-        store = store or default_store()
-    elif store is None:
-        store = store_from_settings(settings)
-    return CircuitBreaker(name, CircuitConfig.from_settings(settings), store=store, **options)

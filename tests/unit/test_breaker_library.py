@@ -10,8 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from intent.breaker import (
     CircuitBreaker,
     CircuitConfig,
+    CircuitState,
     MemoryStore,
     NoSharedStore,
+    TransitionListener,
     factory,
     register_metrics,
 )
@@ -61,6 +63,21 @@ def test_the_breakers_metrics_go_to_the_teams_own_registry() -> None:
     assert "intent_circuit_breaker_store_up 1.0" in text
     # Nothing of the pipeline's own families is in the team's registry.
     assert "intent_analyses_finished" not in text
+
+
+def test_a_transition_listener_hands_each_state_change_to_its_callable() -> None:
+    heard: list[tuple[str, str, str]] = []
+    store = MemoryStore()
+    config = CircuitConfig(failure_threshold=2, min_throughput=2)
+    listener = TransitionListener(lambda *change: heard.append(change))
+    breaker = CircuitBreaker("payments", config, store=store, listeners=[listener])
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(_refused)
+    assert heard == [("payments", "closed", "open")]
+    # A state reported unchanged is no transition.
+    listener.state_change(breaker, CircuitState("open"), CircuitState("open"))
+    assert heard == [("payments", "closed", "open")]
 
 
 def _refused() -> None:

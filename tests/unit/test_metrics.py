@@ -24,6 +24,7 @@ from intent.breaker import (
     CircuitConfig,
     MemoryStore,
     StoreError,
+    TransitionListener,
 )
 from intent.errors import ServiceUnavailableError
 from intent.models import BatchItem, BatchResult, ErrorInfo, IntentRequest, IntentResult
@@ -157,7 +158,7 @@ def test_each_transition_is_counted_once_by_the_process_that_made_it(
     store = MemoryStore()
     config = CircuitConfig(failure_threshold=2, min_throughput=2, recovery_timeout=60)
     # As the runtime wires them: the breakers and the operators' view report to metrics.
-    listening = [metrics.BreakerMetrics()]
+    listening = [TransitionListener(metrics.record_transition)]
     breaker = CircuitBreaker("svc-a", config, store=store, listeners=listening)
     other = CircuitBreaker("svc-a", config, store=store, listeners=listening)  # elsewhere
 

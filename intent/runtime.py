@@ -17,12 +17,14 @@ import redis
 from intent import metrics
 from intent.breaker import (
     CLOSED,
-    BreakerStore,
     CircuitAdmin,
     CircuitBreaker,
     CircuitConfig,
     FallbackStore,
     store_from_settings,
+)
+from intent.breaker.stores import (
+    BreakerStore,
 )
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients

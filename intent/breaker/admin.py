@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from intent.breaker.store import Action, BreakerStore, Report, Snapshot
+from intent.breaker.stores.base import Action, BreakerStore, Report, Snapshot
 
 log = logging.getLogger("intent.breaker")
 

@@ -22,7 +22,7 @@ from intent import tracing
 from intent.breaker.config import CircuitConfig, CircuitContext
 from intent.breaker.idle import MIN_IDLE, HeldLeases
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     BreakerStore,
     Denial,

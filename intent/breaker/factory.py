@@ -7,9 +7,9 @@ from typing import Any
 
 from intent.breaker.breaker import CircuitBreaker
 from intent.breaker.config import CircuitConfig
-from intent.breaker.fallback import FallbackStore
-from intent.breaker.redis_store import DEFAULT_SOCKET_TIMEOUT, RedisStore
-from intent.breaker.store import BreakerStore, NoSharedStore
+from intent.breaker.stores.base import BreakerStore, NoSharedStore
+from intent.breaker.stores.fallback import FallbackStore
+from intent.breaker.stores.redis import DEFAULT_SOCKET_TIMEOUT, RedisStore
 
 DEFAULT_PROBE_INTERVAL = 5.0
 DEFAULT_FALLBACK_LOG_INTERVAL = 30.0

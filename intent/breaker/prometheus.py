@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from intent.breaker.admin import CircuitAdmin
-from intent.breaker.store import BreakerStore, StoreError
+from intent.breaker.stores.base import BreakerStore, StoreError
 
 log = logging.getLogger("intent.metrics")
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from intent.breaker.config import CircuitConfig
-from intent.breaker.memory_store import MemoryStore
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     Admission,
     BreakerStore,
@@ -24,6 +23,7 @@ from intent.breaker.store import (
     StoreUnavailable,
     Ticket,
 )
+from intent.breaker.stores.memory import MemoryStore
 
 log = logging.getLogger("intent.breaker")
 

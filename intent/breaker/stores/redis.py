@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from intent.breaker.config import CircuitConfig
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     Admission,
     BreakerStore,

@@ -1,5 +1,5 @@
 """The store contract on Redis, shared by the fleet: each primitive is one packaged Lua script
-(``intent/breaker/lua``), registered once, with Redis ``TIME`` as the clock."""
+(``intent/lua/breaker``), registered once, with Redis ``TIME`` as the clock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from importlib import resources
+from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import redis
@@ -20,6 +19,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from intent import scripts
 from intent.breaker.config import CircuitConfig
 from intent.breaker.stores.base import (
     Action,
@@ -38,6 +38,11 @@ from intent.breaker.stores.base import (
 from intent.keys import BREAKER_PARTS, Keys
 
 T = TypeVar("T")
+
+# The primitives' scripts: intent/lua/breaker/NAME.lua, each with the shared prelude (helpers
+# and key layout) in front.
+SCRIPT_FAMILY = "breaker"
+SCRIPT_PRELUDE = "_common"
 
 # A breaker's own client fails fast: a dead Redis must cost milliseconds per call (the breaker
 # then runs on its in-memory fallback), not redis-py's default retries with backoff.
@@ -64,13 +69,6 @@ class BreakerKeys:
 
     def as_list(self) -> list[str]:
         return [self.state, self.failures, self.calls, self.leases, self.permits]
-
-
-@cache
-def script_source(name: str) -> str:
-    """A primitive's script, with the shared prelude (helpers and key layout) in front."""
-    lua = resources.files("intent.breaker").joinpath("lua")
-    return lua.joinpath("_common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
 def breaker_redis_client(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT) -> redis.Redis:
@@ -258,7 +256,7 @@ class RedisStore(BreakerStore):
         return cls(breaker_redis_client(url, socket_timeout), prefix)
 
     def _script(self, name: str) -> Script:
-        return self.client.register_script(script_source(name))
+        return scripts.register(self.client, name, SCRIPT_FAMILY, SCRIPT_PRELUDE)
 
     def keys(self, name: str) -> BreakerKeys:
         return BreakerKeys.of(self._keys, name)

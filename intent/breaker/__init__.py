@@ -17,9 +17,9 @@ from intent.breaker.breaker import (
     Listener,
 )
 from intent.breaker.config import CircuitConfig, CircuitContext
-from intent.breaker.factory import breaker_from_settings, default_store, store_from_settings
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
 from intent.breaker.prometheus import BreakerStateCollector, TransitionCounter, register_metrics
+from intent.breaker.registry import default_store, store_from_settings
 from intent.breaker.stores.base import NoSharedStore, StoreError, StoreUnavailable
 from intent.breaker.stores.fallback import FallbackStore
 from intent.breaker.stores.memory import MemoryStore
@@ -55,7 +55,6 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TransitionCounter",
-    "breaker_from_settings",
     "breaker_redis_client",
     "default_store",
     "register_metrics",

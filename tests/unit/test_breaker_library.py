@@ -12,7 +12,6 @@ from intent.breaker import (
     CircuitConfig,
     MemoryStore,
     NoSharedStore,
-    factory,
     register_metrics,
 )
 from intent.settings import get_settings
@@ -22,7 +21,6 @@ from intent.settings import get_settings
 def no_redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("INTENT_REDIS_URL", raising=False)
     get_settings.cache_clear()
-    monkeypatch.setattr(factory, "_default", None)
     yield
     get_settings.cache_clear()
 

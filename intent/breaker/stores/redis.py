@@ -36,6 +36,7 @@ from intent.breaker.stores.base import (
     Transition,
 )
 from intent.keys import BREAKER_PARTS, Keys
+from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT
 
 T = TypeVar("T")
 
@@ -43,10 +44,6 @@ T = TypeVar("T")
 # and key layout) in front.
 SCRIPT_FAMILY = "breaker"
 SCRIPT_PRELUDE = "_common"
-
-# A breaker's own client fails fast: a dead Redis must cost milliseconds per call (the breaker
-# then runs on its in-memory fallback), not redis-py's default retries with backoff.
-DEFAULT_SOCKET_TIMEOUT = 0.25
 
 # Errors that mean "Redis is not there right now" (BusyLoadingError is a ConnectionError;
 # a replica promoted mid-failover answers READONLY for a moment).
@@ -71,8 +68,12 @@ class BreakerKeys:
         return [self.state, self.failures, self.calls, self.leases, self.permits]
 
 
-def breaker_redis_client(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT) -> redis.Redis:
-    """A client for breaker state: short timeouts, no retries, decoded replies."""
+def breaker_redis_client(
+    url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT
+) -> redis.Redis:
+    """A client for breaker state: short timeouts, no retries, decoded replies. It fails
+    fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
+    in-memory fallback), not redis-py's default retries with backoff."""
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -228,7 +229,7 @@ def _decode(reply: Any) -> tuple[Snapshot, Transition | None, list[str]]:
 class RedisStore(BreakerStore):
     """Breaker state in Redis. Connection failures surface as :class:`StoreUnavailable`."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "intent:"):
+    def __init__(self, client: redis.Redis, prefix: str = Keys.prefix):
         self.origin = f"redis:{uuid.uuid4().hex[:8]}"
         self.client = client
         self._keys = Keys(prefix)
@@ -251,7 +252,10 @@ class RedisStore(BreakerStore):
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "intent:", socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+        cls,
+        url: str,
+        prefix: str = Keys.prefix,
+        socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT,
     ) -> RedisStore:
         return cls(breaker_redis_client(url, socket_timeout), prefix)
 

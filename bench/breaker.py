@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import redis_url
+from intent import scripts
 from intent.breaker import CircuitBreaker, FallbackStore, RedisStore
+from intent.breaker.stores.redis import SCRIPT_FAMILY
 
 Call = Callable[[Callable[[], Any]], Any]
 
@@ -40,7 +41,7 @@ Call = Callable[[Callable[[], Any]], Any]
 def script_commands() -> set[str]:
     """Commands the breaker's scripts run inside Redis: INFO counts them, clients never
     sent them."""
-    lua = resources.files("intent.breaker").joinpath("lua")
+    lua = scripts.folder(SCRIPT_FAMILY)
     text = "".join(f.read_text() for f in lua.iterdir() if f.name.endswith(".lua"))
     return {name.lower() for name in re.findall(r"redis\.call\('([A-Z]+)'", text)}
 

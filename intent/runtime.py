@@ -17,14 +17,13 @@ import redis
 from intent import metrics
 from intent.breaker import (
     CLOSED,
-    BreakerStore,
     CircuitAdmin,
     CircuitBreaker,
     CircuitConfig,
-    FallbackStore,
     TransitionListener,
-    store_from_settings,
 )
+from intent.breaker.registry import default_store, forget_stores
+from intent.breaker.stores import BreakerStore
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.events import EventPublisher
@@ -62,17 +61,15 @@ class Runtime:
 
     @cached_property
     def breaker_store(self) -> BreakerStore:
-        """Shared breaker state in Redis, falling back to memory while Redis is away."""
-        return store_from_settings(self.settings)
+        """Shared breaker state in Redis, falling back to memory while Redis is away: the
+        process's one store for these settings (intent.breaker.registry)."""
+        return default_store(self.settings)
 
     @cached_property
     def circuits(self) -> CircuitAdmin:
-        """Operators' view of the breakers over the shared store itself, not the in-memory
-        fallback (the fleet's state or an error, never this process's private view); the
-        transitions its actions make are counted."""
-        store = self.breaker_store
-        shared = store.primary if isinstance(store, FallbackStore) else store
-        return CircuitAdmin(shared, on_transition=self._operator_moved)
+        """Operators' view of the breakers over the breakers' store (its shared state: see
+        CircuitAdmin); the transitions its actions make are counted."""
+        return CircuitAdmin(self.breaker_store, on_transition=self._operator_moved)
 
     def _operator_moved(self, breaker: str, old: str, new: str) -> None:
         """An operator's move: counted; a breaker reset or closed releases the steps that
@@ -180,4 +177,5 @@ def reset_runtime() -> None:
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.close()
     _runtime = None
+    forget_stores()
     get_settings.cache_clear()

@@ -22,6 +22,30 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
+# The circuit breaker's defaults, written once: the INTENT_CIRCUIT_* settings below, the
+# guide's CircuitConfig() and the breaker's stores all take theirs from here.
+CIRCUIT_FAILURE_THRESHOLD = 5
+CIRCUIT_RECOVERY_TIMEOUT = 60.0
+CIRCUIT_HALF_OPEN_TIMEOUT = 30.0
+CIRCUIT_FAILURE_WINDOW = 120.0
+CIRCUIT_MIN_THROUGHPUT = 5
+CIRCUIT_HALF_OPEN_MAX_CALLS = 1  # trial calls admitted fleet-wide
+CIRCUIT_SUCCESS_THRESHOLD = 1  # trial successes that close the breaker
+# While failures are pending, a call the in-flight calls could make superfluous waits
+# up to this long for their verdict before it is refused.
+CIRCUIT_THROTTLE_WAIT = 0.5
+# How long a process trusts a refusal before asking the store again: an operator's
+# reset, open or close reaches every process within it.
+CIRCUIT_RECHECK_INTERVAL = 1.0
+# A call in flight this long, started after the last call the service answered, counts
+# as a pending failure: a service that hangs stops receiving calls before any read
+# timeout fires, and such calls count toward tripping.
+CIRCUIT_SLOW_CALL_DURATION = 5.0
+# The breaker's own Redis client: a dead Redis must cost milliseconds per call.
+CIRCUIT_REDIS_SOCKET_TIMEOUT = 0.25
+CIRCUIT_REDIS_PROBE_INTERVAL = 5.0  # retry Redis this often when down
+CIRCUIT_FALLBACK_LOG_INTERVAL = 30.0  # "using memory" warning, at most this often
+
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot run with."""
@@ -67,27 +91,19 @@ class Settings(BaseSettings):
     retry_after_max: PositiveFloat = 60.0  # cap on a downstream Retry-After we honour
 
     # Circuit breaker (guide's CircuitConfig)
-    circuit_failure_threshold: PositiveInt = 5
-    circuit_recovery_timeout: PositiveFloat = 60.0
-    circuit_half_open_timeout: PositiveFloat = 30.0
-    circuit_failure_window: PositiveFloat = 120.0
-    circuit_min_throughput: PositiveInt = 5
-    circuit_half_open_max_calls: PositiveInt = 1  # trial calls admitted fleet-wide
-    circuit_success_threshold: PositiveInt = 1  # trial successes that close the breaker
-    # While failures are pending, a call the in-flight calls could make superfluous waits
-    # up to this long for their verdict before it is refused.
-    circuit_throttle_wait: Annotated[float, Field(ge=0)] = 0.5
-    # How long a process trusts a refusal before asking the store again: an operator's
-    # reset, open or close reaches every process within it.
-    circuit_recheck_interval: PositiveFloat = 1.0
-    # The breaker's own Redis client: a dead Redis must cost milliseconds per call.
-    circuit_redis_socket_timeout: PositiveFloat = 0.25
-    circuit_redis_probe_interval: PositiveFloat = 5.0  # retry Redis this often when down
-    # A call in flight this long, started after the last call the service answered, counts
-    # as a pending failure: a service that hangs stops receiving calls before any read
-    # timeout fires, and such calls count toward tripping.
-    circuit_slow_call_duration: PositiveFloat = 5.0
-    circuit_fallback_log_interval: PositiveFloat = 30.0  # "using memory" warning, at most
+    circuit_failure_threshold: PositiveInt = CIRCUIT_FAILURE_THRESHOLD
+    circuit_recovery_timeout: PositiveFloat = CIRCUIT_RECOVERY_TIMEOUT
+    circuit_half_open_timeout: PositiveFloat = CIRCUIT_HALF_OPEN_TIMEOUT
+    circuit_failure_window: PositiveFloat = CIRCUIT_FAILURE_WINDOW
+    circuit_min_throughput: PositiveInt = CIRCUIT_MIN_THROUGHPUT
+    circuit_half_open_max_calls: PositiveInt = CIRCUIT_HALF_OPEN_MAX_CALLS
+    circuit_success_threshold: PositiveInt = CIRCUIT_SUCCESS_THRESHOLD
+    circuit_throttle_wait: Annotated[float, Field(ge=0)] = CIRCUIT_THROTTLE_WAIT
+    circuit_recheck_interval: PositiveFloat = CIRCUIT_RECHECK_INTERVAL
+    circuit_redis_socket_timeout: PositiveFloat = CIRCUIT_REDIS_SOCKET_TIMEOUT
+    circuit_redis_probe_interval: PositiveFloat = CIRCUIT_REDIS_PROBE_INTERVAL
+    circuit_slow_call_duration: PositiveFloat = CIRCUIT_SLOW_CALL_DURATION
+    circuit_fallback_log_interval: PositiveFloat = CIRCUIT_FALLBACK_LOG_INTERVAL
     # A step meeting an open breaker or a downstream rate limit re-schedules itself for
     # the moment it will be admitted plus up to defer_jitter seconds, waiting at most
     # max_deferral seconds in all (a deferral is not a retry).

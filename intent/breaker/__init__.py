@@ -1,5 +1,11 @@
 """The shared circuit breaker: pybreaker's API over atomic store steps, with a Redis store
-(packaged Lua) shared by the fleet and an in-memory store as its fallback."""
+(packaged Lua) shared by the fleet and an in-memory store as its fallback.
+
+This package exports what a breaker's user needs: the breaker and its configuration, its
+errors and states, the stores one constructs, the operators' view and the metrics. The
+store contract and its wire types (``BreakerStore``, ``Snapshot``, ``Ticket``...) are in
+:mod:`intent.breaker.stores`, for code that implements or tests a store.
+"""
 
 from intent.breaker.admin import BreakerStatus, CircuitAdmin
 from intent.breaker.breaker import (
@@ -12,27 +18,13 @@ from intent.breaker.breaker import (
     TransitionListener,
 )
 from intent.breaker.config import CircuitConfig, CircuitContext
-from intent.breaker.factory import default_store, store_from_settings
-from intent.breaker.fallback import FallbackStore
-from intent.breaker.memory_store import MemoryStore
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
 from intent.breaker.prometheus import BreakerStateCollector, TransitionCounter, register_metrics
-from intent.breaker.redis_store import RedisStore, breaker_redis_client
-from intent.breaker.store import (
-    Action,
-    Admission,
-    BreakerStore,
-    Denial,
-    NoSharedStore,
-    Outcome,
-    Report,
-    Snapshot,
-    StoreError,
-    StoreUnavailable,
-    Ticket,
-    TicketKind,
-    Transition,
-)
+from intent.breaker.registry import default_store, store_from_settings
+from intent.breaker.stores.base import NoSharedStore, StoreError, StoreUnavailable
+from intent.breaker.stores.fallback import FallbackStore
+from intent.breaker.stores.memory import MemoryStore
+from intent.breaker.stores.redis import RedisStore, breaker_redis_client
 from intent.errors import CircuitBreakerError, CircuitOpenError
 
 STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN = CLOSED, OPEN, HALF_OPEN  # pybreaker's names
@@ -45,11 +37,8 @@ __all__ = [
     "STATE_CLOSED",
     "STATE_HALF_OPEN",
     "STATE_OPEN",
-    "Action",
-    "Admission",
     "BreakerStateCollector",
     "BreakerStatus",
-    "BreakerStore",
     "CircuitAdmin",
     "CircuitBreaker",
     "CircuitBreakerError",
@@ -58,21 +47,14 @@ __all__ = [
     "CircuitContext",
     "CircuitOpenError",
     "CircuitState",
-    "Denial",
     "ExcludeRule",
     "FallbackStore",
     "Listener",
     "MemoryStore",
     "NoSharedStore",
-    "Outcome",
     "RedisStore",
-    "Report",
-    "Snapshot",
     "StoreError",
     "StoreUnavailable",
-    "Ticket",
-    "TicketKind",
-    "Transition",
     "TransitionCounter",
     "TransitionListener",
     "breaker_redis_client",

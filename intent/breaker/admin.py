@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from intent.breaker.store import Action, BreakerStore, Report, Snapshot
+from intent.breaker.stores.base import Action, BreakerStore, Report, Snapshot
+from intent.breaker.stores.fallback import shared_state
 
 log = logging.getLogger("intent.breaker")
 
@@ -54,16 +55,17 @@ class BreakerStatus:
 
 
 class CircuitAdmin:
-    """Operators' actions over one store (use the Redis store itself: the shared state).
-    ``on_transition(breaker, old, new)`` hears of each state change an action makes (the
-    metrics count it: intent.metrics.record_transition)."""
+    """Operators' actions over one store. Given the breakers' store, it reads and moves the
+    shared state itself (a fallback store's Redis): the fleet's state or an error, never
+    this process's private view. ``on_transition(breaker, old, new)`` hears of each state
+    change an action makes (the metrics count it: intent.metrics.record_transition)."""
 
     def __init__(
         self,
         store: BreakerStore,
         on_transition: Callable[[str, str, str], None] | None = None,
     ):
-        self.store = store
+        self.store = shared_state(store)
         self.on_transition = on_transition
 
     def names(self) -> list[str]:

@@ -22,7 +22,8 @@ from intent import tracing
 from intent.breaker.config import CircuitConfig, CircuitContext
 from intent.breaker.idle import MIN_IDLE, HeldLeases
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
-from intent.breaker.store import (
+from intent.breaker.registry import default_store
+from intent.breaker.stores.base import (
     Action,
     BreakerStore,
     Denial,
@@ -179,6 +180,7 @@ class CircuitBreaker:
         self.config = replace(config, **overrides) if overrides else config
         self._name = name
         self._store = store
+        self._process_store: tuple[int, BreakerStore] | None = None
         self._excluded: list[ExcludeRule] = list(PERMANENT_ERRORS if exclude is None else exclude)
         self._listeners: tuple[Listener, ...] = tuple(listeners or ())
         # pybreaker raises its own error from the call that trips the breaker; here the call's
@@ -209,11 +211,13 @@ class CircuitBreaker:
 
     @property
     def store(self) -> BreakerStore:
-        if self._store is None:
-            from intent.breaker.factory import default_store  # the settings-built store
-
-            self._store = default_store()
-        return self._store
+        if self._store is not None:
+            return self._store
+        # Given none: the process's settings-built store, asked again in a forked child.
+        pid = os.getpid()
+        if self._process_store is None or self._process_store[0] != pid:
+            self._process_store = (pid, default_store())
+        return self._process_store[1]
 
     @property
     def fail_max(self) -> int:

@@ -3,8 +3,10 @@ the optional description of one guarded call."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from intent import settings as defaults
+from intent.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -31,16 +33,17 @@ class CircuitConfig:
     effective below ``half_open_timeout``, the lease that keeps a call counted.
     """
 
-    failure_threshold: int = 5
-    recovery_timeout: float = 60.0
-    half_open_timeout: float = 30.0
-    failure_window: float = 120.0
-    min_throughput: int = 5
-    half_open_max_calls: int = 1
-    success_threshold: int = 1
-    throttle_wait: float = 0.5
-    recheck_interval: float = 1.0
-    slow_call_duration: float = 5.0
+    # The defaults are the settings' (intent/settings.py): written there once.
+    failure_threshold: int = defaults.CIRCUIT_FAILURE_THRESHOLD
+    recovery_timeout: float = defaults.CIRCUIT_RECOVERY_TIMEOUT
+    half_open_timeout: float = defaults.CIRCUIT_HALF_OPEN_TIMEOUT
+    failure_window: float = defaults.CIRCUIT_FAILURE_WINDOW
+    min_throughput: int = defaults.CIRCUIT_MIN_THROUGHPUT
+    half_open_max_calls: int = defaults.CIRCUIT_HALF_OPEN_MAX_CALLS
+    success_threshold: int = defaults.CIRCUIT_SUCCESS_THRESHOLD
+    throttle_wait: float = defaults.CIRCUIT_THROTTLE_WAIT
+    recheck_interval: float = defaults.CIRCUIT_RECHECK_INTERVAL
+    slow_call_duration: float = defaults.CIRCUIT_SLOW_CALL_DURATION
 
     def __post_init__(self) -> None:
         for name in (
@@ -64,13 +67,21 @@ class CircuitConfig:
             raise ValueError("CircuitConfig.throttle_wait must not be negative")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> CircuitConfig:
-        """Read ``circuit_<field>`` from settings; a field the settings lack keeps its default."""
-        values: dict[str, Any] = {
-            spec.name: getattr(settings, f"circuit_{spec.name}", spec.default)
-            for spec in fields(cls)
-        }
-        return cls(**values)
+    def from_settings(cls, settings: Settings) -> CircuitConfig:
+        """The ``INTENT_CIRCUIT_*`` settings, each read by name: a setting renamed on one
+        side fails here (mypy, AttributeError), it never falls back to a default."""
+        return cls(
+            failure_threshold=settings.circuit_failure_threshold,
+            recovery_timeout=settings.circuit_recovery_timeout,
+            half_open_timeout=settings.circuit_half_open_timeout,
+            failure_window=settings.circuit_failure_window,
+            min_throughput=settings.circuit_min_throughput,
+            half_open_max_calls=settings.circuit_half_open_max_calls,
+            success_threshold=settings.circuit_success_threshold,
+            throttle_wait=settings.circuit_throttle_wait,
+            recheck_interval=settings.circuit_recheck_interval,
+            slow_call_duration=settings.circuit_slow_call_duration,
+        )
 
 
 @dataclass(frozen=True)

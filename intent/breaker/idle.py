@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from intent.breaker.store import StoreError, Ticket
+from intent.breaker.stores.base import StoreError, Ticket
 
 # GiveBack(name, slot, ticket): the lease of ``slot``'s answered call ends.
 GiveBack = Callable[[str, str, Ticket], None]

@@ -1,7 +1,7 @@
 """The breaker's rules as plain functions of their inputs: no clock, no store.
 
 The in-memory store applies them directly; the Redis store's Lua scripts
-(``intent/breaker/lua``) apply the same rules, and the contract tests run one test body over
+(``intent/lua/breaker``) apply the same rules, and the contract tests run one test body over
 both stores to keep them in step.
 """
 

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 
 from intent.breaker.admin import CircuitAdmin
 from intent.breaker.breaker import TransitionListener
-from intent.breaker.store import BreakerStore, StoreError
+from intent.breaker.stores.base import BreakerStore, StoreError
 from intent.metrics import (
     BREAKER_STATES,
     STATE,

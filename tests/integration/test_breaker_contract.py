@@ -12,15 +12,17 @@ import pytest
 import redis
 
 from intent.breaker import (
-    Action,
-    BreakerStore,
     CircuitBreaker,
     CircuitConfig,
     CircuitOpenError,
-    Denial,
     MemoryStore,
-    Outcome,
     RedisStore,
+)
+from intent.breaker.stores import (
+    Action,
+    BreakerStore,
+    Denial,
+    Outcome,
     Ticket,
     TicketKind,
 )

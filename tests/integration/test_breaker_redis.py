@@ -7,12 +7,12 @@ import logging
 import re
 import time
 import uuid
-from importlib import resources
 from typing import Any
 
 import pytest
 import redis
 
+from intent import scripts
 from intent.breaker import (
     CircuitAdmin,
     CircuitBreaker,
@@ -21,6 +21,7 @@ from intent.breaker import (
     FallbackStore,
     RedisStore,
 )
+from intent.breaker.stores.redis import SCRIPT_FAMILY
 from intent.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ class CountingConnection(redis.Connection):
 
 def script_commands() -> set[str]:
     """Commands the breaker's Lua scripts run inside Redis (INFO counts those too)."""
-    lua = resources.files("intent.breaker").joinpath("lua")
+    lua = scripts.folder(SCRIPT_FAMILY)
     text = "".join(f.read_text() for f in lua.iterdir() if f.name.endswith(".lua"))
     return {name.lower() for name in re.findall(r"redis\.call\('([A-Z]+)'", text)}
 

@@ -13,9 +13,6 @@ import pybreaker
 import pytest
 
 from intent.breaker import (
-    Action,
-    Admission,
-    BreakerStore,
     CircuitBreaker,
     CircuitBreakerListener,
     CircuitConfig,
@@ -23,10 +20,15 @@ from intent.breaker import (
     CircuitOpenError,
     FallbackStore,
     MemoryStore,
+    StoreUnavailable,
+)
+from intent.breaker.stores import (
+    Action,
+    Admission,
+    BreakerStore,
     Outcome,
     Report,
     Snapshot,
-    StoreUnavailable,
     Ticket,
 )
 from intent.errors import IncompatibleServiceError, ServiceRequestError, ValidationError

@@ -7,7 +7,7 @@ import threading
 import time
 
 from intent.breaker.idle import HeldLeases
-from intent.breaker.store import StoreUnavailable, Ticket, TicketKind
+from intent.breaker.stores.base import StoreUnavailable, Ticket, TicketKind
 
 TICKET = Ticket(generation=0, kind=TicketKind.CALL, bucket=1, origin="test")
 

@@ -14,7 +14,6 @@ from intent.breaker import (
     MemoryStore,
     NoSharedStore,
     TransitionListener,
-    factory,
     register_metrics,
 )
 from intent.settings import get_settings
@@ -24,7 +23,6 @@ from intent.settings import get_settings
 def no_redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("INTENT_REDIS_URL", raising=False)
     get_settings.cache_clear()
-    monkeypatch.setattr(factory, "_default", None)
     yield
     get_settings.cache_clear()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from intent.breaker import policy
@@ -84,17 +86,41 @@ def test_config_rejects_values_it_cannot_run_with(field: str, value: float) -> N
         CircuitConfig(**{field: value})  # type: ignore[arg-type]
 
 
-def test_config_from_settings_reads_circuit_fields_and_keeps_defaults_for_missing_ones() -> None:
-    class Settings:
-        circuit_failure_threshold = 7
-        circuit_recovery_timeout = 12.5
-        circuit_half_open_max_calls = 2
+def test_config_from_settings_reads_circuit_fields_and_keeps_defaults_for_unset_ones() -> None:
+    from intent.settings import load_settings
 
-    config = CircuitConfig.from_settings(Settings())
+    settings = load_settings(
+        circuit_failure_threshold=7, circuit_recovery_timeout=12.5, circuit_half_open_max_calls=2
+    )
+    config = CircuitConfig.from_settings(settings)
     assert config.failure_threshold == 7
     assert config.recovery_timeout == 12.5
     assert config.half_open_max_calls == 2
     assert config.failure_window == 120.0
+
+
+def test_a_renamed_setting_fails_loudly_instead_of_falling_back_to_a_default() -> None:
+    from intent.settings import Settings
+
+    class Renamed:  # every circuit setting but one, which went by another name
+        def __init__(self) -> None:
+            for name, field in Settings.model_fields.items():
+                if name.startswith("circuit_") and name != "circuit_failure_window":
+                    setattr(self, name, field.default)
+            self.circuit_window = 10.0
+
+    with pytest.raises(AttributeError, match="circuit_failure_window"):
+        CircuitConfig.from_settings(Renamed())  # type: ignore[arg-type]
+
+
+def test_the_config_defaults_are_the_settings_defaults_field_by_field() -> None:
+    from intent.settings import Settings
+
+    defaults, from_settings = CircuitConfig(), CircuitConfig.from_settings(Settings())
+    for spec in fields(CircuitConfig):
+        assert getattr(defaults, spec.name) == getattr(from_settings, spec.name), spec.name
+        assert getattr(defaults, spec.name) == Settings.model_fields[f"circuit_{spec.name}"].default
+    assert defaults == from_settings
 
 
 def test_config_from_the_service_settings() -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 
 from intent.breaker import (
-    Action,
     CircuitConfig,
-    Denial,
     MemoryStore,
+)
+from intent.breaker.stores import (
+    Action,
+    Denial,
     Outcome,
     Ticket,
     TicketKind,

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from intent.breaker.config import CircuitConfig
-from intent.breaker.memory_store import MemoryStore
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     Admission,
     BreakerStore,
@@ -24,6 +23,8 @@ from intent.breaker.store import (
     StoreUnavailable,
     Ticket,
 )
+from intent.breaker.stores.memory import MemoryStore
+from intent.settings import CIRCUIT_FALLBACK_LOG_INTERVAL, CIRCUIT_REDIS_PROBE_INTERVAL
 
 log = logging.getLogger("intent.breaker")
 
@@ -50,8 +51,8 @@ class FallbackStore(BreakerStore):
         primary: BreakerStore,
         fallback: BreakerStore | None = None,
         *,
-        probe_interval: float = 5.0,
-        warn_interval: float = 30.0,
+        probe_interval: float = CIRCUIT_REDIS_PROBE_INTERVAL,
+        warn_interval: float = CIRCUIT_FALLBACK_LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.primary = primary
@@ -159,3 +160,9 @@ class FallbackStore(BreakerStore):
                 return
             self._degraded = False
         log.info("circuit breaker store reachable again; breakers use the shared state")
+
+
+def shared_state(store: BreakerStore) -> BreakerStore:
+    """The store holding the fleet's state: a fallback store's primary (never this process's
+    private memory, which would answer for the fleet while Redis is away), else the store."""
+    return store.primary if isinstance(store, FallbackStore) else store

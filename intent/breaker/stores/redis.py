@@ -1,5 +1,5 @@
 """The store contract on Redis, shared by the fleet: each primitive is one packaged Lua script
-(``intent/breaker/lua``), registered once, with Redis ``TIME`` as the clock."""
+(``intent/lua/breaker``), registered once, with Redis ``TIME`` as the clock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from importlib import resources
+from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import redis
@@ -20,8 +19,9 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from intent import scripts
 from intent.breaker.config import CircuitConfig
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     Admission,
     BreakerStore,
@@ -36,12 +36,14 @@ from intent.breaker.store import (
     Transition,
 )
 from intent.keys import BREAKER_PARTS, Keys
+from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT
 
 T = TypeVar("T")
 
-# A breaker's own client fails fast: a dead Redis must cost milliseconds per call (the breaker
-# then runs on its in-memory fallback), not redis-py's default retries with backoff.
-DEFAULT_SOCKET_TIMEOUT = 0.25
+# The primitives' scripts: intent/lua/breaker/NAME.lua, each with the shared prelude (helpers
+# and key layout) in front.
+SCRIPT_FAMILY = "breaker"
+SCRIPT_PRELUDE = "_common"
 
 # Errors that mean "Redis is not there right now" (BusyLoadingError is a ConnectionError;
 # a replica promoted mid-failover answers READONLY for a moment).
@@ -66,15 +68,12 @@ class BreakerKeys:
         return [self.state, self.failures, self.calls, self.leases, self.permits]
 
 
-@cache
-def script_source(name: str) -> str:
-    """A primitive's script, with the shared prelude (helpers and key layout) in front."""
-    lua = resources.files("intent.breaker").joinpath("lua")
-    return lua.joinpath("_common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
-
-
-def breaker_redis_client(url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT) -> redis.Redis:
-    """A client for breaker state: short timeouts, no retries, decoded replies."""
+def breaker_redis_client(
+    url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT
+) -> redis.Redis:
+    """A client for breaker state: short timeouts, no retries, decoded replies. It fails
+    fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
+    in-memory fallback), not redis-py's default retries with backoff."""
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -230,7 +229,7 @@ def _decode(reply: Any) -> tuple[Snapshot, Transition | None, list[str]]:
 class RedisStore(BreakerStore):
     """Breaker state in Redis. Connection failures surface as :class:`StoreUnavailable`."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "intent:"):
+    def __init__(self, client: redis.Redis, prefix: str = Keys.prefix):
         self.origin = f"redis:{uuid.uuid4().hex[:8]}"
         self.client = client
         self._keys = Keys(prefix)
@@ -253,12 +252,15 @@ class RedisStore(BreakerStore):
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "intent:", socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+        cls,
+        url: str,
+        prefix: str = Keys.prefix,
+        socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT,
     ) -> RedisStore:
         return cls(breaker_redis_client(url, socket_timeout), prefix)
 
     def _script(self, name: str) -> Script:
-        return self.client.register_script(script_source(name))
+        return scripts.register(self.client, name, SCRIPT_FAMILY, SCRIPT_PRELUDE)
 
     def keys(self, name: str) -> BreakerKeys:
         return BreakerKeys.of(self._keys, name)

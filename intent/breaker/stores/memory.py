@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from intent.breaker import policy
+import intent.breaker.policy as policy
 from intent.breaker.config import CircuitConfig
 from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
-from intent.breaker.store import (
+from intent.breaker.stores.base import (
     Action,
     Admission,
     BreakerStore,

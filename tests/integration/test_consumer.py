@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 import redis
 
-from intent.consumer import (
+from intent.events import (
     ConsumerConfig,
     DeadLetters,
     EventConsumer,
     EventHandler,
+    EventPublisher,
     RejectEvent,
     ReplayError,
     current_delivery,
     register_builtin_handlers,
     replay,
 )
-from intent.events import EventPublisher
-from intent.idempotency import EventInProgress, Idempotency
+from intent.events.idempotency import EventInProgress, Idempotency
 from intent.keys import Keys
 from intent.models import Context, Event, IntentEvent
 from intent.runtime import get_runtime, reset_runtime

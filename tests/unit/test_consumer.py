@@ -10,19 +10,24 @@ import pydantic
 import pytest
 
 from intent.cli import build_parser
-from intent.consumer import ConsumerConfig, EventHandler, RetryLater, current_delivery
-from intent.consumer.config import default_consumer_name, gives_up, retry_delay
-from intent.consumer.deadletter import DEAD_FIELDS, DeadLetter, dead_letter_fields
-from intent.consumer.entries import (
+from intent.errors import ValidationError
+from intent.events import (
+    ConsumerConfig,
+    EventHandler,
+    RetryLater,
+    current_delivery,
+    event_from_fields,
+)
+from intent.events.config import default_consumer_name, gives_up, retry_delay
+from intent.events.deadletter import DEAD_FIELDS, DeadLetter, dead_letter_fields
+from intent.events.entries import (
     entries_from_reply,
     is_unknown_type,
     parse_entries,
     parse_entry,
 )
-from intent.consumer.handler import Delivery, _current_delivery
-from intent.errors import ValidationError
-from intent.events import event_from_fields
-from intent.idempotency import EventInProgress, Idempotency
+from intent.events.handler import Delivery, _current_delivery
+from intent.events.idempotency import EventInProgress, Idempotency
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
 from intent.settings import SettingsError, load_settings

@@ -22,6 +22,7 @@ from intent.events import (
     RejectEvent,
     ReplayError,
     current_delivery,
+    event_from_fields,
     register_builtin_handlers,
     replay,
 )
@@ -160,6 +161,16 @@ def settled(client: redis.Redis, group: str = "g") -> bool:
 
 def dead(client: redis.Redis) -> list[Any]:
     return DeadLetters(client, KEYS, 1000).list()
+
+
+# -- publishing ---------------------------------------------------------------------------------
+def test_the_guides_publish_event_adds_an_event_once(redis_client: redis.Redis) -> None:
+    publisher = EventPublisher(redis_client, KEYS, maxlen=1000, dedup_ttl=60)
+    event = make_event(1)
+    assert publisher.publish_event(event) is True
+    assert publisher.publish_event(event) is False  # a retried emit step adds no duplicate
+    [(_, fields)] = redis_client.xrange(KEYS.events_stream)
+    assert event_from_fields(fields) == event
 
 
 # -- retries and dead letters -----------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import redis
 
-from intent.events.config import ConsumerConfig, gives_up, retry_delay
+from intent.events.config import DEFAULTS, ConsumerConfig, gives_up, retry_delay
 from intent.events.deadletter import (
     ABANDONED,
     FAILED,
@@ -106,7 +106,7 @@ class EventConsumer:
         handler: EventHandler,
         config: ConsumerConfig,
         *,
-        dead_letter_maxlen: int = 100_000,
+        dead_letter_maxlen: int = DEFAULTS.events_maxlen,
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
     ):

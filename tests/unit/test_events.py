@@ -27,7 +27,6 @@ from intent.events import (
     IntentEvent,
     event_id,
 )
-from intent.events.deadletter import dead_letter_fields
 from intent.events.handler import _current_delivery
 from intent.keys import Keys
 from intent.models import Event
@@ -194,15 +193,7 @@ def _events(count: int) -> list[Event]:
 
 def _drive_every_bus_script(client: RecordingClient, keys: Keys) -> None:
     letters = DeadLetters(client, keys, maxlen=1000)  # type: ignore[arg-type]
-    letter = dead_letter_fields(
-        {"id": "evt_1", "type": "context_changed"},
-        reason="failed",
-        error="boom",
-        group="g",
-        consumer="c",
-        deliveries=5,
-        original_id="1-0",
-    )
+    letter = {"id": "evt_1", "type": "context_changed", "dead_reason": "failed"}
     assert letters.add("g", "1-0", letter) == "9-0"
     assert letters.requeue("9-0") == "10-0"
     assert letters.requeue_all() == 2

@@ -119,7 +119,7 @@ def test_publish_dead_letter_and_requeue_run_on_a_cluster_node(client: redis.Red
     consumer = EventConsumer(client, KEYS, failing, config)
     stats = consumer.run(install_signal_handlers=False, max_events=3)
     assert (stats.failures, stats.dead_lettered) == (3, 3)
-    assert client.xpending(KEYS.events_stream, "g")["pending"] == 0
+    assert cast(dict[str, Any], client.xpending(KEYS.events_stream, "g"))["pending"] == 0
 
     letters = DeadLetters(client, KEYS, maxlen=1000)
     listed = letters.list()

@@ -1,4 +1,4 @@
-"""Events per second handled by one consumer (intent.consumer) with a no-op handler against a
+"""Events per second handled by one consumer (intent.events) with a no-op handler against a
 bare XREADGROUP/XACK loop, over the same events, in one run.
 
 Starts its own Redis (embedded unless INTENT_REDIS_URL is set) and fills a stream with N
@@ -29,8 +29,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, redis_url
-from intent.consumer import ConsumerConfig, EventConsumer, EventHandler
-from intent.events import EventPublisher
+from intent.events import ConsumerConfig, EventConsumer, EventHandler, EventPublisher
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
 

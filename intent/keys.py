@@ -21,7 +21,12 @@ class Keys:
     # -- events -------------------------------------------------------------------
     @property
     def events_stream(self) -> str:
-        """The event bus: a stream, bounded by MAXLEN ~ (settings.events_maxlen)."""
+        """The event bus: a stream, bounded by MAXLEN ~ (settings.events_maxlen).
+
+        Its name stays the contract's ``intent:events`` and is the hash tag of the keys
+        scripts write with it (``{intent:events}:...``): a key without braces hashes whole,
+        so they share its Cluster slot. That holds because the prefix may hold no braces
+        (settings.key_prefix's pattern)."""
         return f"{self.prefix}events"
 
     def event_seen(self, event_id: str) -> str:

@@ -26,7 +26,7 @@ from intent.breaker.registry import default_store, forget_stores
 from intent.breaker.stores import BreakerStore
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
-from intent.events import EventPublisher
+from intent.events.publisher import EventPublisher
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     events_maxlen: PositiveInt = 100_000
     event_dedup_ttl: PositiveInt = 7 * 24 * 3600
 
-    # Event consumers (`intent events consume`, intent/consumer/). Times in seconds.
+    # Event consumers (`intent events consume`, intent/events/). Times in seconds.
     consumer_batch_size: PositiveInt = 100  # entries per read (XREADGROUP COUNT)
     consumer_block: PositiveFloat = 1.0  # longest wait of a read; bounds an idle stop's delay
     consumer_max_deliveries: PositiveInt = 5  # then a failing event goes to the dead letters

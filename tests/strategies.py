@@ -1890,7 +1890,7 @@ class Target:
     def start_consumer(self, batch_size: int = 100) -> None:
         import redis
 
-        from intent.consumer import ConsumerConfig, EventConsumer, EventHandler, current_delivery
+        from intent.events import ConsumerConfig, EventConsumer, EventHandler, current_delivery
         from intent.models import IntentEvent
 
         def record(event: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from intent.consumer import (
+from intent.events import (
     DeadLetter,
     DeadLetters,
     EventConsumer,
@@ -21,7 +21,7 @@ from intent.consumer import (
     register_builtin_handlers,
     replay,
 )
-from intent.consumer.entries import describe_error, parse_entry
+from intent.events.entries import describe_error, parse_entry
 from intent.keys import Keys
 from intent.logs import configure_logging
 from intent.models import Event

@@ -17,7 +17,7 @@ from intent.errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from intent.events import build_events
+from intent.events.publisher import build_events
 from intent.models import BatchItem, BatchResult, Context, IntentResult, PredictionSet
 from intent.patterns import DetectionConflict
 from intent.pipeline import recovery

@@ -14,7 +14,7 @@ from typing import Any
 
 from intent import tracing
 from intent.errors import ServiceRequestError
-from intent.events import build_events
+from intent.events.publisher import build_events
 from intent.models import Context, IntentRequest, IntentResult, PredictionSet
 from intent.pipeline import recovery
 from intent.runtime import Runtime

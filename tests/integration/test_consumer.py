@@ -13,19 +13,20 @@ from typing import Any
 import pytest
 import redis
 
-from intent.consumer import (
+from intent.events import (
     ConsumerConfig,
     DeadLetters,
     EventConsumer,
     EventHandler,
+    EventPublisher,
     RejectEvent,
     ReplayError,
     current_delivery,
+    event_from_fields,
     register_builtin_handlers,
     replay,
 )
-from intent.events import EventPublisher
-from intent.idempotency import EventInProgress, Idempotency
+from intent.events.idempotency import EventInProgress, Idempotency
 from intent.keys import Keys
 from intent.models import Context, Event, IntentEvent
 from intent.runtime import get_runtime, reset_runtime
@@ -160,6 +161,16 @@ def settled(client: redis.Redis, group: str = "g") -> bool:
 
 def dead(client: redis.Redis) -> list[Any]:
     return DeadLetters(client, KEYS, 1000).list()
+
+
+# -- publishing ---------------------------------------------------------------------------------
+def test_the_guides_publish_event_adds_an_event_once(redis_client: redis.Redis) -> None:
+    publisher = EventPublisher(redis_client, KEYS, maxlen=1000, dedup_ttl=60)
+    event = make_event(1)
+    assert publisher.publish_event(event) is True
+    assert publisher.publish_event(event) is False  # a retried emit step adds no duplicate
+    [(_, fields)] = redis_client.xrange(KEYS.events_stream)
+    assert event_from_fields(fields) == event
 
 
 # -- retries and dead letters -----------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from intent.consumer.deadletter import DEAD_FIELDS, dead_letter_fields
+from intent.events.deadletter import DEAD_FIELDS, dead_letter_fields
 from intent.models import Event, IntentEvent
 from tests.integration.test_consumer import KEYS, make_event, publish, wait_until
 

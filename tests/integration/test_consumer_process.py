@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from intent.consumer import EventHandler, current_delivery
+from intent.events import EventHandler, current_delivery
 from intent.models import Event, IntentEvent
 from tests.integration.test_consumer import (
     KEYS,

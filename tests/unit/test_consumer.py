@@ -10,22 +10,27 @@ import pydantic
 import pytest
 
 from intent.cli import build_parser
-from intent.consumer import ConsumerConfig, EventHandler, RetryLater, current_delivery
-from intent.consumer.config import default_consumer_name, gives_up, retry_delay
-from intent.consumer.deadletter import DEAD_FIELDS, DeadLetter, dead_letter_fields
-from intent.consumer.entries import (
+from intent.errors import ValidationError
+from intent.events import (
+    ConsumerConfig,
+    EventHandler,
+    RetryLater,
+    current_delivery,
+    event_from_fields,
+)
+from intent.events.config import default_consumer_name, gives_up, retry_delay
+from intent.events.deadletter import DEAD_FIELDS, DeadLetter, dead_letter_fields
+from intent.events.entries import (
     entries_from_reply,
     is_unknown_type,
     parse_entries,
     parse_entry,
 )
-from intent.consumer.handler import Delivery, _current_delivery
-from intent.errors import ValidationError
-from intent.events import event_from_fields
-from intent.idempotency import EventInProgress, Idempotency
+from intent.events.handler import Delivery, _current_delivery
+from intent.events.idempotency import EventInProgress, Idempotency
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
-from intent.settings import SettingsError, load_settings
+from intent.settings import Settings, SettingsError, load_settings
 
 
 def make_event(index: int = 0, kind: IntentEvent = IntentEvent.CONTEXT_CHANGED) -> Event:
@@ -269,3 +274,11 @@ def test_events_cli_arguments() -> None:
     assert (consume.group, consume.handlers, consume.consumer) == ("g", ["m:f"], None)
     replay = parser.parse_args(["events", "replay", "--from", "0", "--group", "g"])
     assert (replay.from_id, replay.group) == ("0", "g")
+
+
+def test_a_config_defaults_to_the_settings_defaults() -> None:
+    # Each default is written once, in settings.py: a config built without settings
+    # equals one built from the settings' defaults.
+    cfg = ConsumerConfig(group="g", consumer="c")
+    assert cfg == ConsumerConfig.from_settings(Settings.model_construct(), "g", "c")
+    assert (cfg.batch_size, cfg.max_deliveries, cfg.claim_idle) == (100, 5, 60.0)

@@ -1,4 +1,4 @@
-"""Events on the bus (a Redis Stream): building them from a decision and publishing once.
+"""The publishing side of the bus: events built from a decision, added to the stream once.
 
 An event's id derives from its request and type, and the publish script skips an id it
 has already seen, so a retried or redelivered emit step adds no duplicate.
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from typing import Any
 
 import redis
 
-from intent import codec, scripts
-from intent.errors import ValidationError
+from intent import scripts
 from intent.keys import Keys
 from intent.models import Event, IntentEvent, IntentResult
-
-__all__ = ["EventPublisher", "IntentEvent", "build_events", "event_from_fields", "event_id"]
 
 
 def event_id(request_id: str, event_type: IntentEvent) -> str:
@@ -84,42 +80,6 @@ def _stream_fields(event: Event) -> list[str]:
         "data",
         json.dumps(event.data, separators=(",", ":")),
     ]
-
-
-# An entry's data: what an event may carry, and no more (a consumer reads untrusted entries).
-DATA_LIMITS = codec.Limits(max_bytes=1 << 20, max_depth=32, max_string=1 << 20)
-
-
-def event_from_fields(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
-    """Parse a stream entry back into an :class:`Event`; raises pydantic's ValidationError
-    or :class:`~intent.errors.ValidationError` (not UTF-8, data too deep, not JSON...)."""
-    text: dict[str, str] = {}
-    for key, value in fields.items():
-        name, content = _text(key, "a field name"), _text(value, f"field {key!r}")
-        text[name] = content
-    payload: dict[str, Any] = dict(text)
-    try:
-        payload["data"] = codec.loads(text.get("data", "{}"), DATA_LIMITS, "data")
-    except ValidationError as exc:
-        field = exc.field if exc.field == "data" else f"data.{exc.field}"
-        raise ValidationError(field, exc.message) from None
-    return Event.model_validate(payload)
-
-
-def _text(value: str | bytes, what: str) -> str:
-    """UTF-8 text: a client reading with errors="surrogateescape" hands undecodable bytes
-    over as lone surrogates, refused here."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValidationError(what, "is not UTF-8 text") from None
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(what, "is not UTF-8 text") from None
-    return value
 
 
 class EventPublisher:

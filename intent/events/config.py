@@ -8,12 +8,17 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from intent.retry import Backoff
 from intent.settings import Settings
 
 UnknownTypePolicy = Literal["ack", "dead_letter"]
+
+# The settings' own defaults (no environment read): each default is written once, there.
+DEFAULTS = Settings.model_construct()
+# settings.py checks the value against the same two words.
+_UNKNOWN_TYPE = cast(UnknownTypePolicy, DEFAULTS.consumer_unknown_type)
 
 # Group and consumer names end up in Redis keys (idempotency marks) and in logs.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # fullmatch: "$" lets "x\n" in
@@ -32,15 +37,21 @@ class ConsumerConfig:
 
     group: str
     consumer: str
-    batch_size: int = 100  # entries per XREADGROUP (COUNT)
-    block: float = 1.0  # longest wait of one read (BLOCK); also bounds a stop's delay when idle
-    max_deliveries: int = 5  # deliveries of a failing event before it is dead-lettered
-    retry_backoff: float = 1.0  # wait before the 2nd delivery; doubles each delivery
-    retry_backoff_max: float = 30.0
-    retry_jitter: float = 0.25  # each wait is drawn from [wait * (1 - jitter), wait]
-    claim_idle: float = 60.0  # idle time after which another consumer takes an entry over
-    unknown_type: UnknownTypePolicy = "ack"
-    shutdown_grace: float = 5.0  # after a stop request, keep handling events in hand this long
+    batch_size: int = DEFAULTS.consumer_batch_size  # entries per XREADGROUP (COUNT)
+    # The longest wait of one read (BLOCK); also bounds a stop's delay when idle.
+    block: float = DEFAULTS.consumer_block
+    # Deliveries of a failing event before it is dead-lettered.
+    max_deliveries: int = DEFAULTS.consumer_max_deliveries
+    # The wait before the 2nd delivery; doubles each delivery, up to the max.
+    retry_backoff: float = DEFAULTS.consumer_retry_backoff
+    retry_backoff_max: float = DEFAULTS.consumer_retry_backoff_max
+    # Each wait is drawn from [wait * (1 - jitter), wait].
+    retry_jitter: float = DEFAULTS.retry_jitter
+    # The idle time after which another consumer takes an entry over.
+    claim_idle: float = DEFAULTS.consumer_claim_idle
+    unknown_type: UnknownTypePolicy = _UNKNOWN_TYPE
+    # After a stop request, keep handling events in hand this long.
+    shutdown_grace: float = DEFAULTS.consumer_shutdown_grace
     start_id: str = "$"  # where a group created by this consumer starts ("$": new events only)
 
     def __post_init__(self) -> None:

@@ -112,6 +112,9 @@ class DeadLetters:
         self.client = client
         self.keys = keys
         self.maxlen = maxlen
+        # Registered once: each call is then an EVALSHA (EVAL when the server lost it).
+        self._dead_letter = scripts.register(client, "dead_letter")
+        self._requeue_dead = scripts.register(client, "requeue_dead")
 
     def count(self) -> int:
         return int(cast(int, self.client.xlen(self.keys.dead_letters)))
@@ -142,19 +145,18 @@ class DeadLetters:
             total += len(added)
 
     def _requeue(self, first: str, last: str, count: int) -> builtins.list[str]:
-        script = scripts.register(self.client, "requeue_dead")
         keys = [self.keys.dead_letters, self.keys.events_stream]
-        added = script(keys=keys, args=[self.maxlen, first, last, count])
+        added = self._requeue_dead(keys=keys, args=[self.maxlen, first, last, count])
         return [a.decode() if isinstance(a, bytes) else str(a) for a in added]
 
     def add(self, group: str, entry_id: str, letter: Mapping[str, str | bytes]) -> str:
         """Dead-letter pending entry ``entry_id`` of ``group`` (its ``letter`` from
         :func:`dead_letter_fields`) and acknowledge it, in one step."""
-        script = scripts.register(self.client, "dead_letter")
         flat: builtins.list[bytes | str | int] = [group, entry_id, self.maxlen]
         for key, value in letter.items():
             flat += [as_bytes(key), as_bytes(value)]
-        dead_id = script(keys=[self.keys.events_stream, self.keys.dead_letters], args=flat)
+        keys = [self.keys.events_stream, self.keys.dead_letters]
+        dead_id = self._dead_letter(keys=keys, args=flat)
         return dead_id.decode() if isinstance(dead_id, bytes) else str(dead_id)
 
 

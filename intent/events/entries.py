@@ -2,8 +2,8 @@
 
 Parsing is the consumer's main cost per event, so a batch is validated in one pydantic call
 and ``data`` is decoded by pydantic-core's JSON parser. Any entry that path refuses is
-parsed again by :func:`intent.events.event_from_fields`, so results and errors are exactly
-that function's.
+parsed again by :func:`event_from_fields`, so results and errors are exactly that
+function's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pydantic import TypeAdapter
 
 from intent import codec
 from intent.errors import ValidationError
-from intent.events import DATA_LIMITS, event_from_fields
 from intent.models import Event, IntentEvent
 
 StreamEntry = tuple[str, dict[str, str]]
@@ -26,6 +25,42 @@ StreamEntry = tuple[str, dict[str, str]]
 KNOWN_TYPES = frozenset(t.value for t in IntentEvent)
 
 _EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+# An entry's data: what an event may carry, and no more (a consumer reads untrusted entries).
+DATA_LIMITS = codec.Limits(max_bytes=1 << 20, max_depth=32, max_string=1 << 20)
+
+
+def event_from_fields(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
+    """Parse a stream entry back into an :class:`Event`; raises pydantic's ValidationError
+    or :class:`~intent.errors.ValidationError` (not UTF-8, data too deep, not JSON...)."""
+    text: dict[str, str] = {}
+    for key, value in fields.items():
+        name, content = _text(key, "a field name"), _text(value, f"field {key!r}")
+        text[name] = content
+    payload: dict[str, Any] = dict(text)
+    try:
+        payload["data"] = codec.loads(text.get("data", "{}"), DATA_LIMITS, "data")
+    except ValidationError as exc:
+        field = exc.field if exc.field == "data" else f"data.{exc.field}"
+        raise ValidationError(field, exc.message) from None
+    return Event.model_validate(payload)
+
+
+def _text(value: str | bytes, what: str) -> str:
+    """UTF-8 text: a client reading with errors="surrogateescape" hands undecodable bytes
+    over as lone surrogates, refused here."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError(what, "is not UTF-8 text") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(what, "is not UTF-8 text") from None
+    return value
 
 
 def entries_from_reply(reply: Any) -> list[StreamEntry]:

@@ -26,7 +26,7 @@ from typing import TypeVar, overload
 import redis
 
 from intent import scripts
-from intent.consumer.handler import RetryLater, current_delivery
+from intent.events.handler import RetryLater, current_delivery
 from intent.keys import Keys
 from intent.models import Event
 
@@ -50,7 +50,7 @@ class Idempotency:
     """Runs handlers at most once per event id within a consumer group.
 
     ``group`` defaults to the group of the delivery being handled
-    (:func:`intent.consumer.current_delivery`), so one wrapped handler serves any group.
+    (:func:`intent.events.current_delivery`), so one wrapped handler serves any group.
     """
 
     def __init__(
@@ -76,6 +76,8 @@ class Idempotency:
     def from_runtime(cls, group: str | None = None) -> Idempotency:
         """Marks on this process's Redis, kept ``INTENT_EVENT_DEDUP_TTL``, with a lease of
         ``INTENT_CONSUMER_CLAIM_IDLE`` (a handler running longer is taken over anyway)."""
+        # Imported when called: the per-process wiring builds the bus's publisher, so the
+        # bus must not need the wiring to load.
         from intent.runtime import get_runtime
 
         runtime = get_runtime()

@@ -1,4 +1,4 @@
-"""The consumer runner: one consumer of a group on ``intent:events``, at least once.
+"""``EventConsumer``: one consumer of a group on ``intent:events``, at least once.
 
 An entry is acknowledged only after its handlers returned. A failed entry stays pending
 and is claimed back (XCLAIM) after a backoff that grows with its deliveries, up to
@@ -24,31 +24,37 @@ from types import FrameType
 from typing import Any, cast
 
 import redis
-from redis.connection import Connection
 
-from intent.consumer import deadletter
-from intent.consumer.config import ConsumerConfig, gives_up, retry_delay
-from intent.consumer.entries import (
+from intent.events.config import DEFAULTS, ConsumerConfig, gives_up, retry_delay
+from intent.events.deadletter import (
+    ABANDONED,
+    FAILED,
+    MALFORMED,
+    REJECTED,
+    UNKNOWN_TYPE,
+    DeadLetters,
+    dead_letter_fields,
+)
+from intent.events.entries import (
     StreamEntry,
     describe_error,
-    entries_from_reply,
     is_unknown_type,
     parse_entries,
 )
-from intent.consumer.handler import (
+from intent.events.handler import (
     Delivery,
     EventHandler,
     RejectEvent,
     RetryLater,
     _current_delivery,
 )
+from intent.events.reader import Clock, StreamReader
 from intent.keys import Keys
 from intent.models import Event
 from intent.settings import Settings, get_settings
 
 logger = logging.getLogger("intent.events")
 
-Clock = Callable[[], float]
 # XAUTOCLAIM's reply: next cursor, claimed entries (fields None if deleted), deleted ids.
 AutoClaimReply = tuple[str, list[tuple[str, "dict[str, str] | None"]], list[str]]
 PendingRows = list[dict[str, Any]]  # XPENDING's extended form, as redis-py parses it
@@ -85,85 +91,6 @@ def _id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-class _StreamReader:
-    """A connection that only reads: ``[XACK] XREADGROUP`` requests, at most one outstanding,
-    so a read can be sent before the batch in hand is handled."""
-
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, clock: Clock):
-        self._pool = client.connection_pool
-        self._connection: Connection | None = None
-        self._read = ("XREADGROUP", "GROUP", group, consumer, "COUNT")
-        self._streams = ("STREAMS", stream, ">")
-        self._ack = ("XACK", stream, group)
-        self._clock = clock
-        self.outstanding = False
-        self.sent_at = 0.0
-        self._acks_in_flight: list[str] = []
-
-    def send(self, acks: list[str], count: int, block_ms: int) -> None:
-        if self._connection is None:
-            self._connection = self._pool.get_connection()
-        connection = self._connection
-        commands: list[tuple[str | int, ...]] = []
-        if acks:
-            commands.append((*self._ack, *acks))
-        commands.append((*self._read, count, "BLOCK", block_ms, *self._streams))
-        self._acks_in_flight = acks
-        try:
-            connection.send_packed_command(connection.pack_commands(commands))
-        except BaseException:
-            self._drop()
-            raise
-        self.outstanding = True
-        self.sent_at = self._clock()
-
-    def receive(self) -> list[StreamEntry]:
-        """The entries of the outstanding read (waits for them; at most BLOCK)."""
-        connection = self._connection
-        assert connection is not None and self.outstanding
-        error: redis.ResponseError | None = None
-        reply: Any = None
-        try:
-            # Both replies are read even when the first is an error: the connection must
-            # stay in step with its requests.
-            if self._acks_in_flight:
-                try:
-                    connection.read_response()
-                except redis.ResponseError as exc:
-                    error = exc
-            try:
-                reply = connection.read_response()
-            except redis.ResponseError as exc:
-                error = exc
-        except BaseException:
-            self._drop()
-            raise
-        self.outstanding = False
-        self._acks_in_flight = []
-        if error is not None:
-            raise error
-        return entries_from_reply(reply)
-
-    def _drop(self) -> None:
-        self.outstanding = False
-        if self._connection is not None:
-            self._connection.disconnect()
-
-    def reset(self) -> list[str]:
-        """Drop the connection and any reply still due on it; returns the acks whose outcome
-        is unknown (sending them again is harmless)."""
-        self._drop()
-        unconfirmed, self._acks_in_flight = self._acks_in_flight, []
-        return unconfirmed
-
-    def close(self) -> None:
-        if self._connection is not None:
-            if self.outstanding:
-                self.reset()
-            self._pool.release(self._connection)
-            self._connection = None
-
-
 class EventConsumer:
     """Runs ``handler`` over ``intent:events`` as one consumer of ``config.group``.
 
@@ -179,7 +106,7 @@ class EventConsumer:
         handler: EventHandler,
         config: ConsumerConfig,
         *,
-        dead_letter_maxlen: int = 100_000,
+        dead_letter_maxlen: int = DEFAULTS.events_maxlen,
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
     ):
@@ -201,12 +128,12 @@ class EventConsumer:
         self.keys = keys
         self.handler = handler
         self.config = config
-        self.dead_letters = deadletter.DeadLetters(client, keys, dead_letter_maxlen)
+        self.dead_letters = DeadLetters(client, keys, dead_letter_maxlen)
         self.stats = ConsumerStats()
         self._clock = clock
         self._rand = rand
         self._stream = keys.events_stream
-        self._reader = _StreamReader(client, self._stream, config.group, config.consumer, clock)
+        self._reader = StreamReader(client, self._stream, config.group, config.consumer, clock)
         self._delivery = Delivery(config.group, config.consumer)
         self._log = {"group": config.group, "consumer": config.consumer}
         self._acks: list[str] = []
@@ -497,7 +424,7 @@ class EventConsumer:
                 extra=extra,
                 exc_info=exc,
             )
-            self._dead_letter(entry_id, fields, deadletter.FAILED, error, deliveries)
+            self._dead_letter(entry_id, fields, FAILED, error, deliveries)
             return
         wait = retry_delay(self.config, deliveries, self._rand)
         logger.warning(
@@ -530,7 +457,7 @@ class EventConsumer:
             error,
             extra=self._extra(entry_id, event, deliveries),
         )
-        self._dead_letter(entry_id, fields, deadletter.REJECTED, error, deliveries)
+        self._dead_letter(entry_id, fields, REJECTED, error, deliveries)
 
     def _unparsed(
         self, entry_id: str, fields: dict[str, str], exc: Exception, deliveries: int
@@ -549,16 +476,16 @@ class EventConsumer:
                 return
             logger.error("unknown event type %r: dead-lettering", event_type, extra=extra)
             error = f"unknown event type {event_type!r}"
-            self._dead_letter(entry_id, fields, deadletter.UNKNOWN_TYPE, error, deliveries)
+            self._dead_letter(entry_id, fields, UNKNOWN_TYPE, error, deliveries)
             return
         reason = describe_error(exc)
         logger.error("malformed entry, dead-lettering: %s", reason, extra=extra)
-        self._dead_letter(entry_id, fields, deadletter.MALFORMED, reason, deliveries)
+        self._dead_letter(entry_id, fields, MALFORMED, reason, deliveries)
 
     def _dead_letter(
         self, entry_id: str, fields: dict[str, str], reason: str, error: str, deliveries: int
     ) -> None:
-        letter = deadletter.dead_letter_fields(
+        letter = dead_letter_fields(
             fields,
             reason=reason,
             error=error,
@@ -686,9 +613,7 @@ class EventConsumer:
                     error,
                     extra=self._extra(entry_id, None, deliveries[entry_id]),
                 )
-                self._dead_letter(
-                    entry_id, fields, deadletter.ABANDONED, error, deliveries[entry_id]
-                )
+                self._dead_letter(entry_id, fields, ABANDONED, error, deliveries[entry_id])
             else:
                 live.append((entry_id, fields))
         if live:

@@ -1,0 +1,93 @@
+"""The consumer's stream reader: a connection of its own that pipelines ``[XACK] XREADGROUP``,
+so the next batch is requested before the one in hand is handled (the read-ahead)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.connection import Connection
+
+from intent.events.entries import StreamEntry, entries_from_reply
+
+Clock = Callable[[], float]
+
+
+class StreamReader:
+    """A connection that only reads: ``[XACK] XREADGROUP`` requests, at most one outstanding,
+    so a read can be sent before the batch in hand is handled."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, clock: Clock):
+        self._pool = client.connection_pool
+        self._connection: Connection | None = None
+        self._read = ("XREADGROUP", "GROUP", group, consumer, "COUNT")
+        self._streams = ("STREAMS", stream, ">")
+        self._ack = ("XACK", stream, group)
+        self._clock = clock
+        self.outstanding = False
+        self.sent_at = 0.0
+        self._acks_in_flight: list[str] = []
+
+    def send(self, acks: list[str], count: int, block_ms: int) -> None:
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        connection = self._connection
+        commands: list[tuple[str | int, ...]] = []
+        if acks:
+            commands.append((*self._ack, *acks))
+        commands.append((*self._read, count, "BLOCK", block_ms, *self._streams))
+        self._acks_in_flight = acks
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except BaseException:
+            self._drop()
+            raise
+        self.outstanding = True
+        self.sent_at = self._clock()
+
+    def receive(self) -> list[StreamEntry]:
+        """The entries of the outstanding read (waits for them; at most BLOCK)."""
+        connection = self._connection
+        assert connection is not None and self.outstanding
+        error: redis.ResponseError | None = None
+        reply: Any = None
+        try:
+            # Both replies are read even when the first is an error: the connection must
+            # stay in step with its requests.
+            if self._acks_in_flight:
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:
+                    error = exc
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError as exc:
+                error = exc
+        except BaseException:
+            self._drop()
+            raise
+        self.outstanding = False
+        self._acks_in_flight = []
+        if error is not None:
+            raise error
+        return entries_from_reply(reply)
+
+    def _drop(self) -> None:
+        self.outstanding = False
+        if self._connection is not None:
+            self._connection.disconnect()
+
+    def reset(self) -> list[str]:
+        """Drop the connection and any reply still due on it; returns the acks whose outcome
+        is unknown (sending them again is harmless)."""
+        self._drop()
+        unconfirmed, self._acks_in_flight = self._acks_in_flight, []
+        return unconfirmed
+
+    def close(self) -> None:
+        if self._connection is not None:
+            if self.outstanding:
+                self.reset()
+            self._pool.release(self._connection)
+            self._connection = None

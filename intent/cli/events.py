@@ -108,7 +108,9 @@ def _load_registrar(spec: str) -> Callable[[EventHandler], Any]:
 def _cmd_consume(args: argparse.Namespace) -> int:
     handler = EventHandler()
     if not args.no_builtin:
-        register_builtin_handlers(handler)
+        from intent.runtime import get_runtime
+
+        register_builtin_handlers(handler, get_runtime().context_cache)
     for spec in args.handlers:
         _load_registrar(spec)(handler)
     # The service's log lines (INTENT_LOG_FORMAT: JSON by default, or text), on stderr.

@@ -6,7 +6,7 @@ This module only re-exports the user API; the modules of the package import each
 directly, never this one, so loading any of them loads no cycle.
 """
 
-from intent.events.builtin import invalidate_context, register_builtin_handlers
+from intent.events.builtin import ContextInvalidation, register_builtin_handlers
 from intent.events.config import ConsumerConfig, UnknownTypePolicy, default_consumer_name
 from intent.events.consumer import ConsumerStats, EventConsumer
 from intent.events.deadletter import DeadLetter, DeadLetters
@@ -27,6 +27,7 @@ from intent.models import Event, IntentEvent
 __all__ = [
     "ConsumerConfig",
     "ConsumerStats",
+    "ContextInvalidation",
     "DeadLetter",
     "DeadLetters",
     "Delivery",
@@ -48,7 +49,6 @@ __all__ = [
     "default_consumer_name",
     "event_from_fields",
     "event_id",
-    "invalidate_context",
     "register_builtin_handlers",
     "replay",
 ]

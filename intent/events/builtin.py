@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from intent.cache import ContextCache
 from intent.events.handler import EventHandler, RejectEvent
 from intent.models import Event, IntentEvent
 
 
-def invalidate_context(event: Event) -> None:
+class ContextInvalidation:
     """``context_changed`` (from this service or another): forget the cached context, so the
-    next analysis fetches it again. Deleting twice is harmless, so no idempotency is needed."""
-    # Imported when called: the per-process wiring builds the bus's publisher, so the bus
-    # must not need the wiring to load.
-    from intent.runtime import get_runtime
+    next analysis fetches it again. Deleting twice is harmless, so no idempotency is needed.
 
-    context_id = event.data.get("context_id")
-    if not isinstance(context_id, str) or not context_id:
-        raise RejectEvent("context_changed without a context_id in its data")
-    get_runtime().context_cache.invalidate(context_id)
+    The cache is handed in (the consumer's process builds it), so the bus needs no
+    per-process wiring to load."""
+
+    def __init__(self, cache: ContextCache) -> None:
+        self.cache = cache
+
+    def __call__(self, event: Event) -> None:
+        context_id = event.data.get("context_id")
+        if not isinstance(context_id, str) or not context_id:
+            raise RejectEvent("context_changed without a context_id in its data")
+        self.cache.invalidate(context_id)
 
 
-def register_builtin_handlers(handler: EventHandler) -> EventHandler:
-    handler.register(IntentEvent.CONTEXT_CHANGED, invalidate_context)
+def register_builtin_handlers(handler: EventHandler, cache: ContextCache) -> EventHandler:
+    handler.register(IntentEvent.CONTEXT_CHANGED, ContextInvalidation(cache))
     return handler

@@ -19,8 +19,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from types import FrameType
 from typing import Any, cast
 
 import redis
@@ -50,6 +50,7 @@ from intent.events.handler import (
 )
 from intent.events.reader import Clock, StreamReader
 from intent.keys import Keys
+from intent.lifecycle import on_signals
 from intent.models import Event
 from intent.settings import Settings, get_settings
 
@@ -215,7 +216,11 @@ class EventConsumer:
         """Consume until :meth:`stop` (or SIGTERM/SIGINT, when called from the main thread
         with ``install_signal_handlers``), or until ``max_events`` new entries were read and
         handled. Returns what it did."""
-        restore = self._install_signal_handlers() if install_signal_handlers else None
+        signals = on_signals(self._on_signal) if install_signal_handlers else nullcontext()
+        with signals:
+            return self._run(max_events)
+
+    def _run(self, max_events: int | None) -> ConsumerStats:
         token = _current_delivery.set(self._delivery)
         self._remaining = max_events
         clean = False
@@ -233,8 +238,6 @@ class EventConsumer:
         finally:
             self._shutdown(clean)
             _current_delivery.reset(token)
-            if restore is not None:
-                restore()
         return self.stats
 
     # -- the loop -----------------------------------------------------------------------
@@ -675,31 +678,12 @@ class EventConsumer:
         self._needs_recovery = False
 
     # -- stopping -----------------------------------------------------------------------
-    def _install_signal_handlers(self) -> Callable[[], None] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        signals = (signal.SIGTERM, signal.SIGINT)
-        previous = {sig: signal.getsignal(sig) for sig in signals}
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self.stopping:
-                # A second signal: stop now; the event in hand stays pending for redelivery.
-                raise KeyboardInterrupt
-            logger.info(
-                "%s: finishing the event in hand, then stopping",
-                signal.Signals(signum).name,
-                extra=self._log,
-            )
-            self.stop()
-
-        for sig in signals:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stopping:
+            # A second signal: stop now; the event in hand stays pending for redelivery.
+            raise KeyboardInterrupt
+        logger.info("%s: finishing the event in hand, then stopping", sig.name, extra=self._log)
+        self.stop()
 
     def _shutdown(self, clean: bool) -> None:
         try:

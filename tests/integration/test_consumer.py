@@ -541,7 +541,7 @@ def test_context_changed_invalidates_the_cached_context(
     for context_id in ("ctx-1", "ctx-2"):
         cache.put(Context(context_id=context_id, version=1, attributes={}, updated_at="t"))
     publish(redis_client, [make_event(1), make_event(7, IntentEvent.PATTERN_DETECTED)])
-    start_consumer(register_builtin_handlers(EventHandler()))
+    start_consumer(register_builtin_handlers(EventHandler(), get_runtime().context_cache))
     wait_until(lambda: settled(redis_client))
     assert cache.get("ctx-1") is None
     assert cache.get("ctx-2") is not None
@@ -552,7 +552,7 @@ def test_a_context_changed_event_without_context_id_is_rejected(
 ) -> None:
     event = make_event(1).model_copy(update={"data": {"version": 3}})
     publish(redis_client, [event])
-    start_consumer(register_builtin_handlers(EventHandler()))
+    start_consumer(register_builtin_handlers(EventHandler(), get_runtime().context_cache))
     wait_until(lambda: len(dead(redis_client)) == 1)
     assert dead(redis_client)[0].reason == "rejected"
 

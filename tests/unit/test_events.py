@@ -56,7 +56,7 @@ USER_API = {
     "Idempotency": "intent.events.idempotency",
     "EventInProgress": "intent.events.idempotency",
     "register_builtin_handlers": "intent.events.builtin",
-    "invalidate_context": "intent.events.builtin",
+    "ContextInvalidation": "intent.events.builtin",
     "IntentEvent": "intent.models",
 }
 

@@ -26,6 +26,7 @@ from intent.breaker import (
 )
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
+from intent.connections import data_client
 from intent.events import EventPublisher
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
@@ -34,16 +35,6 @@ from intent.settings import Settings, get_settings
 from intent.waiting import Lane, WaitingRoom
 
 log = logging.getLogger("intent.runtime")
-
-
-def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A client with short socket timeouts: a dead Redis costs seconds, not minutes."""
-    return redis.Redis.from_url(
-        url or settings.require_redis_url(),
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        health_check_interval=30,
-    )
 
 
 @dataclass
@@ -57,7 +48,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis_client(self.settings)
+        return data_client(self.settings)
 
     @cached_property
     def breaker_store(self) -> BreakerStore:

@@ -17,6 +17,12 @@ ENV_PREFIX = "INTENT_"
 # Default visibility timeout: the hard time limit plus this, for a message that waited for
 # a free pool process and for the releasers' sweep.
 VISIBILITY_MARGIN = 30.0
+# Redis clients that stay connected (the data and stream clients) ping a connection idle
+# this long before using it again: one a restarted Redis closed fails that ping, not a call.
+REDIS_HEALTH_CHECK_INTERVAL = 30
+# A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
+# within this long.
+REDIS_PROBE_TIMEOUT = 2.0
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]

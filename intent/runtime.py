@@ -1,15 +1,14 @@
 """The per-process wiring: settings, Redis client, service clients, detector, publisher.
 
-Built lazily on first use and rebuilt after a fork, so a prefork worker child never
-shares a socket with its parent.
+Built lazily on first use and rebuilt after a fork (``intent.forks.ForkLocal``), so a
+prefork worker child never shares a socket with its parent.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import redis
@@ -28,6 +27,7 @@ from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.connections import data_client
 from intent.events import EventPublisher
+from intent.forks import ForkLocal
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
@@ -40,7 +40,6 @@ log = logging.getLogger("intent.runtime")
 @dataclass
 class Runtime:
     settings: Settings
-    pid: int = field(default_factory=os.getpid)
 
     @cached_property
     def keys(self) -> Keys:
@@ -151,21 +150,17 @@ class Runtime:
             self.redis.close()
 
 
-_runtime: Runtime | None = None
+_runtime: ForkLocal[Runtime] = ForkLocal(lambda: Runtime(get_settings()))
 
 
 def get_runtime() -> Runtime:
     """This process's runtime (a new one in a forked child)."""
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = Runtime(get_settings())
-    return _runtime
+    return _runtime.get()
 
 
 def reset_runtime() -> None:
     """Forget the runtime and settings (tests that change the environment call this)."""
-    global _runtime
-    if _runtime is not None and _runtime.pid == os.getpid():
-        _runtime.close()
-    _runtime = None
+    runtime = _runtime.forget()  # a parent's runtime is left alone: its sockets are not ours
+    if runtime is not None:
+        runtime.close()
     get_settings.cache_clear()

@@ -136,3 +136,13 @@ class CircuitOpenError(CircuitBreakerError):
 class ProbeWaits(CircuitOpenError):
     """A health or version probe refused while the breaker is half-open: its trial is a
     real call, which the caller may make instead (a probe never takes a trial's place)."""
+
+
+class SettingsError(IntentError, ValueError):
+    """A setting has a value the service cannot run with (named by its environment
+    variable). Still a ``ValueError``, as it was before it joined the tree."""
+
+
+class DetectionConflict(IntentError):
+    """The pattern state kept changing under us: too many concurrent analyses of one key.
+    Permanent for the analysis that gave up (as any error that is not transient)."""

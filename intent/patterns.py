@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 
 from intent import scripts
+from intent.errors import DetectionConflict
 from intent.keys import Keys
 from intent.models import IntentEvent, PatternResult, PredictionSet, utcnow_iso
 
@@ -91,10 +92,6 @@ def decide(
         decided_at=decided_at,
     )
     return result, state
-
-
-class DetectionConflict(RuntimeError):
-    """The state kept changing under us: too many concurrent analyses of one key."""
 
 
 class PatternDetector:

@@ -13,6 +13,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Raised here, and still imported from here by the CLI, Flower's launcher and tests.
+from intent.errors import SettingsError
+
 ENV_PREFIX = "INTENT_"
 # Default visibility timeout: the hard time limit plus this, for a message that waited for
 # a free pool process and for the releasers' sweep.
@@ -27,10 +30,6 @@ REDIS_PROBE_TIMEOUT = 2.0
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
-
-
-class SettingsError(ValueError):
-    """A setting has a value the service cannot run with."""
 
 
 class Settings(BaseSettings):

@@ -26,6 +26,7 @@ from intent.breaker import (
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.connections import data_client
+from intent.errors import ServiceUnavailableError
 from intent.events import EventPublisher
 from intent.forks import ForkLocal
 from intent.keys import Keys
@@ -71,7 +72,8 @@ class Runtime:
             try:
                 # Once every process has dropped the refusal it remembered (recheck).
                 self.waiting.wake(breaker, at=time.time() + self.settings.circuit_recheck_interval)
-            except redis.RedisError as exc:  # the move stands; they run when their wait ends
+            except (ServiceUnavailableError, redis.RedisError) as exc:
+                # The move stands; they run when their wait ends.
                 log.warning("could not wake the steps waiting for %s: %s", breaker, exc)
 
     @cached_property

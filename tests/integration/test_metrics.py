@@ -27,8 +27,8 @@ from tasks import submit
 from tasks.app import app
 from tasks.batch import submit_batch
 from tasks.stack import WorkerProcess, running_worker
+from tests.helpers import request
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("metrics_worker")]
 

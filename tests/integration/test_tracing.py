@@ -25,9 +25,8 @@ from tasks import submit
 from tasks.app import app
 from tasks.batch import submit_batch
 from tasks.stack import WorkerProcess, running_worker
-from tests.helpers import wait_until
+from tests.helpers import request, wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
-from tests.integration.test_pipeline_inprocess import request
 
 pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (

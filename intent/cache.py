@@ -1,5 +1,6 @@
 """The context cache in Redis: fresh hits skip the Context Service, stale entries serve as
-its fallback. Invalidated by API (``invalidate``) and by ``context_changed`` events."""
+its fallback. Invalidated by API (``invalidate``) and by ``context_changed`` events.
+A Redis that cannot be reached is ``ServiceUnavailableError("redis")``, as everywhere."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import cast
 
 import redis
 
+from intent.connections import redis_errors
 from intent.keys import Keys
 from intent.models import Context
 
@@ -28,6 +30,7 @@ class ContextCache:
         self.ttl = ttl
         self.stale_ttl = max(stale_ttl, ttl)
 
+    @redis_errors("reading the context cache")
     def get(self, context_id: str, now: float | None = None) -> CachedContext | None:
         raw = cast("bytes | None", self.client.get(self.keys.context_cache(context_id)))
         if raw is None:
@@ -36,6 +39,7 @@ class ContextCache:
         age = max(0.0, (now if now is not None else time.time()) - float(entry["stored_at"]))
         return CachedContext(Context.model_validate(entry["context"]), age, age < self.ttl)
 
+    @redis_errors("writing the context cache")
     def put(self, context: Context, now: float | None = None) -> None:
         entry = {
             "context": context.model_dump(mode="json"),
@@ -45,6 +49,7 @@ class ContextCache:
             self.keys.context_cache(context.context_id), json.dumps(entry), ex=self.stale_ttl
         )
 
+    @redis_errors("invalidating a cached context")
     def invalidate(self, context_id: str) -> bool:
         """Forget a context (fresh and stale); True if there was one."""
         return bool(self.client.delete(self.keys.context_cache(context_id)))

@@ -156,7 +156,8 @@ class ServiceClient:
         return response
 
     def reconnect(self) -> None:
-        """Drop pooled connections and start a fresh session."""
+        """Drop pooled connections and start a fresh session: the integration guide's
+        recovery procedure ``service_client.reconnect()`` (kept for operators, tested)."""
         self.session.close()
         self.session = self._new_session()
 

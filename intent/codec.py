@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from intent.errors import ValidationError
+from intent.errors import IntentError, ValidationError
 
 # A surrogate escape in JSON text: a lone one decodes to no character (checked only then).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -84,7 +84,7 @@ class Limits:
         return {"parse_int": integer, "parse_float": number, "parse_constant": constant}
 
 
-class _Refused(ValueError):
+class _Refused(IntentError, ValueError):
     """Raised inside json.loads by a hook; becomes a ValidationError of the document."""
 
 

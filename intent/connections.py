@@ -1,6 +1,17 @@
-"""Redis as the service meets it: its errors in the project's own terms.
+"""Redis as the service meets it: one builder per purpose, each with its timeouts, and
+Redis's errors in the project's own terms.
 
-(The clients by purpose and the one Lua loader join this module; see issue notes.)
+Every Redis client of the service is built here, so each purpose's timeouts are written
+once (their values are settings, see ``intent.settings``):
+
+- ``data_client``: the state, cache, waiting room and publisher (``INTENT_REDIS_SOCKET_TIMEOUT``
+  to connect and per reply: a dead Redis costs seconds, not minutes);
+- ``stream_client``: a reader of the event stream: decoded text (undecodable bytes as lone
+  surrogates), each reply allowed its ``BLOCK`` on top of the data timeout;
+- ``breaker_client``: the breaker's shared state (``INTENT_CIRCUIT_REDIS_SOCKET_TIMEOUT``, no
+  retries: a dead Redis costs milliseconds per call, and the breaker falls back to memory);
+- ``rate_limit_storage``: ``limits``' storage, which builds its client from the data timeouts;
+- ``probe_client``: a one-off "does it answer?" check.
 """
 
 from __future__ import annotations
@@ -9,8 +20,70 @@ import contextlib
 from collections.abc import Iterator
 
 import redis
+from limits.storage import RedisStorage
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from intent.errors import ServiceUnavailableError
+from intent.settings import REDIS_HEALTH_CHECK_INTERVAL, REDIS_PROBE_TIMEOUT, Settings
+
+# The breaker client's timeout where no settings are at hand (``RedisStore.from_url``).
+BREAKER_SOCKET_TIMEOUT: float = Settings.model_fields["circuit_redis_socket_timeout"].default
+
+
+def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
+    """The client for the service's state (bytes replies)."""
+    return redis.Redis.from_url(
+        url or settings.require_redis_url(),
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+    )
+
+
+def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
+    """A client that reads the event stream, with XREADGROUP's ``block`` seconds allowed
+    per reply on top of the data timeout (a blocked read is not a dead Redis)."""
+    return redis.Redis.from_url(
+        settings.require_redis_url(),
+        decode_responses=True,
+        # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
+        # XADD writes the original bytes back; shown by the CLI), never as an error that
+        # stops the reader.
+        encoding_errors="surrogateescape",
+        socket_timeout=block + settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+    )
+
+
+def breaker_client(url: str, socket_timeout: float = BREAKER_SOCKET_TIMEOUT) -> redis.Redis:
+    """A client for breaker state: short timeouts, no retries, decoded replies."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+
+
+def rate_limit_storage(settings: Settings, key_prefix: str) -> RedisStorage:
+    """``limits``' moving-window storage on the data timeouts; its errors arrive wrapped in
+    ``limits.errors.StorageError`` (``intent.ratelimit`` tells an outage from a bug)."""
+    return RedisStorage(
+        settings.require_redis_url(),
+        key_prefix=key_prefix,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        wrap_exceptions=True,
+    )
+
+
+def probe_client(url: str, timeout: float = REDIS_PROBE_TIMEOUT) -> redis.Redis:
+    """A client for one "does Redis answer?" check: connect and each reply within
+    ``timeout``."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 @contextlib.contextmanager

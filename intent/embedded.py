@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import redis
 
+from intent.connections import probe_client
 from intent.lifecycle import Background
 
 
@@ -101,9 +102,8 @@ class EmbeddedRedis(Background):
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(
-            host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5
-        )
+        # Polled: each try gives up fast on a server still starting.
+        client = probe_client(self.url, timeout=0.5)
         try:
             while True:
                 if self._process.poll() is not None:
@@ -112,7 +112,7 @@ class EmbeddedRedis(Background):
                 try:
                     if client.ping():
                         return self
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
                     pass
                 if time.monotonic() > deadline:
                     self.stop()

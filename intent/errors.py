@@ -136,3 +136,33 @@ class CircuitOpenError(CircuitBreakerError):
 class ProbeWaits(CircuitOpenError):
     """A health or version probe refused while the breaker is half-open: its trial is a
     real call, which the caller may make instead (a probe never takes a trial's place)."""
+
+
+class SettingsError(IntentError, ValueError):
+    """A setting has a value the service cannot run with (named by its environment
+    variable). Still a ``ValueError``, as it was before it joined the tree."""
+
+
+class DetectionConflict(IntentError):
+    """The pattern state kept changing under us: too many concurrent analyses of one key.
+    Permanent for the analysis that gave up (as any error that is not transient)."""
+
+
+# -- the event bus ------------------------------------------------------------------------
+class RejectEvent(IntentError):
+    """The event can never be handled (it lacks what the handler needs): dead-letter it now."""
+
+
+class RetryLater(IntentError):
+    """Leave the event pending and deliver it again after ``delay`` seconds: a deferral, not
+    a failure (the next delivery is not counted against ``max_deliveries``)."""
+
+    def __init__(self, delay: float, reason: str = "retry later"):
+        super().__init__(reason)
+        self.delay = max(0.0, float(delay))
+        self.reason = reason
+
+
+class ReplayError(IntentError, ValueError):
+    """The replay cannot be done as asked (no such group, an id ahead of the group...).
+    Still a ``ValueError``, as it was before it joined the tree."""

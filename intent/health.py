@@ -28,7 +28,7 @@ import requests
 from intent.breaker import CircuitAdmin, StoreError
 from intent.breaker.policy import HALF_OPEN, OPEN
 from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, compatible
-from intent.errors import CircuitOpenError
+from intent.errors import CircuitOpenError, IntentError
 from intent.keys import Keys
 from intent.logs import mask_secrets, mask_url
 from intent.scripts import register
@@ -56,7 +56,7 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-class _Unhealthy(Exception):
+class _Unhealthy(IntentError):
     """A /health that answered 5xx: a failure for the service's breaker."""
 
     def __init__(self, response: requests.Response):

@@ -17,6 +17,8 @@ from typing import Any, cast
 import redis
 
 from intent import scripts
+from intent.connections import redis_errors
+from intent.errors import DetectionConflict
 from intent.keys import Keys
 from intent.models import IntentEvent, PatternResult, PredictionSet, utcnow_iso
 
@@ -93,10 +95,6 @@ def decide(
     return result, state
 
 
-class DetectionConflict(RuntimeError):
-    """The state kept changing under us: too many concurrent analyses of one key."""
-
-
 class PatternDetector:
     """Compare-and-set detection over the Redis state of each (context, pattern)."""
 
@@ -110,6 +108,7 @@ class PatternDetector:
         self.max_attempts = max_attempts
         self._commit = scripts.register(client, "pattern_commit")
 
+    @redis_errors("reading the last predictions")
     def last_predictions(self, context_id: str, pattern_id: str) -> PredictionSet | None:
         """The last live predictions seen for (context, pattern), if any."""
         raw = cast(
@@ -118,6 +117,7 @@ class PatternDetector:
         )
         return PredictionSet.model_validate_json(raw) if raw else None
 
+    @redis_errors("detecting the pattern")
     def detect(
         self,
         request_id: str,

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import redis
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, RedisStorage
+from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from intent import tracing
+from intent.connections import rate_limit_storage
 from intent.errors import RateLimitExceeded, ServiceUnavailableError
 from intent.keys import Keys
 from intent.settings import Settings
@@ -173,13 +174,7 @@ class RateLimits:
     """The service's limits: downstream endpoints and intake per client."""
 
     def __init__(self, settings: Settings, keys: Keys):
-        storage = RedisStorage(
-            settings.require_redis_url(),
-            key_prefix=keys.rate_limits,
-            socket_timeout=settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
-            wrap_exceptions=True,
-        )
+        storage = rate_limit_storage(settings, keys.rate_limits)
         limiter = MovingWindowRateLimiter(storage)
         fallback = Fallback(
             settings.rate_limit_fallback_share, settings.rate_limit_fallback_log_interval

@@ -1,15 +1,14 @@
 """The per-process wiring: settings, Redis client, service clients, detector, publisher.
 
-Built lazily on first use and rebuilt after a fork, so a prefork worker child never
-shares a socket with its parent.
+Built lazily on first use and rebuilt after a fork (``intent.forks.ForkLocal``), so a
+prefork worker child never shares a socket with its parent.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import redis
@@ -26,7 +25,10 @@ from intent.breaker.registry import default_store, forget_stores
 from intent.breaker.stores import BreakerStore
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
+from intent.connections import data_client
+from intent.errors import ServiceUnavailableError
 from intent.events.publisher import EventPublisher
+from intent.forks import ForkLocal
 from intent.keys import Keys
 from intent.patterns import PatternDetector, Rules
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
@@ -36,20 +38,9 @@ from intent.waiting import Lane, WaitingRoom
 log = logging.getLogger("intent.runtime")
 
 
-def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A client with short socket timeouts: a dead Redis costs seconds, not minutes."""
-    return redis.Redis.from_url(
-        url or settings.require_redis_url(),
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        health_check_interval=30,
-    )
-
-
 @dataclass
 class Runtime:
     settings: Settings
-    pid: int = field(default_factory=os.getpid)
 
     @cached_property
     def keys(self) -> Keys:
@@ -57,7 +48,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis_client(self.settings)
+        return data_client(self.settings)
 
     @cached_property
     def breaker_store(self) -> BreakerStore:
@@ -79,7 +70,8 @@ class Runtime:
             try:
                 # Once every process has dropped the refusal it remembered (recheck).
                 self.waiting.wake(breaker, at=time.time() + self.settings.circuit_recheck_interval)
-            except redis.RedisError as exc:  # the move stands; they run when their wait ends
+            except (ServiceUnavailableError, redis.RedisError) as exc:
+                # The move stands; they run when their wait ends.
                 log.warning("could not wake the steps waiting for %s: %s", breaker, exc)
 
     @cached_property
@@ -160,22 +152,18 @@ class Runtime:
             self.redis.close()
 
 
-_runtime: Runtime | None = None
+_runtime: ForkLocal[Runtime] = ForkLocal(lambda: Runtime(get_settings()))
 
 
 def get_runtime() -> Runtime:
     """This process's runtime (a new one in a forked child)."""
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = Runtime(get_settings())
-    return _runtime
+    return _runtime.get()
 
 
 def reset_runtime() -> None:
     """Forget the runtime and settings (tests that change the environment call this)."""
-    global _runtime
-    if _runtime is not None and _runtime.pid == os.getpid():
-        _runtime.close()
-    _runtime = None
+    runtime = _runtime.forget()  # a parent's runtime is left alone: its sockets are not ours
+    if runtime is not None:
+        runtime.close()
     forget_stores()
     get_settings.cache_clear()

@@ -13,10 +13,19 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Raised here, and still imported from here by the CLI, Flower's launcher and tests.
+from intent.errors import SettingsError
+
 ENV_PREFIX = "INTENT_"
 # Default visibility timeout: the hard time limit plus this, for a message that waited for
 # a free pool process and for the releasers' sweep.
 VISIBILITY_MARGIN = 30.0
+# Redis clients that stay connected (the data and stream clients) ping a connection idle
+# this long before using it again: one a restarted Redis closed fails that ping, not a call.
+REDIS_HEALTH_CHECK_INTERVAL = 30
+# A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
+# within this long.
+REDIS_PROBE_TIMEOUT = 2.0
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -45,10 +54,6 @@ CIRCUIT_SLOW_CALL_DURATION = 5.0
 CIRCUIT_REDIS_SOCKET_TIMEOUT = 0.25
 CIRCUIT_REDIS_PROBE_INTERVAL = 5.0  # retry Redis this often when down
 CIRCUIT_FALLBACK_LOG_INTERVAL = 30.0  # "using memory" warning, at most this often
-
-
-class SettingsError(ValueError):
-    """A setting has a value the service cannot run with."""
 
 
 class Settings(BaseSettings):

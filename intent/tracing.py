@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import IO, Any
 
+from intent.forks import ForkLocal
 from intent.logs import current_context, mask_url
 from intent.settings import Settings, get_settings
 
@@ -45,14 +46,13 @@ class _Tracing:
     tracer: Any
 
 
-_state: _Tracing | None = None
-_decided_pid = 0  # the process that last decided whether it traces
+# This process's decision: its tracing, or None (off); a forked child decides afresh.
+_state: ForkLocal[_Tracing | None] = ForkLocal(lambda: None)
 
 
 def _here() -> _Tracing | None:
     """This process's tracing, never one inherited from a parent process."""
-    state = _state
-    return state if state is not None and state.pid == os.getpid() else None
+    return _state.peek()
 
 
 def active() -> bool:
@@ -62,20 +62,18 @@ def active() -> bool:
 def start(settings: Settings | None = None, exporter: Any = None) -> bool:
     """Start tracing in this process if the settings ask for it (or ``exporter`` is given:
     tests pass an in-memory one); once per process, later calls answer the same."""
-    global _state, _decided_pid
-    pid = os.getpid()
-    if _decided_pid == pid and exporter is None:
+    if _state.built() and exporter is None:
         return active()
     if exporter is not None and active():
         stop()
-    _decided_pid, _state = pid, None  # a state from before a fork is the parent's
+    _state.set(None)  # decided: off, unless built below
     settings = settings or get_settings()
     if exporter is None and not settings.tracing:
         return False
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     try:
-        _state = _build(settings, exporter, pid)
+        _state.set(_build(settings, exporter, os.getpid()))
     except ImportError as exc:
         log.warning(
             "INTENT_TRACING is on but OpenTelemetry is missing (%s): "
@@ -88,9 +86,7 @@ def start(settings: Settings | None = None, exporter: Any = None) -> bool:
 
 def stop() -> None:
     """Flush and shut this process's exporter down (a pool process that exits)."""
-    global _state, _decided_pid
-    state = _here()
-    _state, _decided_pid = None, 0
+    state = _state.forget()
     if state is not None:
         state.provider.shutdown()
 

@@ -28,6 +28,8 @@ from typing import Any, TypeVar, cast
 import redis
 
 from intent import scripts
+from intent.connections import redis_errors
+from intent.errors import ServiceUnavailableError
 from intent.keys import WAITING_PARTS, Keys
 
 T = TypeVar("T")
@@ -120,7 +122,7 @@ class WaitingRoom:
         ``for_breaker`` is due at once when an operator resets or closes it (:meth:`wake`).
 
         A Redis that cannot be reached is tried again for up to ``patience`` seconds (a
-        restart), then the error is raised."""
+        restart), then ``ServiceUnavailableError("redis")`` is raised."""
         name = self.lane(lane).name
         entry = {
             "message": message,
@@ -133,7 +135,7 @@ class WaitingRoom:
         keys = self._keys(name, "due", "entries", "leased", "deadlines")
         by = "" if release_by is None else repr(release_by)
         args = [task_id, repr(due), by, json.dumps(entry)]
-        return int(patiently(lambda: self._park(keys=keys, args=args), patience))
+        return int(patiently(lambda: self._park(keys=keys, args=args), patience, "parking a step"))
 
     def release(self, lane: str, mode: str, rate: float | None = None) -> Released:
         """Take what may run now in ``lane``: ``mode`` FREE (all that is due), PACED (at
@@ -142,6 +144,7 @@ class WaitingRoom:
         (released,) = self.release_all({lane: (mode, rate)})
         return released
 
+    @redis_errors("releasing waiting steps")
     def release_all(self, modes: Mapping[str, tuple[str, float | None]]) -> list[Released]:
         """:meth:`release` for several lanes in one round trip."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -165,6 +168,7 @@ class WaitingRoom:
             replies = pipe.execute()
         return [_released(name, reply) for name, reply in zip(names, replies, strict=True)]
 
+    @redis_errors("waking the steps that wait for a breaker")
     def wake(self, service: str, at: float | None = None) -> int:
         """Make due ``at`` (default: now) the steps that wait for ``service``'s breaker and
         are due later, in every lane it guards (an operator reset or closed it); returns
@@ -177,6 +181,7 @@ class WaitingRoom:
                 woken += int(self._wake(keys=keys, args=[when]))
         return woken
 
+    @redis_errors("forgetting published steps")
     def done(self, lane: str, task_ids: Iterable[str]) -> int:
         """Forget published steps (not those parked again meanwhile)."""
         ids = list(task_ids)
@@ -185,6 +190,7 @@ class WaitingRoom:
         keys = self._keys(self.lane(lane).name, "entries", "leased", "deadlines")
         return int(self._done(keys=keys, args=ids))
 
+    @redis_errors("finding a waiting step")
     def find(self, task_id: str) -> Waiting | None:
         """The step ``task_id`` if it is parked, in whichever lane."""
         for name in self.lanes:
@@ -204,6 +210,7 @@ class WaitingRoom:
                 )
         return None
 
+    @redis_errors("counting waiting steps")
     def depth(self) -> dict[str, int]:
         """Steps waiting (or leased to a releaser) in each lane."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -220,16 +227,21 @@ def _released(lane: str, reply: Any) -> Released:
 
 
 def patiently(
-    operation: Callable[[], T], patience: float, sleep: Callable[[float], None] = time.sleep
+    operation: Callable[[], T],
+    patience: float,
+    what: str = "a waiting-room change",
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """``operation()``, tried again while Redis cannot be reached, for up to ``patience``
-    seconds (waits of 0.1 s doubling to 2 s): a restart costs a delay, not the work."""
+    seconds (waits of 0.1 s doubling to 2 s): a restart costs a delay, not the work. Then
+    ``ServiceUnavailableError("redis")``, saying ``what`` was being done."""
     deadline = time.monotonic() + patience
     wait = 0.1
     while True:
         try:
-            return operation()
-        except (redis.ConnectionError, redis.TimeoutError):
+            with redis_errors(what):
+                return operation()
+        except ServiceUnavailableError:
             if time.monotonic() + wait > deadline:
                 raise
             sleep(wait)

@@ -8,13 +8,13 @@ scheduler is celery-redbeat's, whose Redis lock lets one beat schedule at a time
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from intent.forks import ForkLocal
 from intent.health import HealthChecker
 from intent.runtime import get_runtime
 from tasks.app import app
@@ -44,23 +44,28 @@ def worker_answers(name: str, timeout: float = 0.5, broker_url: str | None = Non
             via.close()
 
 
-_checkers: dict[int, HealthChecker] = {}
+def _new_checker() -> HealthChecker:
+    rt = get_runtime()
+    return HealthChecker(
+        rt.settings,
+        rt.redis,
+        rt.keys,
+        ping_workers,
+        rt.circuits,
+        guard_for=lambda s: rt.breaker(s).probe,
+    )
+
+
+_checker: ForkLocal[HealthChecker] = ForkLocal(_new_checker)
 
 
 def health_checker() -> HealthChecker:
-    """This process's checker, built once (with its own breaker-store client)."""
-    rt = get_runtime()
-    if _checkers.get(os.getpid()) is None or _checkers[os.getpid()].redis is not rt.redis:
-        _checkers.clear()  # a forked child or a rebuilt runtime starts afresh
-        _checkers[os.getpid()] = HealthChecker(
-            rt.settings,
-            rt.redis,
-            rt.keys,
-            ping_workers,
-            rt.circuits,
-            guard_for=lambda s: rt.breaker(s).probe,
-        )
-    return _checkers[os.getpid()]
+    """This process's checker, built once (a forked child builds its own)."""
+    checker = _checker.get()
+    if checker.redis is not get_runtime().redis:  # the runtime was rebuilt: so is the checker
+        _checker.forget()
+        checker = _checker.get()
+    return checker
 
 
 @app.task(name="intent.health_check", ignore_result=True)

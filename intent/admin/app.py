@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 from intent import codec, schemas
 from intent.breaker import CircuitAdmin, StoreError
 from intent.clients import ContextServiceClient, PredictionServiceClient
-from intent.errors import ValidationError
+from intent.errors import ServiceUnavailableError, ValidationError
 from intent.health import DOWN, HealthChecker
 from intent.logs import mask_secrets
 from intent.ratelimit import RateLimits
@@ -113,6 +113,9 @@ class AdminApp:
         except redis.RedisError as exc:
             return _error(f"Redis is unreachable: {type(exc).__name__}", 503)
         except Exception as exc:  # an operator gets an answer, the log gets the traceback
+            if isinstance(exc, ServiceUnavailableError) and exc.service == "redis":
+                # Named by redis-py's error underneath, as a raw one is above.
+                return _error(f"Redis is unreachable: {type(exc.__cause__ or exc).__name__}", 503)
             log.exception("admin %s %s failed", request.method, request.path)
             return _error(mask_secrets(f"{type(exc).__name__}: {exc}"), 500)
 

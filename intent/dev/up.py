@@ -48,6 +48,7 @@ from intent.dev.supervisor import (
     Supervisor,
 )
 from intent.embedded import free_port
+from intent.errors import IntentError
 from intent.lifecycle import on_signals
 from intent.logs import mask_url
 from intent.ops.flower import AUTH_VARIABLE as FLOWER_AUTH_VARIABLE
@@ -59,17 +60,17 @@ _POLL = 0.2
 _REDIS_LINE = re.compile(r"^INTENT_REDIS_URL=(\S+)$")
 
 
-class StartError(RuntimeError):
+class StartError(IntentError):
     """A process did not come up."""
 
 
-class ChildExited(RuntimeError):
+class ChildExited(IntentError):
     def __init__(self, child: Child) -> None:
         super().__init__(f"{child.name} exited")
         self.child = child
 
 
-class Stopped(Exception):
+class Stopped(IntentError):
     """SIGINT or SIGTERM arrived."""
 
 

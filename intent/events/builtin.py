@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from intent.cache import ContextCache
-from intent.events.handler import EventHandler, RejectEvent
+from intent.errors import RejectEvent
+from intent.events.handler import EventHandler
 from intent.models import Event, IntentEvent
 
 

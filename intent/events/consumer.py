@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import redis
 
+from intent.errors import RejectEvent, RetryLater
 from intent.events.config import DEFAULTS, ConsumerConfig, gives_up, retry_delay
 from intent.events.deadletter import (
     ABANDONED,
@@ -41,13 +42,7 @@ from intent.events.entries import (
     is_unknown_type,
     parse_entries,
 )
-from intent.events.handler import (
-    Delivery,
-    EventHandler,
-    RejectEvent,
-    RetryLater,
-    _current_delivery,
-)
+from intent.events.handler import Delivery, EventHandler, _current_delivery
 from intent.events.reader import Clock, StreamReader
 from intent.keys import Keys
 from intent.lifecycle import on_signals

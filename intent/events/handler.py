@@ -21,20 +21,6 @@ Handler = Callable[[Event], object]
 H = TypeVar("H", bound=Handler)
 
 
-class RejectEvent(Exception):
-    """The event can never be handled (it lacks what the handler needs): dead-letter it now."""
-
-
-class RetryLater(Exception):
-    """Leave the event pending and deliver it again after ``delay`` seconds: a deferral, not
-    a failure (the next delivery is not counted against ``max_deliveries``)."""
-
-    def __init__(self, delay: float, reason: str = "retry later"):
-        super().__init__(reason)
-        self.delay = max(0.0, float(delay))
-        self.reason = reason
-
-
 class Delivery:
     """The delivery being handled: which group and consumer, which stream entry, which try.
 

@@ -26,9 +26,12 @@ from typing import TypeVar, overload
 import redis
 
 from intent import scripts
-from intent.events.handler import RetryLater, current_delivery
+from intent.connections import data_client
+from intent.errors import RetryLater
+from intent.events.handler import current_delivery
 from intent.keys import Keys
 from intent.models import Event
+from intent.settings import Settings, get_settings
 
 logger = logging.getLogger("intent.events")
 
@@ -73,22 +76,25 @@ class Idempotency:
         self._release = scripts.register(client, "release_if_owner")
 
     @classmethod
-    def from_runtime(cls, group: str | None = None) -> Idempotency:
-        """Marks on this process's Redis, kept ``INTENT_EVENT_DEDUP_TTL``, with a lease of
-        ``INTENT_CONSUMER_CLAIM_IDLE`` (a handler running longer is taken over anyway)."""
-        # Imported when called: the per-process wiring builds the bus's publisher, so the
-        # bus must not need the wiring to load.
-        from intent.runtime import get_runtime
-
-        runtime = get_runtime()
-        settings = runtime.settings
+    def from_settings(
+        cls, settings: Settings | None = None, group: str | None = None
+    ) -> Idempotency:
+        """Marks on the Redis ``settings`` name (default: this process's settings), kept
+        ``INTENT_EVENT_DEDUP_TTL``, with a lease of ``INTENT_CONSUMER_CLAIM_IDLE`` (a handler
+        running longer is taken over anyway)."""
+        settings = settings or get_settings()
         return cls(
-            runtime.redis,
-            runtime.keys,
+            data_client(settings),
+            Keys(settings.key_prefix),
             ttl=settings.event_dedup_ttl,
             lease=settings.consumer_claim_idle,
             group=group,
         )
+
+    @classmethod
+    def from_runtime(cls, group: str | None = None) -> Idempotency:
+        """The guide's name: :meth:`from_settings` for this process's settings."""
+        return cls.from_settings(group=group)
 
     def key(self, event_id: str, *, group: str | None = None, name: str | None = None) -> str:
         """The mark of one event in one group (``name`` separates handlers of one type)."""

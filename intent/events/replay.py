@@ -8,13 +8,10 @@ from typing import Any, cast
 
 import redis
 
+from intent.errors import ReplayError
 from intent.keys import Keys
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
-
-
-class ReplayError(ValueError):
-    """The replay cannot be done as asked (no such group, an id ahead of the group...)."""
 
 
 @dataclass(frozen=True)

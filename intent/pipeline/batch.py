@@ -11,6 +11,7 @@ from typing import Any
 
 from intent import codec, tracing
 from intent.errors import (
+    DetectionConflict,
     IntentError,
     RateLimitExceeded,
     ServiceRequestError,
@@ -19,7 +20,6 @@ from intent.errors import (
 )
 from intent.events.publisher import build_events
 from intent.models import BatchItem, BatchResult, Context, IntentResult, PredictionSet
-from intent.patterns import DetectionConflict
 from intent.pipeline import recovery
 from intent.pipeline.intake import admit
 from intent.pipeline.steps import (

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from intent.errors import IntentError
 from intent.reference.data import context_for, context_from_data, predictions_for
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ _MAX_LATENCY_MS = 600_000.0
 Handler = Callable[..., Response]
 
 
-class InvalidInput(Exception):
+class InvalidInput(IntentError):
     """A request body or parameter the service rejects with 422, naming the field."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from intent.dev.stack import WorkerProcess, running_worker
+from intent.events import ConsumerConfig, EventConsumer, EventHandler
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import reset_runtime
+from tests.helpers import KEYS, Running, StartConsumer, consumer_client
 
 # Retries on a short schedule (0.2 s, 0.4 s, 0.8 s, jitter 25 %) so tests stay quick; the
 # production schedule is checked as numbers in tests/unit/test_retry.py.
@@ -85,3 +88,35 @@ def inprocess_worker(reference: ReferenceServices) -> Iterator[object]:
 def prefork_worker(reference: ReferenceServices) -> Iterator[WorkerProcess]:
     with running_worker(concurrency=2, env=FAST_RETRY_ENV, loglevel="INFO") as worker:
         yield worker
+
+
+@pytest.fixture
+def start_consumer(redis_url: str, redis_client: redis.Redis) -> Iterator[StartConsumer]:
+    """Starts consumers in threads (quick timings); stops them and checks they did not crash."""
+    running: list[Running] = []
+
+    def start(handler: EventHandler, consumer: str = "c1", **overrides: Any) -> Running:
+        values: dict[str, Any] = {
+            "group": "g",
+            "block": 0.1,
+            "start_id": "0",
+            "retry_backoff": 0.05,
+            "retry_backoff_max": 0.2,
+            "claim_idle": 5.0,
+            "shutdown_grace": 0.0,
+            **overrides,
+        }
+        client = consumer_client(redis_url)
+        run = Running(
+            EventConsumer(client, KEYS, handler, ConsumerConfig(consumer=consumer, **values))
+        )
+        run.thread.start()
+        running.append(run)
+        return run
+
+    yield start
+    for run in running:
+        run.stop()
+        run.consumer.client.close()
+    for run in running:
+        assert run.error is None, repr(run.error)

@@ -102,3 +102,21 @@ def test_a_refused_connection_is_transient() -> None:
         dead = ServiceClient(f"http://127.0.0.1:{free_port()}", trust_env=trust_env)
         with pytest.raises(ServiceUnavailableError, match="connection failed"):
             dead._request("GET", "/api")
+
+
+def test_reconnect_drops_the_pooled_connections_and_calls_go_on(client: ServiceClient) -> None:
+    """The guide's recovery procedure (``service_client.reconnect()``)."""
+    assert client._request("GET", "/api") == {"ok": True}
+    old = client.session
+    old_adapter = old.get_adapter(client.base_url)
+    assert len(old_adapter.poolmanager.pools) == 1  # the pooled connection to the server
+    client.reconnect()
+    assert client.session is not old
+    assert len(old_adapter.poolmanager.pools) == 0  # closed: no socket left behind
+    # The fresh session is set up as the first was.
+    assert client.session.trust_env == old.trust_env
+    adapter = client.session.get_adapter(client.base_url)
+    assert adapter is not old_adapter and adapter._pool_maxsize == client.pool_size
+    assert client.session.headers["Accept"] == "application/json"
+    assert client._request("GET", "/api") == {"ok": True}
+    assert [r["path"] for r in seen] == ["/api", "/api"]

@@ -5,9 +5,8 @@ takeover of stale entries and the built-in handler."""
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,37 +26,22 @@ from intent.events import (
     replay,
 )
 from intent.events.idempotency import EventInProgress, Idempotency
-from intent.keys import Keys
 from intent.models import Context, Event, IntentEvent
 from intent.runtime import get_runtime, reset_runtime
+from tests.helpers import (
+    KEYS,
+    Running,
+    StartConsumer,
+    consumer_client,
+    make_event,
+    publish,
+    settled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys()
 HANDLED = "intent:test:handled"  # a list of "consumer event_id" per handler run
-
-
-def make_event(index: int, kind: IntentEvent = IntentEvent.CONTEXT_CHANGED, **data: Any) -> Event:
-    return Event(
-        id=f"evt_{index:04d}",
-        type=kind,
-        pattern_id="checkout",
-        data={"context_id": f"ctx-{index}", **data},
-        timestamp="2025-01-01T00:00:00.000Z",
-        request_id=f"req-{index}",
-    )
-
-
-def publish(client: redis.Redis, events: list[Event]) -> list[str]:
-    return EventPublisher(client, KEYS, maxlen=100_000, dedup_ttl=600).publish(events)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
 
 
 def handled(client: redis.Redis) -> list[str]:
@@ -81,82 +65,8 @@ def all_types(fn: Callable[[Event], None]) -> EventHandler:
     return handler
 
 
-class Running:
-    def __init__(self, consumer: EventConsumer):
-        self.consumer = consumer
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run(install_signal_handlers=False)
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.consumer.stop()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "the consumer did not stop"
-
-    @property
-    def stats(self) -> Any:
-        return self.consumer.stats
-
-
-StartConsumer = Callable[..., Running]
-
-
-def consumer_client(url: str, socket_timeout: float = 5) -> redis.Redis:
-    """A client as a consumer needs: decoded replies, undecodable bytes kept."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=socket_timeout
-    )
-
-
-@pytest.fixture
-def start_consumer(redis_url: str, redis_client: redis.Redis) -> Iterator[StartConsumer]:
-    """Starts consumers in threads (quick timings); stops them and checks they did not crash."""
-    running: list[Running] = []
-
-    def start(handler: EventHandler, consumer: str = "c1", **overrides: Any) -> Running:
-        values: dict[str, Any] = {
-            "group": "g",
-            "block": 0.1,
-            "start_id": "0",
-            "retry_backoff": 0.05,
-            "retry_backoff_max": 0.2,
-            "claim_idle": 5.0,
-            "shutdown_grace": 0.0,
-            **overrides,
-        }
-        client = consumer_client(redis_url)
-        run = Running(
-            EventConsumer(client, KEYS, handler, ConsumerConfig(consumer=consumer, **values))
-        )
-        run.thread.start()
-        running.append(run)
-        return run
-
-    yield start
-    for run in running:
-        run.stop()
-        run.consumer.client.close()
-    for run in running:
-        assert run.error is None, repr(run.error)
-
-
 def pending(client: redis.Redis, group: str = "g") -> int:
     return int(client.xpending(KEYS.events_stream, group)["pending"])
-
-
-def settled(client: redis.Redis, group: str = "g") -> bool:
-    """Every entry of the stream was delivered to the group and acknowledged."""
-    try:
-        groups = client.xinfo_groups(KEYS.events_stream)
-    except redis.ResponseError:
-        return False
-    info = next((g for g in groups if g["name"] == group), None)
-    return info is not None and info["lag"] == 0 and info["pending"] == 0
 
 
 def dead(client: redis.Redis) -> list[Any]:

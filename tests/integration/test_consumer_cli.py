@@ -14,7 +14,7 @@ import redis
 
 from intent.events.deadletter import DEAD_FIELDS, dead_letter_fields
 from intent.models import Event, IntentEvent
-from tests.integration.test_consumer import KEYS, make_event, publish, wait_until
+from tests.helpers import KEYS, make_event, publish, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,15 +21,7 @@ import redis
 
 from intent.events import EventHandler, current_delivery
 from intent.models import Event, IntentEvent
-from tests.integration.test_consumer import (
-    KEYS,
-    StartConsumer,
-    make_event,
-    publish,
-    settled,
-    start_consumer,
-    wait_until,
-)
+from tests.helpers import KEYS, StartConsumer, make_event, publish, settled, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +29,6 @@ STARTED = "intent:test:started"  # "consumer event_id deliveries" when a handler
 DONE = "intent:test:done"  # the same when it returns
 RELEASE = "intent:test:release"  # blocking handlers return once this key exists
 ROOT = Path(__file__).resolve().parents[2]
-
-__all__ = ["start_consumer"]  # the fixture, shared with test_consumer
 
 
 def register_blocking(handler: EventHandler) -> None:

@@ -14,9 +14,8 @@ from intent.dev.stack import WorkerProcess, running_worker
 from intent.errors import ValidationError
 from intent.reference import ReferenceServices
 from tasks import submit
-from tests.helpers import wait_until
+from tests.helpers import request, wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = pytest.mark.integration
 

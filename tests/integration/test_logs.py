@@ -253,7 +253,7 @@ def test_at_info_an_analysis_logs_one_line(
     from intent.dev.stack import WorkerProcess
     from tasks import submit
     from tasks.signals import PER_TASK_LOGGERS
-    from tests.integration.test_pipeline_inprocess import request
+    from tests.helpers import request
 
     logfile = tmp_path / "worker.log"
     env = {"INTENT_LOG_LEVEL": "INFO", "INTENT_LOG_FORMAT": "json"}

@@ -26,8 +26,8 @@ from intent.runtime import Runtime
 from intent.settings import load_settings
 from tasks import submit, submit_batch
 from tasks.app import app
+from tests.helpers import request
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("metrics_worker")]
 

@@ -29,8 +29,7 @@ from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
-from tests.helpers import environment, scaled_env, wait_until
-from tests.integration.test_pipeline_inprocess import request, stream_events
+from tests.helpers import environment, request, scaled_env, stream_events, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -32,16 +32,16 @@ from intent.runtime import reset_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
-from tests.integration import test_pipeline_inprocess, test_pipeline_prefork
-from tests.integration.conftest import FAST_RETRY_ENV
-from tests.integration.test_flower import (
+from tests.helpers import (
     assert_flower_lists_the_worker,
     assert_flower_shows_the_pipeline,
     production_env,
+    request,
     run_analyses,
     running_flower,
 )
-from tests.integration.test_pipeline_inprocess import request
+from tests.integration import test_pipeline_inprocess, test_pipeline_prefork
+from tests.integration.conftest import FAST_RETRY_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
 

@@ -16,8 +16,8 @@ from intent.errors import CircuitOpenError
 from intent.reference import ReferenceControl
 from intent.runtime import get_runtime
 from tasks import submit
+from tests.helpers import request
 from tests.integration.conftest import FAST_RETRY_ENV, ReferenceServices, api_calls
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("breaker_worker")]
 

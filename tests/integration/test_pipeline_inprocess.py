@@ -11,7 +11,6 @@ import redis
 from kombu import Producer
 
 from intent.errors import ServiceRequestError, ValidationError
-from intent.events import event_from_fields
 from intent.models import IntentEvent, IntentResult
 from intent.reference import ReferenceControl
 from intent.settings import get_settings
@@ -19,25 +18,10 @@ from intent.validation import parse_request
 from tasks import submit
 from tasks.app import app
 from tasks.chains import analysis_chain
+from tests.helpers import MALFORMED, request, stream_events
 from tests.integration.conftest import api_calls
-from tests.unit.test_validation import MALFORMED
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
-
-
-def request(**overrides: object) -> dict:
-    base = {
-        "request_id": f"t-{uuid.uuid4().hex[:12]}",
-        "client_id": "web",
-        "context_id": "ctx-42",
-        "pattern_id": "checkout",
-    }
-    return {**base, **overrides}
-
-
-def stream_events(client: redis.Redis, request_id: str | None = None) -> list:
-    events = [event_from_fields(f) for _, f in client.xrange(get_settings().key_prefix + "events")]
-    return [e for e in events if request_id is None or e.request_id == request_id]
 
 
 def test_submit_runs_the_four_steps_and_publishes_events(

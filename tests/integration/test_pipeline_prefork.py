@@ -20,8 +20,8 @@ from intent.reference.data import context_for, predictions_for
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
+from tests.helpers import request, stream_events
 from tests.integration.conftest import api_calls
-from tests.integration.test_pipeline_inprocess import request, stream_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from intent import schemas
-from tests.integration.test_pipeline_inprocess import request
+from tests.helpers import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefork_worker")]
 

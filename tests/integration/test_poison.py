@@ -22,9 +22,8 @@ from intent.reference import ReferenceServices
 from intent.runtime import get_runtime
 from tasks import submit
 from tasks.app import app
-from tests.helpers import wait_until
+from tests.helpers import request, wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceControl, ReferenceServices
 from tasks import submit
 from tasks.app import app
+from tests.helpers import request
 from tests.integration.conftest import FAST_RETRY_ENV, api_calls
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("limited_worker")]
 

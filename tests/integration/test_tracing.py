@@ -24,9 +24,8 @@ from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import get_runtime
 from tasks import submit, submit_batch
 from tasks.app import app
-from tests.helpers import wait_until
+from tests.helpers import request, wait_until
 from tests.integration.conftest import FAST_RETRY_ENV
-from tests.integration.test_pipeline_inprocess import request
 
 pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (

@@ -28,8 +28,8 @@ from intent.runtime import get_runtime, reset_runtime
 from intent.settings import load_settings
 from tasks import submit
 from tasks.app import app
+from tests.helpers import request
 from tests.integration.conftest import api_calls
-from tests.integration.test_pipeline_inprocess import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
 

@@ -32,7 +32,7 @@ from intent.breaker.stores import (
     Ticket,
 )
 from intent.errors import IncompatibleServiceError, ServiceRequestError, ValidationError
-from tests.unit.test_breaker_store import FakeClock
+from tests.helpers import FakeClock
 
 CONFIG = CircuitConfig(
     failure_threshold=3,

@@ -16,22 +16,7 @@ from intent.breaker.stores import (
     Ticket,
     TicketKind,
 )
-
-
-class FakeClock:
-    """Epoch-like time that moves only when told to (also usable as monotonic and sleep)."""
-
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    sleep = advance
-
+from tests.helpers import FakeClock
 
 CONFIG = CircuitConfig(
     failure_threshold=3,

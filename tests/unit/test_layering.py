@@ -50,12 +50,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.tracing",
             "intent.retry",
             "intent.lifecycle",
+            "intent.forks",
         ),
     ),
     (
         "integrations",  # Redis, HTTP, Prometheus, child servers: each over the core alone
         (
             "intent.connections",
+            "intent.resp",
             "intent.scripts",
             "intent.clients",
             "intent.breaker",
@@ -67,7 +69,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.poison",
             "intent.events",
             "intent.events.*",
-            "intent.consumer.*",
             "intent.metrics",
             "intent.serving",
             "intent.embedded",
@@ -80,12 +81,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.pipeline.*",
             "intent.runtime",
             "intent.health",
-            # The event bus's parts that reach this process's runtime: the built-in
-            # handler (and the consumer package, which exports it), idempotency marks
-            # built from the runtime.
-            "intent.consumer",
-            "intent.consumer.builtin",
-            "intent.idempotency",
         ),
     ),
     ("operators", ("intent.admin", "intent.admin.*", "intent.reference", "intent.reference.*")),
@@ -95,7 +90,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "intent.cli",
             "intent.cli.*",
-            "intent.*_cli",
             "intent.dev",
             "intent.dev.*",
             "intent.ops",

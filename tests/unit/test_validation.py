@@ -10,73 +10,9 @@ from intent.errors import ValidationError
 from intent.models import IntentRequest
 from intent.settings import Settings
 from intent.validation import parse_request
+from tests.helpers import CAP, GOOD, MALFORMED, without
 
-GOOD = {"request_id": "r-1", "client_id": "web", "context_id": "ctx-1", "pattern_id": "p1"}
-CAP = 65536
 SETTINGS = Settings(max_payload_bytes=CAP, max_json_depth=32)
-
-
-def nested(levels: int) -> dict:
-    data: dict = {"leaf": 1}
-    for _ in range(levels):
-        data = {"d": data}
-    return data
-
-
-def without(field: str) -> dict:
-    return {k: v for k, v in GOOD.items() if k != field}
-
-
-# (payload, the field the error must name)
-MALFORMED: list[tuple[object, str]] = [
-    (without("client_id"), "client_id"),
-    (without("pattern_id"), "pattern_id"),
-    (without("context_id"), "context_id"),  # neither context_id nor data
-    ({**GOOD, "data": {"a": 1}}, "context_id"),  # both
-    ({**without("context_id"), "data": {}}, "data"),
-    ({**without("context_id"), "data": [1, 2]}, "data"),
-    ({**GOOD, "client_id": 42}, "client_id"),
-    ({**GOOD, "pattern_id": None}, "pattern_id"),
-    ({**GOOD, "request_id": ["r"]}, "request_id"),
-    ({**GOOD, "context_id": "../../etc/passwd"}, "context_id"),
-    ({**GOOD, "context_id": "ctx 1"}, "context_id"),
-    ({**GOOD, "client_id": "web\x00admin"}, "client_id"),
-    ({**GOOD, "pattern_id": "p1*"}, "pattern_id"),
-    ({**GOOD, "request_id": "{intent:cb:x}"}, "request_id"),
-    ({**GOOD, "context_id": "ctx\r\nX-Injected: 1"}, "context_id"),
-    ({**GOOD, "client_id": "é" * 5}, "client_id"),
-    ({**GOOD, "client_id": "$(rm -rf /)"}, "client_id"),
-    ({**GOOD, "request_id": "r" * 129}, "request_id"),
-    ({**GOOD, "context_id": ""}, "context_id"),
-    ({**GOOD, "signals": {"k": {"nested": 1}}}, "signals.k"),
-    ({**GOOD, "signals": ["a"]}, "signals"),
-    ({**GOOD, "signals": {f"s{i}": i for i in range(65)}}, "signals"),
-    ({**GOOD, "unexpected": 1}, "unexpected"),
-    ({**without("context_id"), "data": {"blob": "x" * (CAP + 1)}}, "data.blob"),
-    # Bounded and strict while decoding: depth, Unicode, numbers, no type markers.
-    ({**without("context_id"), "data": nested(500)}, "data" + ".d" * 31),  # level 33
-    ('{"client_id": "web", "pattern_id": "p", "data": ' + "[" * 1000 + "]" * 1000 + "}", "request"),
-    ({**without("context_id"), "data": {"name": "\ud800"}}, "data.name"),
-    ('{"client_id": "web", "pattern_id": "p", "data": {"name": "\\ud800"}}', "data.name"),
-    ({**without("context_id"), "data": {"x": float("nan")}}, "data.x"),
-    ('{"client_id": "web", "pattern_id": "p", "data": {"x": NaN}}', "data.x"),
-    ('{"client_id": "web", "pattern_id": "p", "data": {"x": 1e400}}', "data.x"),
-    ('{"client_id": "web", "pattern_id": "p", "data": {"x": ' + "9" * 5000 + "}}", "request"),
-    ({**without("context_id"), "data": {"x": 10**5000}}, "data.x"),
-    (
-        {**without("context_id"), "data": {"b": {"__type__": "bytes", "__value__": "eA=="}}},
-        "data.b",
-    ),
-    ({**GOOD, "deadline": "4102444800"}, "deadline"),
-    ({**GOOD, "deadline": True}, "deadline"),
-    ({**GOOD, "signals": {"k": float("inf")}}, "signals.k"),
-    ("this is not json", "request"),
-    ('{"client_id": ', "request"),
-    (b"\xff\xfe", "request"),
-    ([GOOD], "request"),
-    (None, "request"),
-    (42, "request"),
-]
 
 
 @pytest.mark.parametrize(("payload", "field"), MALFORMED)

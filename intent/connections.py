@@ -25,10 +25,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from intent.errors import ServiceUnavailableError
-from intent.settings import REDIS_HEALTH_CHECK_INTERVAL, REDIS_PROBE_TIMEOUT, Settings
-
-# The breaker client's timeout where no settings are at hand (``RedisStore.from_url``).
-BREAKER_SOCKET_TIMEOUT: float = Settings.model_fields["circuit_redis_socket_timeout"].default
+from intent.settings import (
+    CIRCUIT_REDIS_SOCKET_TIMEOUT,
+    REDIS_HEALTH_CHECK_INTERVAL,
+    REDIS_PROBE_TIMEOUT,
+    Settings,
+)
 
 
 def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
@@ -57,8 +59,10 @@ def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     )
 
 
-def breaker_client(url: str, socket_timeout: float = BREAKER_SOCKET_TIMEOUT) -> redis.Redis:
-    """A client for breaker state: short timeouts, no retries, decoded replies."""
+def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT) -> redis.Redis:
+    """A client for breaker state: short timeouts, no retries, decoded replies. It fails
+    fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
+    in-memory fallback), not redis-py's default retries with backoff."""
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,

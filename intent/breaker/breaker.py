@@ -42,6 +42,7 @@ from intent.errors import (
     ServiceRequestError,
     ValidationError,
 )
+from intent.forks import ForkLocal
 
 log = logging.getLogger("intent.breaker")
 
@@ -180,7 +181,8 @@ class CircuitBreaker:
         self.config = replace(config, **overrides) if overrides else config
         self._name = name
         self._store = store
-        self._process_store: tuple[int, BreakerStore] | None = None
+        # Given no store: the process's settings-built one, asked again in a forked child.
+        self._process_store: ForkLocal[BreakerStore] = ForkLocal(default_store)
         self._excluded: list[ExcludeRule] = list(PERMANENT_ERRORS if exclude is None else exclude)
         self._listeners: tuple[Listener, ...] = tuple(listeners or ())
         # pybreaker raises its own error from the call that trips the breaker; here the call's
@@ -213,11 +215,7 @@ class CircuitBreaker:
     def store(self) -> BreakerStore:
         if self._store is not None:
             return self._store
-        # Given none: the process's settings-built store, asked again in a forked child.
-        pid = os.getpid()
-        if self._process_store is None or self._process_store[0] != pid:
-            self._process_store = (pid, default_store())
-        return self._process_store[1]
+        return self._process_store.get()
 
     @property
     def fail_max(self) -> int:

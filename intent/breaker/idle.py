@@ -17,7 +17,6 @@ lease would have lapsed by itself.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from intent.breaker.stores.base import StoreError, Ticket
+from intent.forks import ForkLocal, after_fork_in_child
 
 # GiveBack(name, slot, ticket): the lease of ``slot``'s answered call ends.
 GiveBack = Callable[[str, str, Ticket], None]
@@ -49,11 +49,9 @@ class HeldLeases:
     _held: dict[str, _Held] = field(default_factory=dict)
     _releasing: set[str] = field(default_factory=set)
     _cond: threading.Condition = field(default_factory=threading.Condition)
-    _pid: int = field(default_factory=os.getpid)
 
     def hold(self, name: str, slot: str, ticket: Ticket) -> None:
         """``slot``'s call was answered; its lease waits for the slot's next call."""
-        self._after_fork()
         with self._cond:
             self._held[slot] = _Held(name, ticket, time.monotonic())
         _releaser().watch(self)
@@ -61,7 +59,6 @@ class HeldLeases:
     def take(self, slot: str) -> None:
         """``slot`` calls again: its acquire frees the lease, not a give-back. Waits while
         a give-back of this slot is on its way, so that it never frees the new lease."""
-        self._after_fork()
         with self._cond:
             self._held.pop(slot, None)
             while slot in self._releasing:
@@ -69,7 +66,6 @@ class HeldLeases:
 
     def release_idle(self, now: float | None = None) -> int:
         """Give back the leases idle for ``idle`` seconds; returns how many."""
-        self._after_fork()
         now = time.monotonic() if now is None else now
         with self._cond:
             due = {s: h for s, h in self._held.items() if now - h.since >= self.idle}
@@ -96,12 +92,13 @@ class HeldLeases:
     def __len__(self) -> int:
         return len(self._held)
 
-    def _after_fork(self) -> None:
+    def __post_init__(self) -> None:
+        after_fork_in_child(self, HeldLeases._forked)
+
+    def _forked(self) -> None:
         # A forked child holds none of its parent's leases, nor its condition's lock.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._held, self._releasing = {}, set()
-            self._cond = threading.Condition()
+        self._held, self._releasing = {}, set()
+        self._cond = threading.Condition()
 
 
 class _Releaser:
@@ -132,27 +129,15 @@ class _Releaser:
             time.sleep(max(MIN_IDLE, min(leases.idle for leases in pending) / 2))
 
 
-_state: tuple[int, _Releaser] | None = None
-_state_lock = threading.Lock()
+def _start_releaser() -> _Releaser:
+    releaser = _Releaser()
+    threading.Thread(target=releaser.run, name="breaker-idle-leases", daemon=True).start()
+    return releaser
 
 
-def _fresh_lock_in_child() -> None:
-    global _state_lock
-    _state_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_lock_in_child)
+# One per process: a forked child starts its own thread (its parent's did not survive).
+_releasers: ForkLocal[_Releaser] = ForkLocal(_start_releaser)
 
 
 def _releaser() -> _Releaser:
-    global _state
-    state = _state
-    if state is not None and state[0] == os.getpid():
-        return state[1]
-    with _state_lock:
-        if _state is None or _state[0] != os.getpid():
-            releaser = _Releaser()
-            thread = threading.Thread(target=releaser.run, name="breaker-idle-leases", daemon=True)
-            thread.start()
-            _state = (os.getpid(), releaser)
-        return _state[1]
+    return _releasers.get()

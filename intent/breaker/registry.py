@@ -8,12 +8,12 @@ with one memory of the outage, not one per user.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from intent.breaker.stores.base import BreakerStore, NoSharedStore
 from intent.breaker.stores.fallback import FallbackStore
 from intent.breaker.stores.redis import RedisStore
+from intent.forks import ForkLocal
 from intent.settings import Settings, get_settings
 
 # What a store is built from: settings that agree on these share one store.
@@ -28,9 +28,9 @@ class _ProcessStores:
         self.stores: dict[_StoreKey, BreakerStore] = {}
 
 
-# pid -> that process's stores. A forked child finds no entry of its own and starts afresh:
-# it never uses its parent's stores (their sockets) or their lock (maybe held at the fork).
-_processes: dict[int, _ProcessStores] = {}
+# A forked child starts afresh: it never uses its parent's stores (their sockets) or their
+# lock (maybe held at the fork).
+_processes: ForkLocal[_ProcessStores] = ForkLocal(_ProcessStores)
 
 
 def store_from_settings(settings: Settings) -> FallbackStore:
@@ -81,11 +81,4 @@ def forget_stores() -> None:
 
 
 def _this_process() -> _ProcessStores:
-    pid = os.getpid()
-    mine = _processes.get(pid)
-    if mine is None:
-        # setdefault is atomic: threads racing in a fresh child agree on one entry.
-        mine = _processes.setdefault(pid, _ProcessStores())
-        for other in [other for other in _processes if other != pid]:
-            _processes.pop(other, None)  # the parent's, copied by the fork
-    return mine
+    return _processes.get()

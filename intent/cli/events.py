@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import redis
 
+from intent.connections import stream_client
 from intent.events import (
     DeadLetter,
     DeadLetters,
@@ -28,14 +29,9 @@ from intent.models import Event
 from intent.settings import Settings, get_settings
 
 
-def _client(settings: Settings, timeout: float | None = None) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.require_redis_url(),
-        decode_responses=True,
-        encoding_errors="surrogateescape",  # an undecodable entry is shown, not fatal
-        socket_timeout=timeout or settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-    )
+def _client(settings: Settings, block: float = 0.0) -> redis.Redis:
+    # Undecodable entries arrive as lone surrogates: shown, not fatal.
+    return stream_client(settings, block=block)
 
 
 def _fail(message: str) -> int:
@@ -68,7 +64,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     settings = get_settings()
     keys = Keys(settings.key_prefix)
     block = 1.0
-    client = _client(settings, timeout=block + settings.redis_socket_timeout)
+    client = _client(settings, block=block)
     stream = keys.events_stream
     last = args.from_id
     if last == "$":

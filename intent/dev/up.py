@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import redis
 import requests
 
+from intent.connections import probe_client
 from intent.dev.supervisor import (
     DEFAULT_GRACE,
     TIER_REDIS,
@@ -111,7 +112,7 @@ def _is_ok(status: int) -> bool:
 
 
 def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = probe_client(url, timeout=2.0)
     try:
         return bool(client.ping())
     except redis.RedisError:

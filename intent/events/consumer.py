@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import redis
 
+from intent.connections import stream_client
 from intent.errors import RejectEvent, RetryLater
 from intent.events.config import DEFAULTS, ConsumerConfig, gives_up, retry_delay
 from intent.events.deadletter import (
@@ -158,16 +159,7 @@ class EventConsumer:
         """A consumer configured by ``INTENT_*`` settings, on its own Redis client."""
         settings = settings or get_settings()
         config = ConsumerConfig.from_settings(settings, group, consumer, **overrides)
-        client = redis.Redis.from_url(
-            settings.require_redis_url(),
-            decode_responses=True,
-            # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
-            # XADD writes the original bytes back), never as an error that stops the reader.
-            encoding_errors="surrogateescape",
-            socket_timeout=config.block + settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
-            health_check_interval=30,
-        )
+        client = stream_client(settings, block=config.block)
         return cls(
             client,
             Keys(settings.key_prefix),

@@ -10,7 +10,12 @@ from redis.backoff import NoBackoff
 
 from intent import connections
 from intent.errors import ServiceUnavailableError
-from intent.settings import REDIS_HEALTH_CHECK_INTERVAL, REDIS_PROBE_TIMEOUT, Settings
+from intent.settings import (
+    CIRCUIT_REDIS_SOCKET_TIMEOUT,
+    REDIS_HEALTH_CHECK_INTERVAL,
+    REDIS_PROBE_TIMEOUT,
+    Settings,
+)
 
 URL = "redis://127.0.0.1:1/0"  # never connected to: building a client opens no socket
 
@@ -51,7 +56,7 @@ def test_the_stream_client_allows_a_blocked_read_on_top_of_the_timeout(
 
 def test_the_breaker_client_costs_milliseconds_and_never_retries() -> None:
     kwargs = options(connections.breaker_client(URL))
-    assert kwargs["socket_timeout"] == connections.BREAKER_SOCKET_TIMEOUT == 0.25
+    assert kwargs["socket_timeout"] == CIRCUIT_REDIS_SOCKET_TIMEOUT == 0.25
     assert kwargs["socket_connect_timeout"] == 0.25
     assert kwargs["decode_responses"] is True
     retry = kwargs["retry"]
@@ -60,7 +65,7 @@ def test_the_breaker_client_costs_milliseconds_and_never_retries() -> None:
 
 
 def test_the_breaker_default_is_the_settings_default() -> None:
-    assert Settings().circuit_redis_socket_timeout == connections.BREAKER_SOCKET_TIMEOUT
+    assert Settings().circuit_redis_socket_timeout == CIRCUIT_REDIS_SOCKET_TIMEOUT
 
 
 def test_the_rate_limit_storage_has_the_redis_socket_timeout(settings: Settings) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,21 +22,12 @@ from intent.breaker.stores.base import (
     Ticket,
 )
 from intent.breaker.stores.memory import MemoryStore
+from intent.forks import after_fork_in_child
 from intent.settings import CIRCUIT_FALLBACK_LOG_INTERVAL, CIRCUIT_REDIS_PROBE_INTERVAL
 
 log = logging.getLogger("intent.breaker")
 
 T = TypeVar("T")
-
-_live_stores: weakref.WeakSet[FallbackStore] = weakref.WeakSet()
-
-
-def _renew_locks_after_fork() -> None:
-    for store in list(_live_stores):
-        store._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_renew_locks_after_fork)
 
 
 class FallbackStore(BreakerStore):
@@ -65,7 +54,8 @@ class FallbackStore(BreakerStore):
         self._next_probe = 0.0
         self._last_warning = -math.inf
         self._lock = threading.Lock()
-        _live_stores.add(self)
+        # A lock another thread held at a fork stays held in the child: a fresh one there.
+        after_fork_in_child(self, _fresh_lock)
 
     @property
     def degraded(self) -> bool:
@@ -166,3 +156,7 @@ def shared_state(store: BreakerStore) -> BreakerStore:
     """The store holding the fleet's state: a fallback store's primary (never this process's
     private memory, which would answer for the fleet while Redis is away), else the store."""
     return store.primary if isinstance(store, FallbackStore) else store
+
+
+def _fresh_lock(store: FallbackStore) -> None:
+    store._lock = threading.Lock()

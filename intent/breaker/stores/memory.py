@@ -3,11 +3,9 @@ standalone store for one process (tests, the CLI without Redis). Same rules as t
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,18 +25,7 @@ from intent.breaker.stores.base import (
     TicketKind,
     Transition,
 )
-
-# A lock held by another thread when the process forks stays held in the child forever:
-# every store gets a fresh lock in the child (prefork workers fork after import).
-_live_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
-
-
-def _renew_locks_after_fork() -> None:
-    for store in list(_live_stores):
-        store._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_renew_locks_after_fork)
+from intent.forks import after_fork_in_child
 
 
 @dataclass
@@ -117,7 +104,8 @@ class MemoryStore(BreakerStore):
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
         self._lock = threading.Lock()
-        _live_stores.add(self)
+        # A lock another thread held at a fork stays held in the child: a fresh one there.
+        after_fork_in_child(self, _fresh_lock)
 
     # -- the contract ----------------------------------------------------------------
     def acquire(
@@ -365,3 +353,7 @@ class MemoryStore(BreakerStore):
         return Admission(
             self._snapshot(circuit, now), denial=denial, until=until, transition=transition
         )
+
+
+def _fresh_lock(store: MemoryStore) -> None:
+    store._lock = threading.Lock()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections import deque
@@ -14,10 +13,8 @@ from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import redis
-from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from intent import scripts
 from intent.breaker.config import CircuitConfig
@@ -35,6 +32,8 @@ from intent.breaker.stores.base import (
     TicketKind,
     Transition,
 )
+from intent.connections import breaker_client as breaker_redis_client
+from intent.forks import after_fork_in_child
 from intent.keys import BREAKER_PARTS, Keys
 from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT
 
@@ -66,21 +65,6 @@ class BreakerKeys:
 
     def as_list(self) -> list[str]:
         return [self.state, self.failures, self.calls, self.leases, self.permits]
-
-
-def breaker_redis_client(
-    url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT
-) -> redis.Redis:
-    """A client for breaker state: short timeouts, no retries, decoded replies. It fails
-    fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
-    in-memory fallback), not redis-py's default retries with backoff."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
 
 
 def _text(value: Any) -> str:
@@ -154,7 +138,7 @@ class _ScriptRunner:
         self._client = client
         self._pool = pool
         self._idle: deque[Any] = deque()
-        self._pid = os.getpid()
+        after_fork_in_child(self, _forget_connections)
 
     def evalsha(self, script: Script, request: bytes) -> Any:
         try:
@@ -164,8 +148,6 @@ class _ScriptRunner:
             return self._send(request)
 
     def _send(self, request: bytes) -> Any:
-        if self._pid != os.getpid():
-            self._idle, self._pid = deque(), os.getpid()
         try:
             connection, reused = self._idle.pop(), True
         except IndexError:
@@ -237,10 +219,10 @@ class RedisStore(BreakerStore):
         self._report = self._script("report")
         self._snapshot = self._script("snapshot")
         self._transition = self._script("transition")
-        # Names this process has put in the registry (per pid: a forked child starts afresh).
+        # Names this process has put in the registry (a forked child starts afresh).
         self._registered: set[str] = set()
-        self._registered_pid = os.getpid()
         self._lock = threading.Lock()
+        after_fork_in_child(self, _forget_registered)
         self._key_lists: dict[str, list[str]] = {}
         # acquire's request, all but the slot, per breaker and config
         self._acquire_frames: dict[tuple[str, CircuitConfig], tuple[bytes, bytes]] = {}
@@ -287,7 +269,7 @@ class RedisStore(BreakerStore):
             request = head + _bulk(slot.encode()) + tail
             reply = self._guard(lambda: runner.evalsha(self._acquire, request))
         snapshot, transition, (verdict, what, until, bucket, fresh) = _decode(reply)
-        if fresh == "1" or name not in self._registered or self._registered_pid != os.getpid():
+        if fresh == "1" or name not in self._registered:
             self._register(name, again=fresh == "1")
         if verdict == "ticket":
             ticket = Ticket(snapshot.generation, TicketKind(what), int(bucket), self.origin)
@@ -346,8 +328,6 @@ class RedisStore(BreakerStore):
         """Add the name to the operators' registry once per process (and again when Redis
         lost the breaker's state, e.g. after a restart). The registry is another slot."""
         with self._lock:
-            if self._registered_pid != os.getpid():
-                self._registered, self._registered_pid = set(), os.getpid()
             if name in self._registered and not again:
                 return
         self._guard(lambda: self.client.sadd(self._keys.breaker_registry, name))
@@ -362,3 +342,11 @@ class RedisStore(BreakerStore):
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"redis error: {exc}") from exc
+
+
+def _forget_connections(runner: _ScriptRunner) -> None:
+    runner._idle = deque()  # the parent's sockets: never written to from a child
+
+
+def _forget_registered(store: RedisStore) -> None:
+    store._registered, store._lock = set(), threading.Lock()

@@ -403,3 +403,12 @@ def test_checker_places_a_module_by_its_most_specific_pattern() -> None:
         layer_of("elsewhere", layers)
     with pytest.raises(LookupError, match="equally"):
         layer_of("app.low", (*layers, ("again", ("app.low",))))
+
+
+def test_the_architecture_notes_name_every_package() -> None:
+    # docs/ARCHITECTURE.md has a section per package: a package or module added to intent/
+    # or tasks/ without a word there fails here.
+    notes = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    tops = {name.split(".")[1] for name in discover(ROOT, PACKAGES) if name.count(".") >= 1}
+    missing = sorted(top for top in tops if f"`{top}" not in notes and f"{top}.py" not in notes)
+    assert missing == [], f"docs/ARCHITECTURE.md says nothing of: {missing}"

@@ -215,7 +215,7 @@ class Monitor(threading.Thread):
 
     def __init__(self, stack: Any):
         super().__init__(name="outage-monitor", daemon=True)
-        from intent.breaker.admin import CircuitAdmin
+        from intent.breaker.view import CircuitAdmin
         from intent.clients import ContextServiceClient
         from intent.reference.server import ReferenceControl
         from intent.runtime import get_runtime

@@ -26,11 +26,11 @@ from intent.breaker.stores import BreakerStore
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.connections import data_client
+from intent.detection import PatternDetector, Rules
 from intent.errors import ServiceUnavailableError
 from intent.events.publisher import EventPublisher
 from intent.forks import ForkLocal
 from intent.keys import Keys
-from intent.patterns import PatternDetector, Rules
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
 from intent.settings import Settings, get_settings
 from intent.waiting import Lane, WaitingRoom

@@ -191,13 +191,7 @@ class PipelineTask(Task):
                 for_breaker=wait.deferred and isinstance(wait.then.error, CircuitOpenError),
             )
         except Exception as exc:  # Redis stayed away: this message runs again later
-            log.error(
-                "could not park %s (%s); leaving it for redelivery",
-                self.name,
-                exc,
-                extra={"task_id": request.id, "error": type(exc).__name__},
-            )
-            raise Reject(exc, requeue=True) from exc
+            self.leave_for_redelivery(f"could not park {self.name}", exc)
         if wait.deferred:
             # Not a failure: Flower shows the RETRY state with Deferred(...) and a traceback
             # of this wait alone, not of the refusal that led to it.
@@ -228,13 +222,18 @@ class PipelineTask(Task):
                 retry_policy=get_settings().publish_retry_policy,
             )
         except Exception as exc:
-            log.error(
-                "could not publish the step after %s (%s); leaving it for redelivery",
-                self.name,
-                exc,
-                extra={"task_id": request.id, "error": type(exc).__name__},
-            )
-            raise Reject(exc, requeue=True) from exc
+            self.leave_for_redelivery(f"could not publish the step after {self.name}", exc)
+
+    def leave_for_redelivery(self, what: str, exc: Exception) -> NoReturn:
+        """Reject this message with requeue: the step runs again (it is safe to), nothing is
+        acked away while Redis or the broker is out of reach."""
+        log.error(
+            "%s (%s); leaving it for redelivery",
+            what,
+            exc,
+            extra={"task_id": self.request.id, "error": type(exc).__name__},
+        )
+        raise Reject(exc, requeue=True) from exc
 
     def keep_under_request_id(self, request_id: str, answer: Any) -> None:
         """An analysis sent by name runs under the sender's task id; its result is kept

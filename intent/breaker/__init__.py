@@ -7,7 +7,6 @@ store contract and its wire types (``BreakerStore``, ``Snapshot``, ``Ticket``...
 :mod:`intent.breaker.stores`, for code that implements or tests a store.
 """
 
-from intent.breaker.admin import BreakerStatus, CircuitAdmin
 from intent.breaker.breaker import (
     PERMANENT_ERRORS,
     CircuitBreaker,
@@ -25,6 +24,7 @@ from intent.breaker.stores.base import NoSharedStore, StoreError, StoreUnavailab
 from intent.breaker.stores.fallback import FallbackStore
 from intent.breaker.stores.memory import MemoryStore
 from intent.breaker.stores.redis import RedisStore, breaker_redis_client
+from intent.breaker.view import BreakerStatus, CircuitAdmin
 from intent.errors import CircuitBreakerError, CircuitOpenError
 
 STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN = CLOSED, OPEN, HALF_OPEN  # pybreaker's names

@@ -120,7 +120,7 @@ class CircuitBreakerListener:
 
 class TransitionListener(CircuitBreakerListener):
     """Hands each state change to ``on_transition(breaker, old, new)`` (state names), as
-    :class:`~intent.breaker.admin.CircuitAdmin` does for operators' actions: an observer
+    :class:`~intent.breaker.view.CircuitAdmin` does for operators' actions: an observer
     such as the metrics plugs in a callable, and the breaker imports nothing of it."""
 
     def __init__(self, on_transition: Callable[[str, str, str], None]):

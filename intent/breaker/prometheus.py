@@ -23,9 +23,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 
-from intent.breaker.admin import CircuitAdmin
 from intent.breaker.breaker import TransitionListener
 from intent.breaker.stores.base import BreakerStore, StoreError
+from intent.breaker.view import CircuitAdmin
 from intent.metrics import (
     BREAKER_STATES,
     STATE,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from intent.detection import PatternDetector, Rules
 from intent.events import build_events, event_from_fields
 from intent.keys import Keys
 from intent.models import (
@@ -19,7 +20,6 @@ from intent.models import (
     Prediction,
     PredictionSet,
 )
-from intent.patterns import PatternDetector, Rules
 
 pytestmark = pytest.mark.integration
 KEYS = Keys("intent:")

@@ -65,7 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.ratelimit",
             "intent.cache",
             "intent.waiting",
-            "intent.patterns",
+            "intent.detection",
             "intent.poison",
             "intent.events",
             "intent.events.*",
@@ -309,7 +309,7 @@ def test_metrics_is_an_observer_over_settings_and_models() -> None:
     readers = {edge.source for edge in IMPORTS if edge.target == "intent.metrics"}
     low = {m for m in readers if layer_of(m) in ("core", "integrations")}
     assert low == {"intent.breaker.prometheus"}
-    breaker_core = {"intent.breaker.breaker", "intent.breaker.admin", "intent.clients"}
+    breaker_core = {"intent.breaker.breaker", "intent.breaker.view", "intent.clients"}
     assert not {edge.target for edge in IMPORTS if edge.source in breaker_core} & {
         "intent.metrics",
         "intent.breaker.prometheus",

@@ -11,10 +11,10 @@ import redis
 
 from intent.cache import ContextCache
 from intent.connections import data_client
+from intent.detection import PatternDetector, Rules
 from intent.errors import ServiceUnavailableError
 from intent.keys import Keys
 from intent.models import Context, PredictionSet
-from intent.patterns import PatternDetector, Rules
 from intent.settings import Settings
 from intent.waiting import Lane, WaitingRoom, patiently
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from intent.detection import PatternState, Rules, decide
 from intent.models import IntentEvent, Prediction, PredictionSet
-from intent.patterns import PatternState, Rules, decide
 
 RULES = Rules(threshold=0.6, update_delta=0.1)
 E = IntentEvent

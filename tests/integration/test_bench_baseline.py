@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+import bench.noop  # noqa: F401  # the bare chain's task, registered before the worker starts
 from bench.pipeline import bare_round
 from tasks.app import app
 

@@ -72,17 +72,25 @@ def descendants(pid: int) -> dict[int, int]:
     return tree
 
 
-def survivors(tree: dict[int, int]) -> list[str]:
-    left = []
-    for pid, started in tree.items():
-        if _start_time(pid) == started:
-            try:
-                left.append(
-                    f"{pid} {Path(f'/proc/{pid}/cmdline').read_text().replace(chr(0), ' ')}"
-                )
-            except OSError:
-                continue
-    return left
+def survivors(tree: dict[int, int], settle: float = 5.0) -> list[str]:
+    """The processes of ``tree`` still running. A process SIGKILLed a moment ago may still
+    be tearing down (its command line already empty): it is given ``settle`` seconds to go."""
+
+    def left() -> list[str]:
+        found = []
+        for pid, started in tree.items():
+            if _start_time(pid) == started:
+                try:
+                    line = Path(f"/proc/{pid}/cmdline").read_text().replace(chr(0), " ")
+                except OSError:
+                    continue
+                found.append(f"{pid} {line}")
+        return found
+
+    deadline = time.monotonic() + settle
+    while (found := left()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def cmdline(pid: int) -> list[str]:

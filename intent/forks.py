@@ -66,14 +66,16 @@ class ForkLocal(Generic[T]):
         self._lock = threading.Lock()
         fresh_lock_in_child(self)
 
-    def get(self) -> T:
+    def get(self, build: Callable[[], T] | None = None) -> T:
+        """This process's value; if there is none yet, ``build()`` makes it (default: the
+        factory; a caller that has the settings to build with passes its own)."""
         held = self._held  # one read: another thread may replace it meanwhile
         if held is not None and held[0] == os.getpid():
             return held[1]
         with self._lock:
             held = self._held
             if held is None or held[0] != os.getpid():
-                held = (os.getpid(), self._factory())
+                held = (os.getpid(), (build or self._factory)())
                 self._held = held
             return held[1]
 

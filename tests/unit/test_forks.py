@@ -55,6 +55,13 @@ def test_a_fork_local_is_built_once_per_process() -> None:
     assert local.get() is first  # the parent keeps its own
 
 
+def test_a_caller_may_say_how_a_missing_value_is_built() -> None:
+    local = ForkLocal(lambda: "default")
+    assert local.get(lambda: "the caller's") == "the caller's"
+    assert local.get(lambda: "another") == "the caller's"  # built once: kept
+    assert in_child(lambda: local.get().encode()) == b"default"
+
+
 def test_a_child_never_gets_its_parents_value_to_close() -> None:
     local = ForkLocal(object)
     parents = local.get()

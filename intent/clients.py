@@ -73,6 +73,16 @@ def compatible(reported: str, required: str) -> bool:
     return have is not None and need is not None and have[0] == need[0] and have >= need
 
 
+def version_problem(reported: str, required: str) -> str | None:
+    """The verdict on a service's /health ``version``: why it cannot serve ``required``, or
+    None when it can. The one wording, for the clients' refusal and the health snapshot."""
+    if compatible(reported, required):
+        return None
+    return (
+        f"incompatible version {reported or '(none)'}: requires {required} (same major, not older)"
+    )
+
+
 def _detail(response: requests.Response) -> str:
     try:
         body = response.json()
@@ -353,8 +363,8 @@ class ContextServiceClient(ServiceClient):
         self.required_version = required_version
         self.version_check_interval = version_check_interval
         self._version_checked_at: float | None = None
-        self._version_ok: bool | None = None  # None: never verified (the probe failed)
-        self._version_reported = ""
+        # The last verdict (version_problem): None while compatible, or never verified.
+        self._version_problem: str | None = None
 
     def get_context(self, context_id: str) -> dict[str, Any]:
         path = f"{self.api}/context/{quote(context_id, safe='')}"
@@ -430,15 +440,10 @@ class ContextServiceClient(ServiceClient):
                 raise
             if body is not None:
                 reported = str(body.get("version", ""))
-                self._version_ok = compatible(reported, self.required_version)
-                self._version_reported = reported
+                self._version_problem = version_problem(reported, self.required_version)
                 self._version_checked_at = now
-        if self._version_ok is False:
-            raise IncompatibleServiceError(
-                self.service,
-                f"incompatible version {self._version_reported or '(none)'}: "
-                f"requires {self.required_version} (same major, not older)",
-            )
+        if self._version_problem is not None:
+            raise IncompatibleServiceError(self.service, self._version_problem)
         return unverified
 
 

@@ -7,7 +7,7 @@ held in the child for ever (that thread does not exist there). Two tools, for th
 - :class:`ForkLocal`: a value per process (the runtime, a registry, a background thread),
   built on first use and built again in a forked child, which never sees its parent's;
 - :func:`after_fork_in_child`: ``renew(obj)`` runs in every forked child while ``obj``
-  lives (a fresh lock for each live store, say).
+  lives; :func:`fresh_lock_in_child` is its common case, a fresh lock for each live store.
 """
 
 from __future__ import annotations
@@ -23,29 +23,36 @@ Obj = TypeVar("Obj")
 
 # Held weakly: a store that is gone needs no fresh lock. Keyed by id so objects that do not
 # hash (dataclasses) can be watched; the finalizer drops the entry with its object.
-_renewals: dict[int, tuple[weakref.ref[Any], Callable[[Any], None]]] = {}
+_renewals: dict[int, tuple[weakref.ref[Any], list[Callable[[Any], None]]]] = {}
 
 
 def after_fork_in_child(obj: Obj, renew: Callable[[Obj], None]) -> Obj:
     """Call ``renew(obj)`` in each forked child (right after the fork, before any other
     thread exists there), as long as ``obj`` lives. Returns ``obj``."""
     key = id(obj)
-    _renewals[key] = (weakref.ref(obj, lambda _ref: _renewals.pop(key, None)), renew)
+    entry = _renewals.get(key)
+    if entry is None or entry[0]() is not obj:
+        entry = (weakref.ref(obj, lambda _ref: _renewals.pop(key, None)), [])
+        _renewals[key] = entry
+    entry[1].append(renew)
     return obj
 
 
 def _renew_in_child() -> None:
-    for ref, renew in list(_renewals.values()):
+    for ref, renewals in list(_renewals.values()):
         obj = ref()
         if obj is not None:
-            renew(obj)
+            for renew in renewals:
+                renew(obj)
 
 
 os.register_at_fork(after_in_child=_renew_in_child)
 
 
-def _fresh_lock(local: ForkLocal[Any]) -> None:
-    local._lock = threading.Lock()
+def fresh_lock_in_child(obj: Obj, attribute: str = "_lock") -> Obj:
+    """A new ``threading.Lock`` as ``obj.<attribute>`` in each forked child (the one a
+    thread of the parent held at the fork would stay held there). Returns ``obj``."""
+    return after_fork_in_child(obj, lambda o: setattr(o, attribute, threading.Lock()))
 
 
 class ForkLocal(Generic[T]):
@@ -57,16 +64,18 @@ class ForkLocal(Generic[T]):
         self._factory = factory
         self._held: tuple[int, T] | None = None
         self._lock = threading.Lock()
-        after_fork_in_child(self, _fresh_lock)
+        fresh_lock_in_child(self)
 
-    def get(self) -> T:
+    def get(self, build: Callable[[], T] | None = None) -> T:
+        """This process's value; if there is none yet, ``build()`` makes it (default: the
+        factory; a caller that has the settings to build with passes its own)."""
         held = self._held  # one read: another thread may replace it meanwhile
         if held is not None and held[0] == os.getpid():
             return held[1]
         with self._lock:
             held = self._held
             if held is None or held[0] != os.getpid():
-                held = (os.getpid(), self._factory())
+                held = (os.getpid(), (build or self._factory)())
                 self._held = held
             return held[1]
 

@@ -27,7 +27,7 @@ import requests
 
 from intent.breaker import CircuitAdmin, StoreError
 from intent.breaker.policy import HALF_OPEN, OPEN
-from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, compatible
+from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, version_problem
 from intent.errors import CircuitOpenError, IntentError
 from intent.keys import Keys
 from intent.logs import mask_secrets, mask_url
@@ -110,8 +110,8 @@ def check_service_health(
         return {**component, "status": DOWN, "error": f"reports {reported!r}"}
     if required_version is not None:
         component["required_version"] = required_version
-        if not compatible(version, required_version):
-            error = f"incompatible version {version or '(none)'}: requires {required_version}"
+        error = version_problem(version, required_version)
+        if error is not None:
             return {**component, "status": DOWN, "error": error}
     return {**component, "status": DEGRADED if reported == DEGRADED else OK}
 

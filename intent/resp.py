@@ -56,6 +56,14 @@ def plain_pool(client: Any) -> redis.ConnectionPool | None:
     return pool if isinstance(pool, redis.ConnectionPool) else None
 
 
+def socket_timeout(client: Any) -> float | None:
+    """The reply timeout the client's connections are made with (None: none, or unknown)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if timeout is not None else None
+
+
 class RawConnection:
     """One connection to Redis used directly: requests go out as RESP bytes, replies come
     back one by one, in order. A reply that is a Redis error raises ``redis.ResponseError``

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import redis
 
+from intent import resp
 from intent.connections import stream_client
 from intent.errors import RejectEvent, RetryLater
 from intent.events.config import DEFAULTS, ConsumerConfig, gives_up, retry_delay
@@ -115,7 +116,7 @@ class EventConsumer:
                 "EventConsumer needs a client with decode_responses=True and "
                 'encoding_errors="surrogateescape"'
             )
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = resp.socket_timeout(client)
         if timeout is not None and timeout <= config.block:
             raise ValueError(
                 f"the client's socket_timeout ({timeout} s) must exceed the read block "

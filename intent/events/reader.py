@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.connection import Connection
 
+from intent import resp
 from intent.events.entries import StreamEntry, entries_from_reply
 
 Clock = Callable[[], float]
@@ -20,7 +20,7 @@ class StreamReader:
 
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, clock: Clock):
         self._pool = client.connection_pool
-        self._connection: Connection | None = None
+        self._connection: resp.RawConnection | None = None
         self._read = ("XREADGROUP", "GROUP", group, consumer, "COUNT")
         self._streams = ("STREAMS", stream, ">")
         self._ack = ("XACK", stream, group)
@@ -31,7 +31,7 @@ class StreamReader:
 
     def send(self, acks: list[str], count: int, block_ms: int) -> None:
         if self._connection is None:
-            self._connection = self._pool.get_connection()
+            self._connection = resp.RawConnection.checked_out(self._pool)
         connection = self._connection
         commands: list[tuple[str | int, ...]] = []
         if acks:
@@ -39,7 +39,7 @@ class StreamReader:
         commands.append((*self._read, count, "BLOCK", block_ms, *self._streams))
         self._acks_in_flight = acks
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            connection.send_commands(commands)
         except BaseException:
             self._drop()
             raise
@@ -57,11 +57,11 @@ class StreamReader:
             # stay in step with its requests.
             if self._acks_in_flight:
                 try:
-                    connection.read_response()
+                    connection.read()
                 except redis.ResponseError as exc:
                     error = exc
             try:
-                reply = connection.read_response()
+                reply = connection.read()
             except redis.ResponseError as exc:
                 error = exc
         except BaseException:
@@ -89,5 +89,5 @@ class StreamReader:
         if self._connection is not None:
             if self.outstanding:
                 self.reset()
-            self._pool.release(self._connection)
+            self._connection.check_in(self._pool)
             self._connection = None

@@ -32,14 +32,8 @@ from intent.runtime import reset_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
-from tests.helpers import (
-    assert_flower_lists_the_worker,
-    assert_flower_shows_the_pipeline,
-    production_env,
-    request,
-    run_analyses,
-    running_flower,
-)
+from tests import helpers
+from tests.helpers import request
 from tests.integration import test_pipeline_inprocess, test_pipeline_prefork
 from tests.integration.conftest import FAST_RETRY_ENV
 
@@ -176,11 +170,11 @@ def test_flower_sees_the_pipeline_over_rabbitmq(
     amqp_url: str,
     tmp_path: Path,
 ) -> None:
-    with running_flower(production_env(), tmp_path / "flower.log") as flower:
+    with helpers.running_flower(helpers.production_env(), tmp_path / "flower.log") as flower:
         flower.wait_for_worker(prefork_worker.name)
-        run = run_analyses(clean)
-        assert_flower_shows_the_pipeline(flower, prefork_worker.name, run)
-        assert_flower_lists_the_worker(flower, prefork_worker.name, "amqp")
+        run = helpers.run_analyses(clean)
+        helpers.assert_flower_shows_the_pipeline(flower, prefork_worker.name, run)
+        helpers.assert_flower_lists_the_worker(flower, prefork_worker.name, "amqp")
         output = flower.output()
     assert "Broker: amqp://" in output
     password = urlsplit(amqp_url).password

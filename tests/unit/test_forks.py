@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from intent import forks
-from intent.forks import ForkLocal, after_fork_in_child
+from intent.forks import ForkLocal, after_fork_in_child, fresh_lock_in_child
 
 
 def in_child(body: Callable[[], bytes], timeout: float = 10.0) -> bytes:
@@ -53,6 +53,13 @@ def test_a_fork_local_is_built_once_per_process() -> None:
 
     assert in_child(child) == b"ok"
     assert local.get() is first  # the parent keeps its own
+
+
+def test_a_caller_may_say_how_a_missing_value_is_built() -> None:
+    local = ForkLocal(lambda: "default")
+    assert local.get(lambda: "the caller's") == "the caller's"
+    assert local.get(lambda: "another") == "the caller's"  # built once: kept
+    assert in_child(lambda: local.get().encode()) == b"default"
 
 
 def test_a_child_never_gets_its_parents_value_to_close() -> None:
@@ -109,6 +116,24 @@ def test_after_fork_in_child_renews_what_each_live_object_asks_for() -> None:
         assert in_child(lambda: b"free" if store.lock.acquire(timeout=2) else b"held") == b"free"
     finally:
         store.lock.release()
+
+
+def test_a_live_objects_lock_is_a_fresh_one_in_a_child() -> None:
+    class Store:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self.guard = threading.Lock()
+            fresh_lock_in_child(self)
+            fresh_lock_in_child(self, "guard")  # a second one for the same object
+
+    store = Store()
+    with store._lock, store.guard:  # both held by the parent at the fork
+
+        def child() -> bytes:
+            free = store._lock.acquire(timeout=2) and store.guard.acquire(timeout=2)
+            return b"free" if free else b"held"
+
+        assert in_child(child) == b"free"
 
 
 def test_an_object_that_is_gone_is_not_renewed() -> None:

@@ -53,3 +53,13 @@ def test_an_outside_connection_takes_the_pools_settings_without_connecting() -> 
 def test_replies_are_parsed_in_c() -> None:
     # pyproject's redis[hiredis]: a third of a breaker call's CPU is reply parsing.
     assert HIREDIS_AVAILABLE
+
+
+def test_socket_timeout_reads_the_pools_connection_settings() -> None:
+    import redis as redis_py
+
+    from intent import resp as resp_module
+
+    assert resp_module.socket_timeout(redis_py.Redis(socket_timeout=2.5)) == 2.5
+    assert resp_module.socket_timeout(redis_py.Redis()) is None
+    assert resp_module.socket_timeout(object()) is None  # no pool: unknown

@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from intent import scripts
+from intent import resp, scripts
 from intent.breaker.config import CircuitConfig
 from intent.breaker.stores.base import (
     Action,
@@ -110,20 +110,6 @@ def _count(value: str) -> int | None:
     return int(value) if value else None
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _encode(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _evalsha_frame(sha: str, keys: list[str], arg_count: int) -> bytes:
-    """The start of an EVALSHA request in RESP, up to its arguments."""
-    head = [b"EVALSHA", sha.encode(), str(len(keys)).encode(), *(k.encode() for k in keys)]
-    return b"*%d\r\n" % (len(head) + arg_count) + b"".join(_bulk(part) for part in head)
-
-
 class _ScriptRunner:
     """EVALSHA over the store's own idle connections.
 
@@ -137,7 +123,7 @@ class _ScriptRunner:
     def __init__(self, client: redis.Redis, pool: redis.ConnectionPool):
         self._client = client
         self._pool = pool
-        self._idle: deque[Any] = deque()
+        self._idle: deque[resp.RawConnection] = deque()
         after_fork_in_child(self, _forget_connections)
 
     def evalsha(self, script: Script, request: bytes) -> Any:
@@ -151,7 +137,7 @@ class _ScriptRunner:
         try:
             connection, reused = self._idle.pop(), True
         except IndexError:
-            connection, reused = self._new(), False
+            connection, reused = resp.RawConnection.outside(self._pool), False
         try:
             return self._exchange(connection, request)
         except redis.ConnectionError:
@@ -160,12 +146,12 @@ class _ScriptRunner:
             self.close()
             if not reused:
                 raise
-        return self._exchange(self._new(), request)
+        return self._exchange(resp.RawConnection.outside(self._pool), request)
 
-    def _exchange(self, connection: Any, request: bytes) -> Any:
+    def _exchange(self, connection: resp.RawConnection, request: bytes) -> Any:
         try:
-            connection.send_packed_command([request], check_health=False)
-            reply = connection.read_response()
+            connection.send(request)
+            reply = connection.read()
         except redis.ResponseError:
             self._idle.append(connection)  # the whole error reply was read: still usable
             raise
@@ -174,9 +160,6 @@ class _ScriptRunner:
             raise
         self._idle.append(connection)
         return reply
-
-    def _new(self) -> Any:
-        return self._pool.connection_class(**self._pool.connection_kwargs)
 
     def close(self) -> None:
         while self._idle:
@@ -226,11 +209,9 @@ class RedisStore(BreakerStore):
         self._key_lists: dict[str, list[str]] = {}
         # acquire's request, all but the slot, per breaker and config
         self._acquire_frames: dict[tuple[str, CircuitConfig], tuple[bytes, bytes]] = {}
-        pool = getattr(client, "connection_pool", None)
+        pool = resp.plain_pool(client)
         # Clients without a plain connection pool (Redis Cluster) go through redis-py.
-        self._runner = (
-            _ScriptRunner(client, pool) if isinstance(pool, redis.ConnectionPool) else None
-        )
+        self._runner = _ScriptRunner(client, pool) if pool is not None else None
 
     @classmethod
     def from_url(
@@ -259,14 +240,14 @@ class RedisStore(BreakerStore):
             frame = self._acquire_frames.get((name, config))
             if frame is None:
                 args = _acquire_args(config)
-                head = _evalsha_frame(self._acquire.sha, self._key_list(name), 1 + len(args))
+                head = resp.evalsha_head(self._acquire.sha, self._key_list(name), 1 + len(args))
                 frame = self._acquire_frames[(name, config)] = (
                     head,
-                    b"".join(_bulk(arg) for arg in args),
+                    b"".join(resp.bulk(arg) for arg in args),
                 )
             head, tail = frame
             runner = self._runner
-            request = head + _bulk(slot.encode()) + tail
+            request = head + resp.bulk(slot.encode()) + tail
             reply = self._guard(lambda: runner.evalsha(self._acquire, request))
         snapshot, transition, (verdict, what, until, bucket, fresh) = _decode(reply)
         if fresh == "1" or name not in self._registered:
@@ -319,8 +300,8 @@ class RedisStore(BreakerStore):
         runner = self._runner
         if runner is None:
             return self._guard(lambda: script(keys=keys, args=args))
-        request = _evalsha_frame(script.sha, keys, len(args)) + b"".join(
-            _bulk(_encode(arg)) for arg in args
+        request = resp.evalsha_head(script.sha, keys, len(args)) + b"".join(
+            resp.bulk(resp.encode(arg)) for arg in args
         )
         return self._guard(lambda: runner.evalsha(script, request))
 

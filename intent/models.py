@@ -23,6 +23,9 @@ STEP_NAMES = ("fetch_context", "predict", "detect_pattern", "emit_events")
 # intake: invalid, or over its client's limit).
 OUTCOMES = ("completed", "expired", "failed", "rejected")
 FALLBACK_NAMES = ("context", "predictions")
+# What a resilience drill injects into a call (intent/drills.py): an HTTP error status, a
+# timeout, or latency alone.
+DRILL_KINDS = ("status", "timeout", "latency")
 
 # Identifiers end up in Redis keys, URLs and logs: a safe alphabet, bounded length.
 Identifier = Annotated[

@@ -62,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.breaker.*",
             "intent.ratelimit",
             "intent.cache",
+            "intent.drills",
             "intent.waiting",
             "intent.patterns",
             "intent.poison",

@@ -24,23 +24,54 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
+import pydantic
 import redis
+from pydantic import Field
 
+from intent import codec, validation
 from intent.errors import ValidationError
 from intent.keys import Keys
-from intent.models import DRILL_KINDS, SERVICES
+from intent.models import SERVICES, DrillKind
 
 log = logging.getLogger("intent.drills")
 
 # The most latency a drill may add to one call: beyond this a drill stalls workers rather
 # than exercising anything (a real timeout comes sooner).
 MAX_LATENCY = 60.0
-FIELDS = ("rate", "kind", "status", "latency", "duration", "reason")
-REASON_LENGTH = 200
+# An operator's drill is a handful of small fields.
+LIMITS = codec.Limits(max_bytes=4096, max_depth=2, max_string=1024)
+
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class DrillRequest(pydantic.BaseModel):
+    """A drill as an operator asks for it (the admin's ``PUT`` body, ``intent drills
+    start``): strict (no field it does not know, no ``true`` for a number, no string for
+    one)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    rate: Annotated[float, Field(ge=0, le=1)]
+    kind: DrillKind
+    status: Annotated[int, Field(ge=400, le=599)] | None = None
+    latency: Annotated[Seconds, Field(ge=0, le=MAX_LATENCY)] = 0.0
+    duration: Annotated[Seconds, Field(gt=0)]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> DrillRequest:
+        # Named "field: message", as the request models do (intent.validation).
+        if self.kind == "status" and self.status is None:
+            raise ValueError("status: a status drill needs an HTTP error status 400..599")
+        if self.kind != "status" and self.status is not None:
+            raise ValueError(f"status: only a status drill takes one, not a {self.kind} drill")
+        if self.kind == "latency" and self.latency == 0:
+            raise ValueError("latency: a latency drill needs seconds above 0")
+        return self
 
 
 @dataclass(frozen=True)
@@ -57,48 +88,25 @@ class Drill:
     reason: str = ""
 
     @classmethod
-    def parse(cls, service: str, body: Mapping[str, Any], now: float, max_seconds: float) -> Drill:
-        """A drill from an operator's request ``{"rate", "kind", "status", "latency",
-        "duration", "reason"}``; raises ValidationError naming the first bad field."""
+    def parse(cls, service: str, body: Any, now: float, max_seconds: float) -> Drill:
+        """A drill from an operator's request (:class:`DrillRequest`) starting ``now``;
+        raises ValidationError naming the first bad field."""
         if service not in SERVICES:
             raise ValidationError("service", f"unknown service {service!r}: one of {SERVICES}")
-        unknown = sorted(set(body) - set(FIELDS))
-        if unknown:
-            raise ValidationError(unknown[0], f"unknown field: the fields are {', '.join(FIELDS)}")
-        rate = _number(body, "rate", required=True)
-        if not 0 <= rate <= 1:
-            raise ValidationError("rate", "must be between 0 and 1")
-        kind = body.get("kind")
-        if kind not in DRILL_KINDS:
-            raise ValidationError("kind", f"must be one of {', '.join(DRILL_KINDS)}")
-        status = body.get("status")
-        if kind == "status":
-            if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status < 600:
-                raise ValidationError(
-                    "status", "a status drill needs an HTTP error status 400..599"
-                )
-        elif status is not None:
-            raise ValidationError("status", f"only a status drill takes one, not a {kind} drill")
-        latency = _number(body, "latency", required=kind == "latency")
-        if not 0 <= latency <= MAX_LATENCY or (kind == "latency" and latency == 0):
-            raise ValidationError("latency", f"must be seconds in (0, {MAX_LATENCY:g}]")
-        duration = _number(body, "duration", required=True)
-        if not 0 < duration <= max_seconds:
+        asked = validation.parse_model(DrillRequest, body, what="drill", limits=LIMITS)
+        if asked.duration > max_seconds:
             raise ValidationError(
-                "duration", f"must be seconds in (0, {max_seconds:g}] (INTENT_DRILL_MAX_SECONDS)"
+                "duration", f"must be at most {max_seconds:g} s (INTENT_DRILL_MAX_SECONDS)"
             )
-        reason = body.get("reason") or ""
-        if not isinstance(reason, str) or len(reason) > REASON_LENGTH:
-            raise ValidationError("reason", f"must be a string of at most {REASON_LENGTH}")
         return cls(
             service,
-            rate,
-            kind,
-            expires_at=now + duration,
+            asked.rate,
+            asked.kind,
+            expires_at=now + asked.duration,
             started_at=now,
-            status=status if kind == "status" else None,
-            latency=latency,
-            reason=reason,
+            status=asked.status,
+            latency=asked.latency,
+            reason=asked.reason,
         )
 
     @classmethod
@@ -127,17 +135,6 @@ class Drill:
         return draw < self.rate
 
 
-def _number(body: Mapping[str, Any], name: str, required: bool) -> float:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ValidationError(name, "is required")
-        return 0.0
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValidationError(name, "must be a number")
-    return float(value)
-
-
 class DrillStore:
     """The drills in Redis: what operators start, list and stop, and workers read."""
 
@@ -159,7 +156,7 @@ class DrillStore:
         found = [self._decoded(s, raw) for s, raw in zip(SERVICES, raws, strict=True) if raw]
         return [drill for drill in found if drill is not None]
 
-    def start(self, service: str, body: Mapping[str, Any], now: float | None = None) -> Drill:
+    def start(self, service: str, body: Any, now: float | None = None) -> Drill:
         """Validate an operator's request (ValidationError) and run it from now, in place
         of the service's drill if one runs; the key lapses when the drill expires."""
         drill = Drill.parse(service, body, time.time() if now is None else now, self.max_seconds)

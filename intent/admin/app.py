@@ -230,11 +230,8 @@ class AdminApp:
         try:
             raw = request.get_data(cache=False) if request.content_length else b""
             if not raw:
-                raise ValidationError("body", 'a JSON drill is required, e.g. {"rate": 0.2, ...}')
-            body = codec.loads(raw, BODY_LIMITS, "body")
-            if not isinstance(body, dict):
-                raise ValidationError("body", "must be a JSON object")
-            drill = store.start(service, body)
+                raise ValidationError("drill", 'a JSON body is required, e.g. {"rate": 0.2, ...}')
+            drill = store.start(service, codec.loads(raw, BODY_LIMITS, "drill"))
         except ValidationError as exc:
             return _error(f"{exc.field}: {exc.message}", 400)
         return _json(drill.as_dict())

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -57,7 +58,9 @@ class DrillRequest(pydantic.BaseModel):
 
     rate: Annotated[float, Field(ge=0, le=1)]
     kind: DrillKind
-    status: Annotated[int, Field(ge=400, le=599)] | None = None
+    # The transient failures the resilience policies handle: a 4xx is a permanent refusal
+    # (an analysis fails on it, and a bulk route answered 404 is not asked again).
+    status: Annotated[int, Field(ge=429, le=599)] | None = None
     latency: Annotated[Seconds, Field(ge=0, le=MAX_LATENCY)] = 0.0
     duration: Annotated[Seconds, Field(gt=0)]
     reason: Annotated[str, Field(max_length=200)] = ""
@@ -65,8 +68,8 @@ class DrillRequest(pydantic.BaseModel):
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> DrillRequest:
         # Named "field: message", as the request models do (intent.validation).
-        if self.kind == "status" and self.status is None:
-            raise ValueError("status: a status drill needs an HTTP error status 400..599")
+        if self.kind == "status" and (self.status is None or 429 < self.status < 500):
+            raise ValueError("status: a status drill needs 429 or a status 500..599")
         if self.kind != "status" and self.status is not None:
             raise ValueError(f"status: only a status drill takes one, not a {self.kind} drill")
         if self.kind == "latency" and self.latency == 0:
@@ -209,17 +212,27 @@ class DrillSource:
         self._clock = clock
         self._wall = wall
         self._draw = draw
-        # service -> (read at, by clock; the drill read). Threads may race to refresh an
-        # entry: at worst an extra read, never a wrong answer.
+        # service -> (read at, by clock; the drill read).
         self._cache: dict[str, tuple[float, Drill | None]] = {}
+        # One thread reads at a time: while it refreshes, the others answer from the entry
+        # they have (a first read they wait for), so a process reads once per refresh.
+        self._reading = threading.Lock()
         self._unreadable = False
 
     def current(self, service: str) -> Drill | None:
         """The service's drill as this process knows it (None: no drill)."""
         now = self._clock()
         cached = self._cache.get(service)
-        if cached is None or now - cached[0] >= self.refresh:
-            cached = self._cache[service] = (now, self._fetch(service))
+        if (cached is None or now - cached[0] >= self.refresh) and self._reading.acquire(
+            blocking=cached is None
+        ):
+            try:
+                cached = self._cache.get(service)  # another thread's, read meanwhile
+                if cached is None or now - cached[0] >= self.refresh:
+                    cached = self._cache[service] = (now, self._fetch(service))
+            finally:
+                self._reading.release()
+        assert cached is not None  # read above, by this thread or the one it waited for
         drill = cached[1]
         if drill is not None and drill.expires_at <= self._wall():
             return None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -74,8 +76,11 @@ def test_a_stored_drill_reads_back_and_anything_else_is_refused() -> None:
         ({"rate": 0.5, "kind": "timeout", "duration": 0}, "duration", "greater than 0"),
         ({"rate": 0.5, "kind": "timeout", "duration": 3601}, "duration", "INTENT_DRILL_MAX"),
         ({"rate": 0.5, "kind": "timeout", "duration": float("inf")}, "duration", "finite"),
-        ({"rate": 0.5, "kind": "status", "duration": 5}, "status", "400..599"),
+        ({"rate": 0.5, "kind": "status", "duration": 5}, "status", "429 or a status 500..599"),
         ({"rate": 0.5, "kind": "status", "status": 302, "duration": 5}, "status", "than or equal"),
+        ({"rate": 0.5, "kind": "status", "status": 404, "duration": 5}, "status", "than or equal"),
+        ({"rate": 0.5, "kind": "status", "status": 450, "duration": 5}, "status", "429 or a"),
+        ({"rate": 0.5, "kind": "status", "status": 600, "duration": 5}, "status", "than or equal"),
         ({"rate": 0.5, "kind": "status", "status": "503", "duration": 5}, "status", "integer"),
         ({"rate": 0.5, "kind": "timeout", "status": 503, "duration": 5}, "status", "only a"),
         ({"rate": 0.5, "kind": "latency", "duration": 5}, "latency", "seconds above 0"),
@@ -204,6 +209,36 @@ def test_while_redis_cannot_be_read_there_is_no_drill(caplog: pytest.LogCaptureF
     assert drills.current(SERVICE) == drill
 
 
+def test_threads_meeting_a_stale_entry_read_once_and_answer_meanwhile() -> None:
+    """While one thread refreshes, the others answer from the entry they have: a
+    process reads once per refresh however many threads call."""
+    clocks, reads = Clocks(), []
+    reading, release = threading.Event(), threading.Event()
+    first, second = status_drill(0.5), status_drill(1.0)
+
+    def read(service: str) -> Drill | None:
+        reads.append(service)
+        if len(reads) == 1:
+            return first
+        reading.set()
+        release.wait(5)  # the refresh is slow: the other threads must not wait for it
+        return second
+
+    drills = source(read, clocks)
+    assert drills.current(SERVICE) == first
+    clocks.advance(1.0)
+    refresher = threading.Thread(target=drills.current, args=(SERVICE,))
+    refresher.start()
+    assert reading.wait(5)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: drills.current(SERVICE), range(64)))
+    release.set()
+    refresher.join(5)
+    assert answers == [first] * 64  # the last read, while the refresh ran
+    assert len(reads) == 2
+    assert drills.current(SERVICE) == second
+
+
 def test_a_hit_is_counted_by_service_and_kind_and_a_miss_is_not() -> None:
     clocks, counted = Clocks(), []
     draws = iter([0.1, 0.7, 0.2])
@@ -286,13 +321,16 @@ def test_a_status_fault_raises_inside_the_guard_without_sending(
     assert (record.kind, record.endpoint) == ("status", "predict")  # type: ignore[attr-defined]
 
 
-def test_a_client_error_status_is_a_request_error_as_a_real_one() -> None:
+def test_a_429_fault_is_transient_as_a_real_one() -> None:
     client, recorder, _ = drilled(
-        parse({"rate": 1, "kind": "status", "status": 404, "duration": 5})
+        parse({"rate": 1, "kind": "status", "status": 429, "duration": 5})
     )
-    with pytest.raises(ServiceRequestError) as raised:
+    with pytest.raises(ServiceUnavailableError) as raised:
         client._request("GET", "/api/v1/context/c1")
-    assert raised.value.status == 404 and "injected by a drill" in str(raised.value)
+    assert (
+        raised.value.reason
+        == "HTTP 429 on GET /api/v1/context/c1: injected by a drill (100% HTTP 429)"
+    )
     assert recorder.sent == 0
 
 

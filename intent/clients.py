@@ -10,7 +10,7 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -36,6 +36,23 @@ T = TypeVar("T")
 Observe = Callable[[str, str, int | str, float], None]
 # A guard wraps each HTTP call (the circuit breaker plugs in here): guard(send) -> result.
 Guard = Callable[[Callable[[], T]], T]
+
+
+class Fault(Protocol):
+    """What a resilience drill injects into one call (``intent.drills.Drill``): an HTTP
+    error status, a timeout, or latency alone (seconds, added before an error too)."""
+
+    @property
+    def kind(self) -> str: ...  # status, timeout, latency
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def latency(self) -> float: ...
+    def describe(self) -> str: ...
+
+
+# Asked before each call inside the guard: the fault to inject into it, or None.
+Inject = Callable[[str], Fault | None]
 # One answer of a bulk call: the item's JSON object, or the error that item met.
 BulkItem = dict[str, Any] | ServiceError
 # How a service says it has no such route: 404, or 405 when another route has the path.
@@ -109,10 +126,13 @@ class ServiceClient:
         limiter: Callable[[str], None] | None = None,
         observe: Observe | None = None,
         probe_guard: Guard[Any] | None = None,
+        drill: Inject | None = None,
     ):
         # Order of every call: the shared rate limit (by endpoint name), then the guard
-        # (circuit breaker), then HTTP. A limit refusal never reaches the breaker.
+        # (circuit breaker), then a drill's fault if one hits it, then HTTP. A limit
+        # refusal never reaches the breaker; an injected fault does, as a real one.
         self.limiter = limiter
+        self.drill = drill  # service -> the fault to inject into this call, or None
         self.observe = observe  # each request's service, endpoint, status, seconds (metrics)
         self.trust_env = trust_env
         self.base_url = base_url.rstrip("/")
@@ -193,6 +213,9 @@ class ServiceClient:
             name = label or endpoint or path
             # Inside the guard: a call the breaker refuses sends nothing, and has no span.
             with tracing.http_span(self.service, method, self.base_url + path, name) as traced:
+                fault = self.drill(self.service) if self.drill is not None else None
+                if fault is not None:
+                    return self._injected(fault, method, path, json, name, traced)
                 return self._send(method, path, json, name, traced)
 
         guard = self.probe_guard if probe else self.guard
@@ -200,6 +223,47 @@ class ServiceClient:
             return send()
         result: dict[str, Any] = guard(send)
         return result
+
+    def _injected(
+        self,
+        fault: Fault,
+        method: str,
+        path: str,
+        json: Any,
+        endpoint: str,
+        traced: tracing.HttpSpan,
+    ) -> dict[str, Any]:
+        """A drill's fault: its latency, then its error in place of the request, or the
+        real request (latency alone). Marked as injected in the span, the log and the
+        error's message."""
+        drill = fault.describe()
+        traced.injected(fault.kind, drill)
+        fields: dict[str, Any] = {"service": self.service, "endpoint": endpoint}
+        fields.update(method=method, path=path, injected=True, kind=fault.kind, drill=drill)
+        log.info("%s %s %s: drill injected %s", self.service, method, path, drill, extra=fields)
+        if fault.latency > 0:
+            time.sleep(fault.latency)
+        why = f"injected by a drill ({drill})"
+        if fault.kind == "timeout":
+            traced.status("timeout")
+            raise self._timeout_error(method, path, why)
+        if fault.kind == "status" and fault.status is not None:
+            traced.status(fault.status)
+            raise self._status_error(fault.status, f"{method} {path}: {why}")
+        return self._send(method, path, json, endpoint, traced)
+
+    def _timeout_error(self, method: str, path: str, why: str) -> ServiceUnavailableError:
+        return ServiceUnavailableError(self.service, f"timeout on {method} {path}: {why}")
+
+    def _status_error(
+        self, status: int, text: str, retry_after: float | None = None
+    ) -> ServiceError:
+        """The error of an HTTP error status (400..599): transient for 5xx and 429."""
+        if status >= 500 or status == 429:
+            return ServiceUnavailableError(
+                self.service, f"HTTP {status} on {text}", retry_after=retry_after
+            )
+        return ServiceRequestError(self.service, status, text)
 
     def _send(
         self, method: str, path: str, json: Any, endpoint: str, traced: tracing.HttpSpan
@@ -211,9 +275,7 @@ class ServiceClient:
         except requests.Timeout as exc:
             traced.status("timeout")
             self._observe(method, path, endpoint, "timeout", started)
-            raise ServiceUnavailableError(
-                self.service, f"timeout on {method} {path}: {type(exc).__name__}"
-            ) from exc
+            raise self._timeout_error(method, path, type(exc).__name__) from exc
         except requests.RequestException as exc:
             # Connection refused/reset, DNS, protocol errors: the service may come back.
             traced.status("connection_error")
@@ -229,14 +291,9 @@ class ServiceClient:
             raise ServiceRequestError(
                 self.service, status, f"{method} {path}: redirect to {location} not followed"
             )
-        if status >= 500 or status == 429:
-            raise ServiceUnavailableError(
-                self.service,
-                f"HTTP {status} on {method} {path}: {_detail(response)}",
-                retry_after=_retry_after(response),
-            )
         if status >= 400:
-            raise ServiceRequestError(self.service, status, f"{method} {path}: {_detail(response)}")
+            text = f"{method} {path}: {_detail(response)}"
+            raise self._status_error(status, text, _retry_after(response))
         try:
             body = response.json()
         except ValueError:
@@ -475,8 +532,9 @@ class PredictionServiceClient(ServiceClient):
 
 
 class ServiceClients:
-    """The pair of clients one process uses; ``guard_for(service)`` wraps each call and
-    ``limiter(endpoint)`` counts it against the shared rate limits first."""
+    """The pair of clients one process uses; ``guard_for(service)`` wraps each call,
+    ``limiter(endpoint)`` counts it against the shared rate limits first, and ``drill``
+    (intent.drills.DrillSource) names the fault a resilience drill injects into it."""
 
     def __init__(
         self,
@@ -485,6 +543,7 @@ class ServiceClients:
         limiter: Callable[[str], None] | None = None,
         observe: Observe | None = None,
         probe_for: Callable[[str], Guard[Any]] | None = None,
+        drill: Inject | None = None,
     ):
         def guard(service: str) -> Guard[Any] | None:
             return guard_for(service) if guard_for else None
@@ -503,6 +562,7 @@ class ServiceClients:
             probe_guard=probe(ContextServiceClient.service),
             limiter=limiter,
             observe=observe,
+            drill=drill,
             required_version=settings.required_context_service_version,
             version_check_interval=settings.version_check_interval,
         )
@@ -516,6 +576,7 @@ class ServiceClients:
             probe_guard=probe(PredictionServiceClient.service),
             limiter=limiter,
             observe=observe,
+            drill=drill,
         )
 
     def close(self) -> None:

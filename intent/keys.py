@@ -112,6 +112,12 @@ class Keys:
         """Set of known breaker names (for operators' listings)."""
         return f"{self.prefix}cb:names"
 
+    # -- resilience drills ------------------------------------------------------------
+    def drill(self, service: str) -> str:
+        """The drill running against one downstream service: JSON (intent/drills.py), with
+        a TTL that ends at the drill's expiry, so it stops by itself fleet-wide."""
+        return f"{self.prefix}drill:{service}"
+
     # -- operations -------------------------------------------------------------------
     @property
     def health_snapshot(self) -> str:

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.metrics_core import GaugeMetricFamily
 
 from intent.models import (
+    DRILL_KINDS,
     FALLBACK_NAMES,
     OUTCOMES,
     SERVICES,
@@ -160,6 +161,13 @@ FAMILIES = (
         "answered (not retries).",
     ),
     Family(
+        "intent_drill_faults",
+        "counter",
+        ("service", "kind"),
+        "Faults a resilience drill injected client-side (status, timeout, latency): never "
+        "a real failure of the service.",
+    ),
+    Family(
         "intent_analyses_degraded",
         "counter",
         ("fallback",),
@@ -228,6 +236,7 @@ class Metrics:
         self.retries = build("intent_task_retries")
         self.rate_limit_deferrals = build("intent_rate_limit_deferrals")
         self.circuit_open_deferrals = build("intent_circuit_open_deferrals")
+        self.drill_faults = build("intent_drill_faults")
         self.degraded = build("intent_analyses_degraded")
         self.finished = build("intent_analyses_finished")
         self.analysis_duration = build("intent_analysis_duration_seconds", buckets=ANALYSIS_BUCKETS)
@@ -242,6 +251,8 @@ class Metrics:
                 self.request_duration.labels(service, endpoint)
             for old, new in TRANSITIONS:
                 self.transitions.labels(service, old, new)
+            for kind in DRILL_KINDS:
+                self.drill_faults.labels(service, kind)
         for step in STEP_NAMES:
             for counter in (self.retries, self.rate_limit_deferrals, self.circuit_open_deferrals):
                 counter.labels(step)
@@ -362,6 +373,11 @@ def record_transition(breaker: str, old_state: str, new_state: str) -> None:
     action): counted here once, fleet-wide."""
     if old_state != new_state:
         _safely(lambda m: m.transitions.labels(breaker, old_state, new_state).inc())
+
+
+def record_drill_fault(service: str, kind: str) -> None:
+    """A fault a resilience drill injected into a call to ``service``."""
+    _safely(lambda m: m.drill_faults.labels(service, kind).inc())
 
 
 def record_retry(step: str) -> None:

@@ -6,7 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -23,6 +23,10 @@ STEP_NAMES = ("fetch_context", "predict", "detect_pattern", "emit_events")
 # intake: invalid, or over its client's limit).
 OUTCOMES = ("completed", "expired", "failed", "rejected")
 FALLBACK_NAMES = ("context", "predictions")
+# What a resilience drill injects into a call (intent/drills.py): an HTTP error status, a
+# timeout, or latency alone.
+DrillKind = Literal["status", "timeout", "latency"]
+DRILL_KINDS: tuple[DrillKind, ...] = get_args(DrillKind)
 
 # Identifiers end up in Redis keys, URLs and logs: a safe alphabet, bounded length.
 Identifier = Annotated[

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
+from redis import Redis
 
 from intent import metrics
 from intent.breaker import (
@@ -25,8 +26,9 @@ from intent.breaker.registry import default_store, forget_stores
 from intent.breaker.stores import BreakerStore
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
-from intent.connections import data_client
+from intent.connections import breaker_client, data_client
 from intent.detection import PatternDetector, Rules
+from intent.drills import DrillSource, DrillStore
 from intent.errors import ServiceUnavailableError
 from intent.events.publisher import EventPublisher
 from intent.forks import ForkLocal
@@ -100,15 +102,35 @@ class Runtime:
         return RateLimits(self.settings, self.keys)
 
     @cached_property
+    def drill_store(self) -> DrillStore:
+        """The resilience drills, as operators start, list and stop them."""
+        return DrillStore(self.redis, self.keys, self.settings.drill_max_seconds)
+
+    @cached_property
+    def drill_redis(self) -> Redis:
+        """The client the calls read their drills with: it fails as fast as the breaker's
+        (a dead Redis is no drill at once, not a stalled call)."""
+        s = self.settings
+        return breaker_client(s.require_redis_url(), s.circuit_redis_socket_timeout)
+
+    @cached_property
+    def drills(self) -> DrillSource:
+        """The drill each downstream call meets, read at most once per drill_refresh."""
+        s = self.settings
+        store = DrillStore(self.drill_redis, self.keys, s.drill_max_seconds)
+        return DrillSource(store.get, s.drill_refresh, counted=metrics.record_drill_fault)
+
+    @cached_property
     def clients(self) -> ServiceClients:
         # Every downstream call: its endpoint's shared rate limit, then its service's
-        # breaker, then HTTP.
+        # breaker, then a drill's fault if one hits it, then HTTP.
         return ServiceClients(
             self.settings,
             guard_for=lambda service: self.breaker(service).call,
             probe_for=lambda service: self.breaker(service).probe,
             limiter=self.rate_limits.hit,
             observe=metrics.observe_request,
+            drill=self.drills,
         )
 
     @cached_property
@@ -148,6 +170,8 @@ class Runtime:
     def close(self) -> None:
         if "clients" in self.__dict__:
             self.clients.close()
+        if "drill_redis" in self.__dict__:
+            self.drill_redis.close()
         if "redis" in self.__dict__:
             self.redis.close()
 

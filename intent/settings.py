@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     # this long; a step that still cannot go on is left for redelivery.
     redis_outage_tolerance: PositiveFloat = 30.0
 
+    # Resilience drills (intent/drills.py): client-side fault injection switched on at run
+    # time. A drill lasts at most drill_max_seconds (it cannot be left on); each process
+    # reads the drills at most once per drill_refresh seconds.
+    drill_max_seconds: PositiveFloat = 3600.0
+    drill_refresh: PositiveFloat = 1.0
+
     # Tasks
     # Soft limit above redis_outage_tolerance: a step that waited that long for Redis to
     # come back can still publish its next step before Celery interrupts it.

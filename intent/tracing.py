@@ -313,6 +313,17 @@ class HttpSpan:
             self.span.set_attribute("error.type", str(status))
             self.span.set_status(Status(StatusCode.ERROR))
 
+    def injected(self, kind: str, drill: str) -> None:
+        """Mark the request as a resilience drill's: ``intent.drill.injected`` and the
+        drill's kind and description, so a trace never shows an injected fault as a real
+        one."""
+        if self.span is None:
+            return
+        self.span.set_attributes(
+            {"intent.drill.injected": True, "intent.drill.kind": kind, "intent.drill": drill}
+        )
+        self.span.add_event("drill.injected", {"kind": kind, "drill": drill})
+
     def __exit__(self, kind: Any, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self.span is not None:
             if exc is not None:

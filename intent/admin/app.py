@@ -4,12 +4,14 @@
   anew when the stored one is stale;
 - ``GET /admin/circuits``; ``POST /admin/circuits/{name}/reset|open|close``;
 - ``GET /admin/ratelimits[?id=CLIENT]``; ``POST /admin/ratelimits/{name}/reset[?id=]``;
+- ``GET /admin/drills``; ``PUT /admin/drills/{service}`` (a JSON drill: intent/drills.py),
+  ``DELETE /admin/drills/{service}``;
 - ``GET /metrics``: Prometheus text format (every worker process's metrics);
 - ``GET /schemas/{name}.json``: the JSON Schemas of requests, results and errors
   (``GET /schemas`` lists them).
 
-Every ``POST`` needs ``Authorization: Bearer <INTENT_ADMIN_TOKEN>``; with no token
-configured, they are refused (403), never open.
+Every ``POST``, ``PUT`` and ``DELETE`` needs ``Authorization: Bearer <INTENT_ADMIN_TOKEN>``;
+with no token configured, they are refused (403), never open.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from werkzeug.wrappers import Request, Response
 from intent import codec, schemas
 from intent.breaker import CircuitAdmin, StoreError
 from intent.clients import ContextServiceClient, PredictionServiceClient
+from intent.drills import DrillStore
 from intent.errors import ServiceUnavailableError, ValidationError
 from intent.health import DOWN, HealthChecker
 from intent.logs import mask_secrets
@@ -38,7 +41,9 @@ from intent.ratelimit import RateLimits
 log = logging.getLogger("intent.admin")
 
 SERVICES = (ContextServiceClient.service, PredictionServiceClient.service)
-# The only bodies the admin takes are {"reason": "..."}: anything much larger is refused
+# The routes that change the shared state: each needs the bearer token.
+MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# The only bodies the admin takes are a reason or a drill: anything much larger is refused
 # (413) by the server before it is read, and before any authentication work.
 MAX_BODY_BYTES = 16384
 BODY_LIMITS = codec.Limits(max_bytes=MAX_BODY_BYTES, max_depth=4, max_string=MAX_BODY_BYTES)
@@ -66,8 +71,10 @@ class AdminApp:
         metrics: Metrics,
         token: str | None,
         waiting: Callable[[], dict[str, int]] | None = None,
+        drills: DrillStore | None = None,
     ):
         self.waiting = waiting  # steps parked per lane (intent/waiting.py)
+        self.drills = drills  # the resilience drills (intent/drills.py); None: no routes
         self.health = health
         self.circuits = circuits
         self.rate_limits = rate_limits
@@ -89,6 +96,9 @@ class AdminApp:
                 Rule(
                     "/admin/ratelimits/<name>/reset", methods=["POST"], endpoint="ratelimit_reset"
                 ),
+                Rule("/admin/drills", methods=["GET"], endpoint="drills"),
+                Rule("/admin/drills/<service>", methods=["PUT"], endpoint="drill_start"),
+                Rule("/admin/drills/<service>", methods=["DELETE"], endpoint="drill_stop"),
             ]
         )
 
@@ -101,7 +111,7 @@ class AdminApp:
             endpoint, values = adapter.match()
         except HTTPException as exc:
             return _error(exc.description or exc.name, exc.code or 500)
-        if request.method == "POST":
+        if request.method in MUTATING:
             refused = self._refuse(request)
             if refused is not None:
                 return refused
@@ -200,3 +210,37 @@ class AdminApp:
             extra={"limit": name, "identifier": identifier},
         )
         return _json(asdict(limit.status(identifier)))
+
+    # -- resilience drills ------------------------------------------------------------
+    def _drill_store(self, service: str | None = None) -> DrillStore | Response:
+        """The drills, or the answer when there are none here or no such service."""
+        if self.drills is None:
+            return _error("resilience drills are not configured on this endpoint", 404)
+        if service is not None and service not in SERVICES:
+            return _error(f"no service {service!r}; known: {', '.join(SERVICES)}", 404)
+        return self.drills
+
+    def _drills(self, request: Request) -> Response:
+        store = self._drill_store()
+        if isinstance(store, Response):
+            return store
+        return _json({"drills": [drill.as_dict() for drill in store.list()]})
+
+    def _drill_start(self, request: Request, service: str) -> Response:
+        store = self._drill_store(service)
+        if isinstance(store, Response):
+            return store
+        try:
+            raw = request.get_data(cache=False) if request.content_length else b""
+            if not raw:
+                raise ValidationError("drill", 'a JSON body is required, e.g. {"rate": 0.2, ...}')
+            drill = store.start(service, codec.loads(raw, BODY_LIMITS, "drill"))
+        except ValidationError as exc:
+            return _error(f"{exc.field}: {exc.message}", 400)
+        return _json(drill.as_dict())
+
+    def _drill_stop(self, request: Request, service: str) -> Response:
+        store = self._drill_store(service)
+        if isinstance(store, Response):
+            return store
+        return _json({"service": service, "stopped": store.stop(service)})

@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.breaker.*",
             "intent.ratelimit",
             "intent.cache",
+            "intent.drills",
             "intent.waiting",
             "intent.detection",
             "intent.poison",

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,28 @@ def test_a_downstream_call_is_a_client_span_whose_context_the_service_receives(
         f"{span.context.span_id:016x}",
     ]
     assert sent["Accept"] == "application/json"
+
+
+def test_an_injected_fault_is_marked_on_the_request_span(spans: InMemorySpanExporter) -> None:
+    from intent.drills import Drill
+
+    drill = Drill.parse(
+        "prediction-service", {"rate": 1, "kind": "status", "status": 503, "duration": 60},
+        time.time(), 3600,
+    )  # fmt: skip
+    client = ServiceClient("http://svc.test", drill=lambda service: drill)
+    recorder = Recorder()
+    client.session.mount("http://", recorder)
+    with pytest.raises(ServiceUnavailableError, match="injected by a drill"):
+        client._request("POST", "/api/v1/predict", endpoint="predict")
+    span = only(spans)
+    assert span.attributes["intent.drill.injected"] is True
+    assert span.attributes["intent.drill.kind"] == "status"
+    assert span.attributes["intent.drill"] == "100% HTTP 503"
+    assert span.attributes["http.response.status_code"] == 503
+    assert span.status.status_code.name == "ERROR"
+    assert events(span)[0] == ("drill.injected", {"kind": "status", "drill": "100% HTTP 503"})
+    assert recorder.headers == []  # nothing was sent
 
 
 def test_while_off_a_downstream_call_sends_no_trace_header() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import redis
 
 from intent import scripts
+from intent.breaker.policy import WINDOW_BUCKETS
 from intent.breaker.stores.redis import BreakerKeys
 from intent.keys import Keys
 from intent.settings import Settings
@@ -36,7 +38,8 @@ OnSpend = Callable[[str, bool], None]
 
 @dataclass(frozen=True)
 class BudgetStatus:
-    """One service's budget now: ``retries`` spent of ``allowance`` over ``calls``."""
+    """One service's budget now: ``retries`` spent of ``allowance`` over the ``calls`` of
+    the last ``window`` seconds (the setting rounded up to whole breaker buckets)."""
 
     service: str
     calls: int
@@ -70,6 +73,9 @@ class RetryBudget:
         self.percent = percent
         self.min_per_second = min_per_second
         self.window = window
+        # What the script counts over: the window rounded up to whole breaker buckets.
+        width = failure_window / WINDOW_BUCKETS
+        self.span = max(1, min(WINDOW_BUCKETS, math.ceil(window / width - 1e-9))) * width
         self.on_spend = on_spend
         self.warn_interval = warn_interval
         self._script = scripts.register(client, "retry_budget", family="breaker", prelude="_common")
@@ -118,7 +124,7 @@ class RetryBudget:
             float(allowance),
             self.percent,
             self.min_per_second,
-            self.window,
+            self.span,
         )
 
     def _warn(self, exc: Exception) -> None:

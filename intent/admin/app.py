@@ -29,6 +29,7 @@ from werkzeug.wrappers import Request, Response
 
 from intent import codec, schemas
 from intent.breaker import CircuitAdmin, StoreError
+from intent.budget import RetryBudget
 from intent.clients import ContextServiceClient, PredictionServiceClient
 from intent.errors import ServiceUnavailableError, ValidationError
 from intent.health import DOWN, HealthChecker
@@ -66,8 +67,10 @@ class AdminApp:
         metrics: Metrics,
         token: str | None,
         waiting: Callable[[], dict[str, int]] | None = None,
+        retry_budget: RetryBudget | None = None,
     ):
         self.waiting = waiting  # steps parked per lane (intent/waiting.py)
+        self.retry_budget = retry_budget  # the services' fleet-wide retry budgets
         self.health = health
         self.circuits = circuits
         self.rate_limits = rate_limits
@@ -86,6 +89,7 @@ class AdminApp:
                     endpoint="circuit_action",
                 ),
                 Rule("/admin/ratelimits", methods=["GET"], endpoint="ratelimits"),
+                Rule("/admin/budgets", methods=["GET"], endpoint="budgets"),
                 Rule(
                     "/admin/ratelimits/<name>/reset", methods=["POST"], endpoint="ratelimit_reset"
                 ),
@@ -176,6 +180,12 @@ class AdminApp:
         else:
             status = self.circuits.force_closed(name, reason)
         return _json(status.as_dict())
+
+    def _budgets(self, request: Request) -> Response:
+        if self.retry_budget is None:
+            return _error("no retry budget is wired into this endpoint", 404)
+        budget = self.retry_budget
+        return _json({"budgets": [budget.status(service).as_dict() for service in SERVICES]})
 
     def _ratelimits(self, request: Request) -> Response:
         identifier = request.args.get("id", "")

@@ -33,6 +33,7 @@ def build_app() -> AdminApp:
         metrics=lambda: exposition(rt, circuits=circuits),
         token=token,
         waiting=rt.waiting.depth,
+        retry_budget=rt.retry_budget,
     )
 
 

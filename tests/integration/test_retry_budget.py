@@ -5,8 +5,11 @@ after each; the budget's script answers atomically for all of them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import uuid
 from multiprocessing.synchronize import Barrier
 
@@ -126,3 +129,37 @@ def test_a_step_over_budget_is_deferred_by_the_recovery_decision(redis_client: r
     assert isinstance(second.then, recovery.Defer)  # ...else it waits, no retry spent
     assert isinstance(second.then.error, RetryBudgetExceeded)
     assert budget.status(name).retries == 1
+
+
+def test_operators_see_the_budgets_in_the_cli_and_the_admin_endpoint(
+    redis_client: redis.Redis,
+) -> None:
+    from werkzeug.test import Client
+
+    from intent.ops.admin import build_app
+    from intent.runtime import get_runtime, reset_runtime
+
+    reset_runtime()
+    budget = get_runtime().retry_budget
+    for _ in range(3):
+        assert budget.spend("prediction-service") is None
+    env = {**os.environ, "INTENT_LOG_LEVEL": "WARNING"}
+    out = subprocess.run(
+        [sys.executable, "-m", "intent.cli", "budgets", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    shown = {row["service"]: row for row in json.loads(out.stdout)}
+    assert set(shown) == {"context-service", "prediction-service"}
+    assert shown["prediction-service"]["retries"] >= 3
+    # The rule's window: 10 s rounded up to whole 6 s buckets of the 120 s failure window.
+    assert shown["prediction-service"]["window"] == 12.0
+    assert shown["prediction-service"]["allowance"] >= 10 * 12.0
+
+    response = Client(build_app()).get("/admin/budgets")
+    assert response.status_code == 200
+    rows = {row["service"]: row for row in response.get_json()["budgets"]}
+    assert rows["prediction-service"]["retries"] == shown["prediction-service"]["retries"]

@@ -42,6 +42,20 @@ class RateLimitExceeded(IntentError):
         return f"rate limit {self.limit} exceeded; retry after {self.retry_after:.2f} s"
 
 
+class RetryBudgetExceeded(RateLimitExceeded):
+    """The fleet's retries of ``service`` have spent their budget: the step does not retry
+    now (its fallback answers, else it waits ``retry_after`` seconds without spending a
+    retry), so a struggling service is not handed a storm of retries."""
+
+    def __init__(self, service: str, retry_after: float):
+        super().__init__(f"retry budget of {service}", retry_after)
+        self.args = (service, retry_after)
+        self.service = service
+
+    def __str__(self) -> str:
+        return f"{self.service}: retry budget spent; retry after {self.retry_after:.2f} s"
+
+
 class ServiceError(IntentError):
     """A downstream call failed. ``cause`` describes what went wrong underneath."""
 

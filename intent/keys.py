@@ -107,6 +107,11 @@ class Keys:
         ``leases``/``permits``: zsets of call and trial leases; TTL the longest lease."""
         return f"{self.breaker(name)}:{part}"
 
+    def retry_budget(self, name: str) -> str:
+        """Hash of retries spent per window bucket of breaker ``name`` (the buckets of its
+        ``calls`` hash, in the same slot: the budget script reads both)."""
+        return f"{self.breaker(name)}:retries"
+
     @property
     def breaker_registry(self) -> str:
         """Set of known breaker names (for operators' listings)."""

@@ -148,6 +148,13 @@ FAMILIES = (
         "intent_task_retries", "counter", ("step",), "Steps run again after a transient failure."
     ),
     Family(
+        "intent_retry_budget_spends",
+        "counter",
+        ("service", "outcome"),
+        "Retries asked of a service's fleet-wide retry budget: granted, or refused (the step "
+        "used its fallback or waited instead of retrying).",
+    ),
+    Family(
         "intent_rate_limit_deferrals",
         "counter",
         ("step",),
@@ -234,6 +241,7 @@ class Metrics:
         self.request_duration = build("intent_service_request_duration_seconds")
         self.transitions = build("intent_circuit_breaker_transitions")
         self.retries = build("intent_task_retries")
+        self.retry_budget = build("intent_retry_budget_spends")
         self.rate_limit_deferrals = build("intent_rate_limit_deferrals")
         self.circuit_open_deferrals = build("intent_circuit_open_deferrals")
         self.drill_faults = build("intent_drill_faults")
@@ -253,6 +261,9 @@ class Metrics:
                 self.transitions.labels(service, old, new)
             for kind in DRILL_KINDS:
                 self.drill_faults.labels(service, kind)
+        for service in SERVICES:
+            for outcome in ("granted", "refused"):
+                self.retry_budget.labels(service, outcome)
         for step in STEP_NAMES:
             for counter in (self.retries, self.rate_limit_deferrals, self.circuit_open_deferrals):
                 counter.labels(step)
@@ -382,6 +393,10 @@ def record_drill_fault(service: str, kind: str) -> None:
 
 def record_retry(step: str) -> None:
     _safely(lambda m: m.retries.labels(step).inc())
+
+
+def record_retry_budget(service: str, granted: bool) -> None:
+    _safely(lambda m: m.retry_budget.labels(service, "granted" if granted else "refused").inc())
 
 
 def record_deferral(step: str, circuit_open: bool) -> None:

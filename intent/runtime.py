@@ -24,6 +24,7 @@ from intent.breaker import (
 )
 from intent.breaker.registry import default_store, forget_stores
 from intent.breaker.stores import BreakerStore
+from intent.budget import RetryBudget
 from intent.cache import ContextCache
 from intent.clients import ContextServiceClient, PredictionServiceClient, ServiceClients
 from intent.connections import breaker_client, data_client
@@ -33,6 +34,7 @@ from intent.errors import ServiceUnavailableError
 from intent.events.publisher import EventPublisher
 from intent.forks import ForkLocal
 from intent.keys import Keys
+from intent.models import SERVICES
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
 from intent.settings import Settings, get_settings
 from intent.waiting import Lane, WaitingRoom
@@ -96,6 +98,18 @@ class Runtime:
                 listeners=[TransitionListener(metrics.record_transition)],
             )
         return self.breakers[service]
+
+    @cached_property
+    def retry_budget(self) -> RetryBudget:
+        """The downstream services' fleet-wide retry budgets; each spend is counted."""
+        return RetryBudget.from_settings(self.redis, self.settings, metrics.record_retry_budget)
+
+    def spend_retry(self, service: str) -> float | None:
+        """Spend one retry of ``service``'s budget (the recovery decision's ``spend``): None
+        if granted, else seconds to wait. Only the services behind a breaker have one."""
+        if service not in SERVICES:
+            return None
+        return self.retry_budget.spend(service)
 
     @cached_property
     def rate_limits(self) -> RateLimits:

@@ -54,6 +54,12 @@ CIRCUIT_SLOW_CALL_DURATION = 5.0
 CIRCUIT_REDIS_SOCKET_TIMEOUT = 0.25
 CIRCUIT_REDIS_PROBE_INTERVAL = 5.0  # retry Redis this often when down
 CIRCUIT_FALLBACK_LOG_INTERVAL = 30.0  # "using memory" warning, at most this often
+# The fleet-wide retry budget per downstream service (Finagle's RetryBudget): retries may
+# spend this percent of the service's calls in the budget window, plus a floor per second
+# (so a service with little traffic can still be retried).
+RETRY_BUDGET_PERCENT = 20.0
+RETRY_BUDGET_MIN_PER_SECOND = 10.0
+RETRY_BUDGET_WINDOW = 10.0
 
 
 class Settings(BaseSettings):
@@ -94,6 +100,10 @@ class Settings(BaseSettings):
     # schedule, never collapsing to zero as Celery's full jitter can.
     retry_jitter: Ratio = 0.25
     retry_after_max: PositiveFloat = 60.0  # cap on a downstream Retry-After we honour
+    # The fleet-wide retry budget (intent/budget.py); calls are counted by the breaker.
+    retry_budget_percent: Annotated[float, Field(ge=0, le=100)] = RETRY_BUDGET_PERCENT
+    retry_budget_min_per_second: Annotated[float, Field(ge=0)] = RETRY_BUDGET_MIN_PER_SECOND
+    retry_budget_window: PositiveFloat = RETRY_BUDGET_WINDOW
 
     # Circuit breaker (guide's CircuitConfig)
     circuit_failure_threshold: PositiveInt = CIRCUIT_FAILURE_THRESHOLD

@@ -31,6 +31,7 @@ from werkzeug.wrappers import Request, Response
 
 from intent import codec, schemas
 from intent.breaker import CircuitAdmin, StoreError
+from intent.budget import RetryBudget
 from intent.clients import ContextServiceClient, PredictionServiceClient
 from intent.drills import DrillStore
 from intent.errors import ServiceUnavailableError, ValidationError
@@ -72,9 +73,11 @@ class AdminApp:
         token: str | None,
         waiting: Callable[[], dict[str, int]] | None = None,
         drills: DrillStore | None = None,
+        retry_budget: RetryBudget | None = None,
     ):
         self.waiting = waiting  # steps parked per lane (intent/waiting.py)
         self.drills = drills  # the resilience drills (intent/drills.py); None: no routes
+        self.retry_budget = retry_budget  # the services' fleet-wide retry budgets
         self.health = health
         self.circuits = circuits
         self.rate_limits = rate_limits
@@ -93,6 +96,7 @@ class AdminApp:
                     endpoint="circuit_action",
                 ),
                 Rule("/admin/ratelimits", methods=["GET"], endpoint="ratelimits"),
+                Rule("/admin/budgets", methods=["GET"], endpoint="budgets"),
                 Rule(
                     "/admin/ratelimits/<name>/reset", methods=["POST"], endpoint="ratelimit_reset"
                 ),
@@ -186,6 +190,12 @@ class AdminApp:
         else:
             status = self.circuits.force_closed(name, reason)
         return _json(status.as_dict())
+
+    def _budgets(self, request: Request) -> Response:
+        if self.retry_budget is None:
+            return _error("no retry budget is wired into this endpoint", 404)
+        budget = self.retry_budget
+        return _json({"budgets": [budget.status(service).as_dict() for service in SERVICES]})
 
     def _ratelimits(self, request: Request) -> Response:
         identifier = request.args.get("id", "")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from intent.cli import circuits, dev, drills, events, ratelimits, services, submit, tasks
+from intent.cli import budgets, circuits, dev, drills, events, ratelimits, services, submit, tasks
 from intent.settings import SettingsError
 
 # The service's packages, by the extra that installs each (pyproject.toml).
@@ -25,7 +25,7 @@ SERVER_PARTS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (dev, submit, services, circuits, drills, events, ratelimits, tasks):
+    for group in (dev, submit, services, circuits, budgets, drills, events, ratelimits, tasks):
         group.add_parser(sub)
     return parser
 

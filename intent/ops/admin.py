@@ -34,6 +34,7 @@ def build_app() -> AdminApp:
         token=token,
         waiting=rt.waiting.depth,
         drills=rt.drill_store,
+        retry_budget=rt.retry_budget,
     )
 
 

@@ -320,7 +320,7 @@ def recover_batch(
         return current
     budgets = recovery.Budgets.from_settings(rt.settings)
     attempt = recovery.Attempt(step, current.retries.get(step, 0), current.deferred_seconds)
-    decision = recovery.decide(error, attempt, budgets, now, rand)
+    decision = recovery.decide(error, attempt, budgets, now, rand, spend=rt.spend_retry)
     if decision.fallback:
         current = fallback_pending(rt, step, current, error)
         if not pending(step, current):

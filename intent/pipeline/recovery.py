@@ -7,6 +7,9 @@ only carry its answer out. Two budgets, never Celery's retry counter:
 - transient errors (connection errors, timeouts, 5xx, 429, a Redis that is away) are
   retried on the backoff schedule at most ``retry_max`` times per step; then the step's
   fallback answers if it can, else the analysis fails with ``RetriesExhaustedError``;
+- a retry also spends the service's fleet-wide retry budget (``spend``, intent/budget.py);
+  over it, the step does not retry: its fallback answers if it can, else it is deferred
+  (``RetryBudgetExceeded``: no retry spent, never a failure for the budget alone);
 - an open breaker or a full downstream rate limit is waited for (a deferral: no retry is
   spent), up to ``max_deferral`` seconds of waits in all, then the analysis fails with the
   breaker's or the limit's error; an open breaker's fallback answers first if it can;
@@ -29,6 +32,7 @@ from intent.errors import (
     IntentError,
     RateLimitExceeded,
     RetriesExhaustedError,
+    RetryBudgetExceeded,
     ServiceError,
     ServiceUnavailableError,
 )
@@ -36,6 +40,10 @@ from intent.retry import Backoff
 from intent.settings import Settings
 
 R = TypeVar("R")
+
+# Spend one retry of a service's budget: None if granted, else seconds until it may be
+# asked again.
+Spend = Callable[[str], float | None]
 
 
 @dataclass(frozen=True)
@@ -156,13 +164,15 @@ def decide(
     budgets: Budgets,
     now: float,
     rand: Callable[[], float] = random.random,
+    spend: Spend | None = None,
 ) -> Decision:
-    """What to do about ``error``, raised by ``attempt.step`` at ``now``."""
+    """What to do about ``error``, raised by ``attempt.step`` at ``now``; a retry spends
+    the service's budget through ``spend`` (none: no budget)."""
     error = as_domain_error(error)
     deadline = attempt.deadline
     if isinstance(error, CircuitOpenError | RateLimitExceeded):
         delay = wait_for(error, budgets, now, rand)
-        fallback = isinstance(error, CircuitOpenError)
+        fallback = isinstance(error, CircuitOpenError | RetryBudgetExceeded)
         if deadline is not None and now + delay > deadline:
             return Decision(fallback, Expire(error))
         if attempt.deferred_seconds + delay > budgets.max_deferral:
@@ -182,6 +192,10 @@ def decide(
     )
     if deadline is not None and now + countdown > deadline:
         return Decision(True, Expire(error))
+    if spend is not None and isinstance(error, ServiceError):
+        refused = spend(error.service)
+        if refused is not None:
+            return decide(RetryBudgetExceeded(error.service, refused), attempt, budgets, now, rand)
     return Decision(False, Retry(countdown, attempt.retries + 1, error))
 
 

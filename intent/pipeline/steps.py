@@ -194,7 +194,7 @@ def recover(
     attempt = recovery.Attempt(
         name, current.retries.get(name, 0), current.deferred_seconds, current.request.deadline
     )
-    decision = recovery.decide(error, attempt, budgets, now, rand)
+    decision = recovery.decide(error, attempt, budgets, now, rand, spend=rt.spend_retry)
     if decision.fallback:
         degraded = use_fallback(rt, name, current, error)
         if degraded is not None:

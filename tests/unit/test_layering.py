@@ -63,6 +63,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.breaker",
             "intent.breaker.*",
             "intent.ratelimit",
+            "intent.budget",
             "intent.cache",
             "intent.drills",
             "intent.waiting",

@@ -13,6 +13,7 @@ from intent.errors import (
     IncompatibleServiceError,
     RateLimitExceeded,
     RetriesExhaustedError,
+    RetryBudgetExceeded,
     ServiceRequestError,
     ServiceUnavailableError,
     ValidationError,
@@ -152,3 +153,61 @@ def test_a_redis_that_is_away_is_a_transient_failure() -> None:
     assert isinstance(decision.then, Retry)
     assert isinstance(decision.then.error, ServiceUnavailableError)
     assert decision.then.error.service == "redis"
+
+
+# -- the retry budget ----------------------------------------------------------------------
+
+
+class Ledger:
+    """A budget that grants ``left`` retries, then refuses with ``wait`` seconds."""
+
+    def __init__(self, left: int, wait: float = 6.0):
+        self.left, self.wait, self.asked = left, wait, []  # type: list[str]
+
+    def spend(self, service: str) -> float | None:
+        self.asked.append(service)
+        if self.left > 0:
+            self.left -= 1
+            return None
+        return self.wait
+
+
+def test_a_retry_spends_the_services_budget() -> None:
+    ledger = Ledger(left=1)
+    decision = decide(DOWN, Attempt("fetch_context"), BUDGETS, NOW, no_jitter, ledger.spend)
+    assert isinstance(decision.then, Retry) and not decision.fallback
+    assert ledger.asked == ["context-service"]
+
+
+def test_over_budget_the_fallback_answers_else_the_step_waits_spending_no_retry() -> None:
+    ledger = Ledger(left=0, wait=6.0)
+    attempt = Attempt("fetch_context", retries=1, deferred_seconds=10.0)
+    decision = decide(DOWN, attempt, BUDGETS, NOW, no_jitter, ledger.spend)
+    assert decision.fallback
+    assert isinstance(decision.then, Defer)
+    assert isinstance(decision.then.error, RetryBudgetExceeded)
+    assert decision.then.error.service == "context-service"
+    assert decision.then.delay == 6.0  # until the budget's next bucket (no jitter drawn)
+    assert "retry budget spent" in str(decision.then.error)
+
+
+def test_over_budget_past_the_deadline_the_analysis_expires_not_fails() -> None:
+    ledger = Ledger(left=0, wait=6.0)
+    attempt = Attempt("predict", deadline=NOW + 3.0)
+    decision = decide(DOWN, attempt, BUDGETS, NOW, no_jitter, ledger.spend)
+    assert isinstance(decision.then, Expire)
+
+
+@pytest.mark.parametrize(
+    "error, attempt",
+    [
+        (ValidationError("data", "bad"), Attempt("fetch_context")),  # permanent
+        (CircuitOpenError("context-service", NOW + 5), Attempt("fetch_context")),  # a wait
+        (RateLimitExceeded("predict", 2.0), Attempt("predict")),  # a wait
+        (DOWN, Attempt("fetch_context", retries=3)),  # the step's own retries are spent
+    ],
+)
+def test_only_a_retry_about_to_happen_asks_the_budget(error: Exception, attempt: Attempt) -> None:
+    ledger = Ledger(left=5)
+    decide(error, attempt, BUDGETS, NOW, no_jitter, ledger.spend)
+    assert ledger.asked == []

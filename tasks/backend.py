@@ -20,6 +20,9 @@ from intent.errors import IntentError
 from intent.logs import mask_secrets
 from intent.models import ErrorInfo
 
+# Modules errors were stored under before they joined the one tree (intent/errors.py).
+MOVED_ERRORS = {"intent.patterns": "intent.errors"}
+
 
 def error_object(exc: BaseException) -> dict[str, Any]:
     info = ErrorInfo.from_exception(exc).model_dump(exclude_none=True)
@@ -42,4 +45,8 @@ class RedisBackend(CeleryRedisBackend):
     def exception_to_python(self, exc: Any) -> Any:
         if isinstance(exc, dict) and "exc_args" in exc:
             exc = {**exc, "exc_message": exc["exc_args"]}
+        if isinstance(exc, dict) and exc.get("exc_module") in MOVED_ERRORS:
+            # Stored by a worker of an earlier release, within result_expires: the class
+            # lives in the error tree now, under the same name.
+            exc = {**exc, "exc_module": MOVED_ERRORS[exc["exc_module"]]}
         return super().exception_to_python(exc)

@@ -16,8 +16,8 @@ from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_model, request_limits
 from tasks.app import app
-from tasks.chains import batch_chain
-from tasks.steptask import PipelineTask, chain_step_options, step_error
+from tasks.chains import batch_chain, chain_step_options
+from tasks.steptask import PipelineTask, step_error
 
 log = logging.getLogger("intent.tasks")
 

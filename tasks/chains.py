@@ -28,13 +28,29 @@ def forget_analysis(request_id: str, analysis_id: str) -> None:
         app.AsyncResult(task_id).forget()
 
 
+def chain_step_options(last: bool) -> dict[str, Any]:
+    """Celery options of one step of a chain: only the last step stores its result.
+
+    Each step's output travels to the next in its message, so a stored copy would be
+    read by nobody, and would cost two Redis round trips per step (Celery's check that the
+    task has not already succeeded, then SET + PUBLISH) plus a copy kept for
+    ``result_expires``. Retries and failures are still stored, and a failure is
+    propagated to the last step's id, which callers wait on.
+    """
+    return {"ignore_result": not last, "store_errors_even_if_ignored": True}
+
+
 def _chain(names: tuple[str, ...], ids: list[str], payload: Any, **options: Any) -> Any:
-    first = app.signature(names[0], (payload,), task_id=ids[0], **options)
-    rest = (
-        app.signature(name, task_id=id_, **options)
-        for name, id_ in zip(names[1:], ids[1:], strict=True)
-    )
-    return chain(first, *rest)
+    """The steps by name, each link sent with its own ``ignore_result``: a producer that
+    has not loaded the task modules must not fall back to Celery's default, which stores
+    (and subscribes to) the first step's result."""
+    last = len(names) - 1
+    links = []
+    for index, (name, task_id) in enumerate(zip(names, ids, strict=True)):
+        args = (payload,) if index == 0 else ()
+        ignore = chain_step_options(index == last)["ignore_result"]
+        links.append(app.signature(name, args, task_id=task_id, ignore_result=ignore, **options))
+    return chain(*links)
 
 
 def analysis_chain(request: IntentRequest, analysis_id: str) -> Any:

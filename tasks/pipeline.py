@@ -17,8 +17,8 @@ from intent.runtime import get_runtime
 from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
 from tasks.app import app
-from tasks.chains import analysis_chain, forget_analysis
-from tasks.steptask import PipelineTask, chain_step_options
+from tasks.chains import analysis_chain, chain_step_options, forget_analysis
+from tasks.steptask import PipelineTask
 
 log = logging.getLogger("intent.tasks")
 

@@ -62,18 +62,6 @@ def log_fields(step: str, exc: Exception, task_id: str | None, **more: Any) -> d
     return {**fields, **more}
 
 
-def chain_step_options(last: bool) -> dict[str, Any]:
-    """Celery options of one step of a chain: only the last step stores its result.
-
-    Each step's output travels to the next in its message, so a stored copy would be
-    read by nobody, and would cost two Redis round trips per step (Celery's check that the
-    task has not already succeeded, then SET + PUBLISH) plus a copy kept for
-    ``result_expires``. Retries and failures are still stored, and a failure is
-    propagated to the last step's id, which callers wait on.
-    """
-    return {"ignore_result": not last, "store_errors_even_if_ignored": True}
-
-
 def refused_analysis(task_id: str, chain: Any, args: Any) -> tuple[str, str] | None:
     """The (request_id, analysis id) a refused message belongs to, when it can be told:
     a step's id is ``{request_id}.{step}`` (or the analysis id, for the last step), and the

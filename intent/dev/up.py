@@ -14,8 +14,8 @@ after the grace period; a child whose own children outlived it (a worker's pool)
 killed too. If ``intent up`` itself dies, Linux sends each child SIGTERM
 (``die_with_parent``).
 
-Lives in ``tasks/`` beside the other process helpers (``intent.dev.stack``): it pings the
-worker through Celery to know it is up.
+The children are started and stopped by :mod:`intent.dev.supervisor`; the worker is known
+to be up when it answers Celery's ping (``tasks.health.worker_answers``).
 """
 
 from __future__ import annotations

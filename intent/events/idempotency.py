@@ -29,6 +29,7 @@ from intent import scripts
 from intent.connections import data_client
 from intent.errors import RetryLater
 from intent.events.handler import current_delivery
+from intent.forks import ForkLocal
 from intent.keys import Keys
 from intent.models import Event
 from intent.settings import Settings, get_settings
@@ -47,6 +48,10 @@ class EventInProgress(RetryLater):
     def __init__(self, event_id: str, delay: float):
         super().__init__(delay, f"event {event_id} is being handled by another run")
         self.event_id = event_id
+
+
+# One client per Redis URL in each process, whatever number of wrapped handlers asks.
+_clients: ForkLocal[dict[str, redis.Redis]] = ForkLocal(dict)
 
 
 class Idempotency:
@@ -83,8 +88,11 @@ class Idempotency:
         ``INTENT_EVENT_DEDUP_TTL``, with a lease of ``INTENT_CONSUMER_CLAIM_IDLE`` (a handler
         running longer is taken over anyway)."""
         settings = settings or get_settings()
+        url = settings.require_redis_url()
+        clients = _clients.get()
+        client = clients.get(url) or clients.setdefault(url, data_client(settings))
         return cls(
-            data_client(settings),
+            client,
             Keys(settings.key_prefix),
             ttl=settings.event_dedup_ttl,
             lease=settings.consumer_claim_idle,

@@ -47,3 +47,48 @@ def test_the_worker_finds_every_task_and_step_by_the_app_alone() -> None:
     assert expected | {"intent.health_check"} <= set(names)
     assert "intent.noop" not in names  # the benchmark's task is the benchmark's
     assert {"tasks.release.ReleaseStep", "tasks.consumer.Watchdog"} <= set(steps)
+
+
+def _run(code: str) -> str:
+    # The app reads its settings on first use; nothing here connects to this address.
+    env = {**os.environ, "INTENT_REDIS_URL": "redis://127.0.0.1:9/0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    return out.stdout.strip()
+
+
+def test_a_producer_sends_each_link_with_its_own_ignore_result_and_subscribes_to_none() -> None:
+    # Without the task modules loaded, Celery would send the first step with its default
+    # (store the result) and subscribe to it: every submit() would hold a pub/sub channel.
+    code = (
+        "import contextlib\n"
+        "from unittest import mock\n"
+        "from intent.models import IntentRequest\n"
+        "from tasks import chains\n"
+        "from tasks.app import app\n"
+        "subscribed, sent = [], []\n"
+        "def subscribe(backend, producer, task_id): subscribed.append(task_id)\n"
+        "def publish(amqp, producer, name, message, **options): sent.append(name)\n"
+        "def producer(given=None): return contextlib.nullcontext(mock.MagicMock())\n"
+        "request = IntentRequest(request_id='r1', client_id='c', context_id='x', pattern_id='p')\n"
+        "with mock.patch.object(type(app.backend), 'on_task_call', subscribe), \\\n"
+        "        mock.patch.object(app, 'producer_or_acquire', producer), \\\n"
+        "        mock.patch.object(type(app.amqp), 'send_task_message', publish):\n"
+        "    chains.analysis_chain(request, 'r1').apply_async()\n"
+        "links = chains.analysis_chain(request, 'r1').tasks\n"
+        "print(sent, subscribed, [link.options.get('ignore_result') for link in links])\n"
+    )
+    assert _run(code) == "['intent.fetch_context'] [] [True, True, True, False]"
+
+
+def test_an_error_stored_under_its_earlier_module_comes_back_as_the_trees_class() -> None:
+    code = (
+        "from tasks.app import app\n"
+        "from intent.errors import DetectionConflict\n"
+        "stored = {'exc_type': 'DetectionConflict', 'exc_module': 'intent.patterns',"
+        " 'exc_message': ['too many concurrent analyses']}\n"
+        "error = app.backend.exception_to_python(stored)\n"
+        "print(type(error) is DetectionConflict)\n"
+    )
+    assert _run(code) == "True"

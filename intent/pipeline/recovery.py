@@ -7,8 +7,9 @@ only carry its answer out. Two budgets, never Celery's retry counter:
 - transient errors (connection errors, timeouts, 5xx, 429, a Redis that is away) are
   retried on the backoff schedule at most ``retry_max`` times per step; then the step's
   fallback answers if it can, else the analysis fails with ``RetriesExhaustedError``;
-- an open breaker or a full downstream rate limit is waited for (a deferral: no retry is
-  spent), up to ``max_deferral`` seconds of waits in all, then the analysis fails with the
+- an open breaker, a full downstream rate limit or a full bulkhead (the service's
+  calls in flight fleet-wide) is waited for (a deferral: no retry is spent), up to
+  ``max_deferral`` seconds of waits in all, then the analysis fails with the
   breaker's or the limit's error; an open breaker's fallback answers first if it can;
 - a wait that would end past the analysis's deadline stops it as ``expired`` instead;
 - everything else (bad input, a 4xx, a bug) fails at once; an incompatible service's
@@ -25,6 +26,7 @@ from typing import Generic, TypeVar
 import redis
 
 from intent.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     IntentError,
     RateLimitExceeded,
@@ -45,7 +47,7 @@ class Budgets:
     retry_max: int = 3
     max_deferral: float = 600.0
     retry_after_max: float = 60.0
-    recovery_timeout: float = 60.0  # longest wait for one open breaker
+    recovery_timeout: float = 60.0  # longest wait for one open breaker (its longest break)
     rate_period: float = 60.0  # longest wait for one downstream limit
     defer_jitter: float = 1.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -56,7 +58,8 @@ class Budgets:
             retry_max=settings.retry_max,
             max_deferral=settings.max_deferral,
             retry_after_max=settings.retry_after_max,
-            recovery_timeout=settings.circuit_recovery_timeout,
+            # the open time grows up to the break cap on repeated trips
+            recovery_timeout=max(settings.circuit_recovery_timeout, settings.circuit_break_max),
             rate_period=float(settings.downstream_rate_period),
             defer_jitter=settings.defer_jitter,
             backoff=Backoff.from_settings(settings),
@@ -89,7 +92,7 @@ class Defer:
     limit) will admit it. Not a retry: none is spent."""
 
     delay: float
-    error: CircuitOpenError | RateLimitExceeded
+    error: CircuitOpenError | RateLimitExceeded | BulkheadFullError
 
 
 @dataclass(frozen=True)
@@ -135,14 +138,17 @@ def as_domain_error(exc: Exception) -> Exception:
 
 
 def wait_for(
-    error: CircuitOpenError | RateLimitExceeded,
+    error: CircuitOpenError | RateLimitExceeded | BulkheadFullError,
     budgets: Budgets,
     now: float,
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Seconds until the breaker or the limit admits a call, plus jitter to spread the
-    fleet; a breaker that names no end is waited for one recovery timeout."""
-    if isinstance(error, RateLimitExceeded):
+    fleet; a breaker that names no end is waited for one recovery timeout. A full bulkhead
+    frees a slot whenever a call ends (the call already waited for one): the jitter alone."""
+    if isinstance(error, BulkheadFullError):
+        wait = 0.0
+    elif isinstance(error, RateLimitExceeded):
         wait = min(max(0.0, error.retry_after), budgets.rate_period)
     else:
         until = error.until if error.until is not None else now + budgets.recovery_timeout
@@ -160,7 +166,7 @@ def decide(
     """What to do about ``error``, raised by ``attempt.step`` at ``now``."""
     error = as_domain_error(error)
     deadline = attempt.deadline
-    if isinstance(error, CircuitOpenError | RateLimitExceeded):
+    if isinstance(error, CircuitOpenError | RateLimitExceeded | BulkheadFullError):
         delay = wait_for(error, budgets, now, rand)
         fallback = isinstance(error, CircuitOpenError)
         if deadline is not None and now + delay > deadline:

@@ -61,10 +61,15 @@ class CountingStore(BreakerStore):
         self.steps: list[str] = []
 
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
         self.steps.append("acquire")
-        return self.inner.acquire(name, slot, config, probe)
+        return self.inner.acquire(name, slot, config, probe, slow)
 
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
@@ -142,7 +147,8 @@ def test_a_probe_that_answers_never_closes_the_breaker_nor_counts(
     with pytest.raises(Down):
         breaker.call(down)  # the trial is the API's, and it fails
     assert breaker.current_state == "open"
-    clock.advance(CONFIG.recovery_timeout)
+    # a second trip in a row: open for the grown break (factor x recovery, +/- jitter)
+    clock.advance(CONFIG.recovery_timeout * CONFIG.break_factor * (1 + CONFIG.break_jitter))
     assert breaker.call(lambda: "api") == "api"
     assert breaker.current_state == "closed"
     # Closed: answered probes leave no calls behind; failed ones count as failures.
@@ -448,10 +454,15 @@ class FlakyRedis(BreakerStore):
             raise StoreUnavailable("connection refused")
 
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
         self._check()
-        admission = self.inner.acquire(name, slot, config, probe)
+        admission = self.inner.acquire(name, slot, config, probe, slow)
         if admission.ticket is None:
             return admission
         ticket = Ticket(

@@ -117,9 +117,15 @@ def test_the_config_defaults_are_the_settings_defaults_field_by_field() -> None:
     from intent.settings import Settings
 
     defaults, from_settings = CircuitConfig(), CircuitConfig.from_settings(Settings())
+    # the bulkhead's settings are named per service (INTENT_BULKHEAD_<SERVICE>), not circuit_*
+    bulkhead = {
+        "max_concurrent_calls": "bulkhead_context_service",
+        "bulkhead_wait": "bulkhead_wait",
+    }
     for spec in fields(CircuitConfig):
+        setting = bulkhead.get(spec.name, f"circuit_{spec.name}")
         assert getattr(defaults, spec.name) == getattr(from_settings, spec.name), spec.name
-        assert getattr(defaults, spec.name) == Settings.model_fields[f"circuit_{spec.name}"].default
+        assert getattr(defaults, spec.name) == Settings.model_fields[setting].default
     assert defaults == from_settings
 
 

@@ -162,14 +162,18 @@ def test_half_open_admits_the_configured_trials_then_closes(
 
 
 def test_a_trial_failure_reopens(store: MemoryStore, clock: FakeClock) -> None:
-    config = CircuitConfig(failure_threshold=1, min_throughput=1, recovery_timeout=10)
+    # the second consecutive trip opens for recovery_timeout x break_factor (2 by default;
+    # no jitter here, so the figure is exact): 20 s where a fixed break gave 10 s
+    config = CircuitConfig(
+        failure_threshold=1, min_throughput=1, recovery_timeout=10, break_jitter=0.0
+    )
     fail(store, "a", config)
     clock.advance(10)
     ticket = admit(store, "a", config)
     report = store.report("svc", "a", ticket, Outcome.FAILURE, config)
     assert report.transition is not None
     assert (report.transition.old_state, report.transition.new_state) == ("half-open", "open")
-    assert report.snapshot.until == clock.now + 10
+    assert report.snapshot.until == clock.now + 10 * config.break_factor == clock.now + 20
 
 
 def test_a_trial_lease_lapses_after_the_half_open_timeout(

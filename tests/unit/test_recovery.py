@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from intent.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     IncompatibleServiceError,
     RateLimitExceeded,
@@ -152,3 +153,38 @@ def test_a_redis_that_is_away_is_a_transient_failure() -> None:
     assert isinstance(decision.then, Retry)
     assert isinstance(decision.then.error, ServiceUnavailableError)
     assert decision.then.error.service == "redis"
+
+
+def test_a_full_bulkhead_defers_without_spending_a_retry_nor_using_the_fallback() -> None:
+    full = BulkheadFullError("context-service", 4)
+    attempt = Attempt("fetch_context", retries=1)
+    decision = decide(full, attempt, BUDGETS, NOW, lambda: 0.5)
+    assert isinstance(decision.then, Defer)
+    assert decision.then.error is full
+    assert decision.then.delay == 0.5  # a slot frees when any call ends: the jitter alone
+    assert not decision.fallback  # the service is busy, not failing: its answer is awaited
+    assert attempt.retries == 1
+    over = Attempt("fetch_context", retries=1, deferred_seconds=BUDGETS.max_deferral)
+    assert isinstance(decide(full, over, BUDGETS, NOW, lambda: 0.5).then, Fail)
+    near = Attempt("fetch_context", retries=1, deadline=NOW + 0.1)
+    assert isinstance(decide(full, near, BUDGETS, NOW, lambda: 0.5).then, Expire)
+
+
+def test_a_bulkhead_error_survives_a_json_round_trip_of_its_args() -> None:
+    import json
+
+    full = BulkheadFullError("prediction-service", 8)
+    rebuilt = BulkheadFullError(*json.loads(json.dumps(full.args)))
+    assert (rebuilt.service, rebuilt.limit, str(rebuilt)) == (
+        "prediction-service",
+        8,
+        str(full),
+    )
+    assert rebuilt.transient
+
+
+def test_the_longest_wait_for_one_open_breaker_is_its_longest_break() -> None:
+    from intent.settings import Settings
+
+    settings = Settings(circuit_recovery_timeout=30, circuit_break_max=300)
+    assert Budgets.from_settings(settings).recovery_timeout == 300

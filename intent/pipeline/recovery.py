@@ -47,7 +47,7 @@ class Budgets:
     retry_max: int = 3
     max_deferral: float = 600.0
     retry_after_max: float = 60.0
-    recovery_timeout: float = 60.0  # longest wait for one open breaker (its longest break)
+    recovery_timeout: float = 60.0  # longest wait for one open breaker
     rate_period: float = 60.0  # longest wait for one downstream limit
     defer_jitter: float = 1.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -58,8 +58,7 @@ class Budgets:
             retry_max=settings.retry_max,
             max_deferral=settings.max_deferral,
             retry_after_max=settings.retry_after_max,
-            # the open time grows up to the break cap on repeated trips
-            recovery_timeout=max(settings.circuit_recovery_timeout, settings.circuit_break_max),
+            recovery_timeout=settings.circuit_recovery_timeout,
             rate_period=float(settings.downstream_rate_period),
             defer_jitter=settings.defer_jitter,
             backoff=Backoff.from_settings(settings),

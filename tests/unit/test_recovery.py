@@ -181,10 +181,3 @@ def test_a_bulkhead_error_survives_a_json_round_trip_of_its_args() -> None:
         str(full),
     )
     assert rebuilt.transient
-
-
-def test_the_longest_wait_for_one_open_breaker_is_its_longest_break() -> None:
-    from intent.settings import Settings
-
-    settings = Settings(circuit_recovery_timeout=30, circuit_break_max=300)
-    assert Budgets.from_settings(settings).recovery_timeout == 300

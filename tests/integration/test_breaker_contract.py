@@ -464,8 +464,7 @@ RATES = CircuitConfig(
 def test_a_failure_rate_over_the_minimum_throughput_trips_once_and_names_the_rule(
     store: BreakerStore, name: str
 ) -> None:
-    slots = ["a", "b", "c", "d", "e"]
-    tickets = [admit(store, name, slot, RATES) for slot in slots[:4]]
+    tickets = [admit(store, name, slot, RATES) for slot in ("a", "b", "c", "d")]
     first = store.report(name, "a", tickets[0], Outcome.FAILURE, RATES)
     assert first.transition is None  # 1 of 4: 25 %
     second = store.report(name, "b", tickets[1], Outcome.FAILURE, RATES)

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from multiprocessing.synchronize import Barrier, Event
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from intent.breaker import (
     RedisStore,
 )
 from intent.errors import BulkheadFullError
-from tests.integration.test_breaker_fleet import FORK, Fleet, RedisNotes
+from tests.integration.test_breaker_fleet import FORK, Fleet, RedisNotes, _hold_the_trial
 
 pytestmark = pytest.mark.integration
 
@@ -281,23 +281,13 @@ def test_the_bulkhead_never_admits_more_than_its_limit_across_four_processes(
     assert (status.state, status.bulkhead, status.failures) == ("closed", limit, 0)
 
 
-def _hold_a_slot(fleet: Fleet, started: Event) -> None:
-    breaker = fleet.breaker()
-
-    def hang() -> None:
-        started.set()
-        time.sleep(60)
-
-    breaker.call(hang)
-
-
 def test_a_sigkilled_holders_slot_lapses_with_its_lease(redis_client: redis.Redis) -> None:
     config = CircuitConfig(
         max_concurrent_calls=1, bulkhead_wait=0.1, half_open_timeout=1.0, slow_call_duration=0.9
     )
     fleet = Fleet(os.environ["INTENT_REDIS_URL"], config)
     started = FORK.Event()
-    worker = FORK.Process(target=_hold_a_slot, args=(fleet, started))
+    worker = FORK.Process(target=_hold_the_trial, args=(fleet, started))
     worker.start()
     assert started.wait(10)
     held_from = time.monotonic()

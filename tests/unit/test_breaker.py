@@ -65,6 +65,7 @@ class CountingStore(BreakerStore):
         self.inner = inner
         self.origin = inner.origin
         self.steps: list[str] = []
+        self.carried: list[Ticket | None] = []  # the slow ticket each acquire carried
 
     def acquire(
         self,
@@ -75,6 +76,7 @@ class CountingStore(BreakerStore):
         slow: Ticket | None = None,
     ) -> Admission:
         self.steps.append("acquire")
+        self.carried.append(slow)
         return self.inner.acquire(name, slot, config, probe, slow)
 
     def report(
@@ -600,25 +602,6 @@ def test_a_trial_made_without_a_version_verdict_is_verified_before_its_answer_is
 # -- issue 15: the bulkhead and slow calls through the breaker ---------------------------------
 
 
-class RecordingStore(CountingStore):
-    """Also records the slow ticket each acquire carries."""
-
-    def __init__(self, inner: BreakerStore):
-        super().__init__(inner)
-        self.carried: list[Ticket | None] = []
-
-    def acquire(
-        self,
-        name: str,
-        slot: str,
-        config: CircuitConfig,
-        probe: bool = False,
-        slow: Ticket | None = None,
-    ) -> Admission:
-        self.carried.append(slow)
-        return super().acquire(name, slot, config, probe, slow)
-
-
 def test_a_call_over_the_bulkhead_asks_again_for_the_bulkhead_wait_then_raises(
     clock: FakeClock,
 ) -> None:
@@ -658,7 +641,7 @@ def test_under_a_bulkhead_an_idle_callers_lease_is_given_back_soon() -> None:
 
 def test_a_slow_success_rides_on_the_slots_next_acquire(clock: FakeClock) -> None:
     config = CircuitConfig(slow_call_duration=1.0, slow_call_rate_threshold=50.0)
-    store = RecordingStore(MemoryStore(clock=clock))
+    store = CountingStore(MemoryStore(clock=clock))
     breaker = make(store, clock, config=config)
     breaker.call(lambda: clock.advance(1.5))  # slow, unreported (one store step)
     breaker.call(lambda: "fast")
@@ -689,7 +672,7 @@ def test_a_slow_failure_is_reported_slow_and_calls_are_not_timed_without_the_rul
         breaker.call(slow_down)  # 1 slow of 2 calls: 50 %
     assert breaker.current_state == "open"
     assert breaker.state.reason == "slow-call rate 50% >= 50% over 2 calls in the last 120 s"
-    untimed = RecordingStore(MemoryStore(clock=clock))
+    untimed = CountingStore(MemoryStore(clock=clock))
     plain = make(untimed, clock, config=CircuitConfig(slow_call_duration=1.0))
     plain.call(lambda: clock.advance(1.5))
     plain.call(lambda: "fast")

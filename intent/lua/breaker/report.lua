@@ -19,6 +19,19 @@ local brk = {recovery = recovery, factor = tonumber(ARGV[15]), max = tonumber(AR
 local cfg = {window = ARGV[8], recovery = ARGV[9]}
 local now = clock()
 local c = load()
+
+-- A closed breaker's call of this generation finished slow: counted in its bucket, it may
+-- trip the slow-call rate (the transition, or nil).
+local function slow_finished()
+  local slow_done = count_slow(bucket, now, window)
+  local reason = trip_rule(failures_in_window(now, window), calls_in_window(now, window, false),
+    rules, 0, slow_done)
+  if not reason then return nil end
+  local transition = trip(c, reason, now, brk, true)
+  save(c, now, cfg)
+  return transition
+end
+
 if outcome == 'released' then
   -- an idle caller's answered call, whatever moved since: as its next acquire would, the
   -- lease ends and the service is known to have answered then
@@ -26,13 +39,7 @@ if outcome == 'released' then
   release(slot)
   local transition = nil
   if was_slow and tonumber(ARGV[2]) == c.gen and c.state == 'closed' and not c.forced then
-    local slow_done = count_slow(bucket, now, window)
-    local reason = trip_rule(failures_in_window(now, window), calls_in_window(now, window, false),
-      rules, 0, slow_done)
-    if reason then
-      transition = trip(c, reason, now, brk, true)
-      save(c, now, cfg)
-    end
+    transition = slow_finished()
   end
   return reply(c, now, transition, nil, {'1'})
 end
@@ -60,14 +67,8 @@ if c.state == 'closed' then
     uncount()  -- neither failure nor success
   elseif outcome == 'success' then
     if was_slow then
-      local slow_done = count_slow(bucket, now, window)
-      local reason = trip_rule(failures_in_window(now, window), calls_in_window(now, window, false),
-        rules, 0, slow_done)
-      if reason then
-        transition = trip(c, reason, now, brk, true)
-        save(c, now, cfg)
-        return reply(c, now, transition, nil, {'1'})
-      end
+      transition = slow_finished()
+      if transition then return reply(c, now, transition, nil, {'1'}) end
     end
     if c.suspect then
       -- the service answers again; permits still out report as plain calls from now on

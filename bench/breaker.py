@@ -3,8 +3,10 @@
 Starts its own Redis (embedded unless INTENT_REDIS_URL is set). Measures, in the closed
 state, microseconds and Redis commands per guarded call (commands from INFO commandstats
 deltas: requests clients sent, not the commands scripts ran inside Redis, nor INFO itself)
-for this breaker, pybreaker with CircuitRedisStorage and a bare GET; then the throughput of
-32 threads calling a 20 ms downstream through no breaker, pybreaker and this breaker.
+for this breaker, the same breaker with every policy enabled (failure rate, slow-call rate,
+growing break, a bulkhead at a limit never reached), pybreaker with CircuitRedisStorage and a
+bare GET; then the throughput of 32 threads calling a 20 ms downstream through no breaker,
+pybreaker, this breaker and this breaker with every policy.
 Variants alternate over several rounds and each figure is the median of its rounds, so a
 noisy machine shifts them all alike.
 
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import redis_url
 from intent import scripts
-from intent.breaker import CircuitBreaker, FallbackStore, RedisStore
+from intent.breaker import CircuitBreaker, CircuitConfig, FallbackStore, RedisStore
 from intent.breaker.stores.redis import SCRIPT_FAMILY
 
 Call = Callable[[Callable[[], Any]], Any]
@@ -125,6 +127,20 @@ def main() -> int:
         ours = CircuitBreaker(
             f"bench-{tag}", store=FallbackStore(RedisStore.from_url(url, prefix="bench:"))
         )
+        # Every issue-15 policy on: the rates (judged, never reached by healthy calls), the
+        # growing break (the default), and a bulkhead far above the 32 threads' calls.
+        policies = CircuitBreaker(
+            f"bench-{tag}-policies",
+            CircuitConfig(
+                failure_rate_threshold=50.0,
+                slow_call_rate_threshold=50.0,
+                break_factor=2.0,
+                break_max=600.0,
+                break_jitter=0.1,
+                max_concurrent_calls=10 * args.threads,
+            ),
+            store=FallbackStore(RedisStore.from_url(url, prefix="bench:")),
+        )
         theirs = pybreaker.CircuitBreaker(
             fail_max=5,
             reset_timeout=60,
@@ -142,7 +158,12 @@ def main() -> int:
         def direct(func: Callable[[], Any]) -> Any:
             return func()
 
-        sequential: dict[str, Call] = {"get": bare_get, "pybreaker": theirs.call, "ours": ours.call}
+        sequential: dict[str, Call] = {
+            "get": bare_get,
+            "pybreaker": theirs.call,
+            "ours": ours.call,
+            "policies": policies.call,
+        }
         for call in sequential.values():
             for _ in range(50):  # warm up: connections, script load, registration
                 call(noop)
@@ -160,6 +181,7 @@ def main() -> int:
             "get": bare_get,
             "pybreaker": theirs.call,
             "ours": ours.call,
+            "policies": policies.call,
         }
         samples: dict[str, list[float]] = {label: [] for label in threaded}
         for index in range(rounds):
@@ -170,8 +192,9 @@ def main() -> int:
         for pattern in (f"*bench-{tag}*", f"bench:{tag}:*"):  # leave a shared Redis as found
             for key in stats_client.scan_iter(match=pattern):
                 stats_client.delete(key)
-        stats_client.srem("bench:cb:names", f"bench-{tag}")
+        stats_client.srem("bench:cb:names", f"bench-{tag}", f"bench-{tag}-policies")
         ours.store.close()
+        policies.store.close()
     finally:
         owned.close()
 
@@ -179,6 +202,8 @@ def main() -> int:
     labels = ("get", "pybreaker", "ours")
     get_us, theirs_us, ours_us = (statistics.median(micros[label]) for label in labels)
     get_cmds, theirs_cmds, ours_cmds = (statistics.fmean(commands[label]) for label in labels)
+    policies_us = statistics.median(micros["policies"])
+    policies_cmds = statistics.fmean(commands["policies"])
     figures = {
         "cmds_per_call": round(ours_cmds, 3),
         "us_per_call": round(ours_us, 1),
@@ -187,6 +212,9 @@ def main() -> int:
         "get_us": round(get_us, 1),
         "threads_ratio": round(rates["ours"] / rates["none"], 3),
         "pybreaker_threads_ratio": round(rates["pybreaker"] / rates["none"], 3),
+        "policies_cmds_per_call": round(policies_cmds, 3),
+        "policies_us_per_call": round(policies_us, 1),
+        "policies_threads_ratio": round(rates["policies"] / rates["none"], 3),
     }
     if args.json:
         print(json.dumps(figures))
@@ -195,6 +223,7 @@ def main() -> int:
     print(f"  bare Redis GET                             {get_us:8.1f}   {get_cmds:6.2f}")
     print(f"  pybreaker + CircuitRedisStorage            {theirs_us:8.1f}   {theirs_cmds:6.2f}")
     print(f"  intent breaker                             {ours_us:8.1f}   {ours_cmds:6.2f}")
+    print(f"  intent breaker, every policy on            {policies_us:8.1f}   {policies_cmds:6.2f}")
     print(f"    vs pybreaker: {ours_us / theirs_us:.2f}x time, vs GET: {ours_us / get_us:.2f}x")
     print()
     print(
@@ -206,6 +235,7 @@ def main() -> int:
         ("get", "(control: one bare GET per call)"),
         ("pybreaker", "pybreaker + Redis storage"),
         ("ours", "intent breaker"),
+        ("policies", "intent breaker, every policy on"),
     ):
         print(f"  {name:40} {rates[label]:9.0f}   {rates[label] / rates['none']:6.3f}")
     return 0

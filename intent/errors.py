@@ -94,6 +94,24 @@ class IncompatibleServiceError(ServiceUnavailableError):
     transient = False
 
 
+class BulkheadFullError(ServiceError):
+    """Transient: ``limit`` calls to ``service`` were in flight across the fleet (its
+    bulkhead) for as long as the call could wait. The service is busy, not failing: the
+    step defers without spending a retry, and the breaker does not count it."""
+
+    transient = True
+
+    def __init__(self, service: str, limit: int):
+        IntentError.__init__(self, service, limit)
+        self.service = service
+        self.limit = int(limit)
+        self.message = f"{self.limit} calls in flight fleet-wide (bulkhead)"
+        self.cause = None
+
+    def __str__(self) -> str:
+        return f"{self.service}: bulkhead full: {self.message}"
+
+
 class ServiceRequestError(ServiceError):
     """Permanent: the service refused the request (4xx other than 429) or answered
     something that is not its API. Not retried; does not trip the breaker."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BREAKER_PARTS = ("state", "failures", "calls", "leases", "permits")
+BREAKER_PARTS = ("state", "failures", "calls", "leases", "permits", "slow")
 WAITING_PARTS = ("due", "entries", "leased", "deadlines", "pace")
 
 
@@ -104,7 +104,9 @@ class Keys:
         ``state``: hash of state, generation, until, forced reason; durable, no TTL;
         ``failures``: zset of failure times; TTL circuit_failure_window;
         ``calls``: hash of calls per window bucket; TTL the window plus two buckets;
-        ``leases``/``permits``: zsets of call and trial leases; TTL the longest lease."""
+        ``leases``/``permits``: zsets of call and trial leases; TTL the longest lease;
+        ``slow``: hash of calls that finished slower than circuit_slow_call_duration per
+        window bucket (the same buckets as ``calls``); same TTL as ``calls``."""
         return f"{self.breaker(name)}:{part}"
 
     def retry_budget(self, name: str) -> str:

@@ -90,7 +90,7 @@ class Runtime:
             # on an outage that the breaker has already called.
             self.breakers[service] = CircuitBreaker(
                 service,
-                CircuitConfig.from_settings(self.settings),
+                CircuitConfig.from_settings(self.settings, service),
                 store=self.breaker_store,
                 throw_new_error_on_trip=True,
                 # The transitions this process performs are counted; the breaker knows

@@ -30,6 +30,7 @@ REDIS_PROBE_TIMEOUT = 2.0
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
+Percent = Annotated[float, Field(ge=0, le=100)]
 
 # The circuit breaker's defaults, written once: the INTENT_CIRCUIT_* settings below, the
 # guide's CircuitConfig() and the breaker's stores all take theirs from here.
@@ -50,6 +51,24 @@ CIRCUIT_RECHECK_INTERVAL = 1.0
 # as a pending failure: a service that hangs stops receiving calls before any read
 # timeout fires, and such calls count toward tripping.
 CIRCUIT_SLOW_CALL_DURATION = 5.0
+# Rate rules, in percent of the window's calls (at least min_throughput of them); 0 turns a
+# rule off. Off by default: the count threshold already trips a dead service after five
+# failures, and a rate that suits one service's traffic is wrong for another's.
+CIRCUIT_FAILURE_RATE_THRESHOLD = 0.0
+CIRCUIT_SLOW_CALL_RATE_THRESHOLD = 0.0
+# The open time grows with each trip that no successful recovery followed: the recovery
+# timeout, times BREAK_FACTOR per earlier trip, capped at BREAK_MAX, the grown durations
+# spread by +/- BREAK_JITTER (a fraction). The first open lasts the recovery timeout exactly.
+# Off by default (factor 1): half-open admits one trial per open cycle fleet-wide, so a
+# longer break saves the service one call a minute, while every minute it adds past an
+# outage's end is a minute of analyses waiting, some past their deadline.
+CIRCUIT_BREAK_FACTOR = 1.0
+CIRCUIT_BREAK_MAX = 600.0
+CIRCUIT_BREAK_JITTER = 0.1
+# Fleet-wide calls in flight per downstream service (0: no limit), and how long a call over
+# the limit waits for a slot before its step defers.
+BULKHEAD_LIMIT = 0
+BULKHEAD_WAIT = 1.0
 # The breaker's own Redis client: a dead Redis must cost milliseconds per call.
 CIRCUIT_REDIS_SOCKET_TIMEOUT = 0.25
 CIRCUIT_REDIS_PROBE_INTERVAL = 5.0  # retry Redis this often when down
@@ -119,6 +138,15 @@ class Settings(BaseSettings):
     circuit_redis_probe_interval: PositiveFloat = CIRCUIT_REDIS_PROBE_INTERVAL
     circuit_slow_call_duration: PositiveFloat = CIRCUIT_SLOW_CALL_DURATION
     circuit_fallback_log_interval: PositiveFloat = CIRCUIT_FALLBACK_LOG_INTERVAL
+    circuit_failure_rate_threshold: Percent = CIRCUIT_FAILURE_RATE_THRESHOLD
+    circuit_slow_call_rate_threshold: Percent = CIRCUIT_SLOW_CALL_RATE_THRESHOLD
+    circuit_break_factor: Annotated[float, Field(ge=1)] = CIRCUIT_BREAK_FACTOR
+    circuit_break_max: PositiveFloat = CIRCUIT_BREAK_MAX
+    circuit_break_jitter: Annotated[float, Field(ge=0, lt=1)] = CIRCUIT_BREAK_JITTER
+    # Bulkheads: at most this many calls in flight to the service across the fleet.
+    bulkhead_context_service: Annotated[int, Field(ge=0)] = BULKHEAD_LIMIT
+    bulkhead_prediction_service: Annotated[int, Field(ge=0)] = BULKHEAD_LIMIT
+    bulkhead_wait: Annotated[float, Field(ge=0)] = BULKHEAD_WAIT
     # A step meeting an open breaker or a downstream rate limit re-schedules itself for
     # the moment it will be admitted plus up to defer_jitter seconds, waiting at most
     # max_deferral seconds in all (a deferral is not a retry).
@@ -269,6 +297,15 @@ class Settings(BaseSettings):
             # A call stops counting when its lease (half_open_timeout) lapses.
             raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")
         return self
+
+    def bulkhead(self, service: str) -> int:
+        """``INTENT_BULKHEAD_<SERVICE>`` for a downstream service by its breaker's name
+        (``context-service``), 0 (no limit) for any other."""
+        limits = {
+            "context-service": self.bulkhead_context_service,
+            "prediction-service": self.bulkhead_prediction_service,
+        }
+        return limits.get(service, BULKHEAD_LIMIT)
 
     @property
     def worker_queues(self) -> tuple[str, ...]:

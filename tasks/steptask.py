@@ -27,6 +27,7 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from intent import metrics, tracing
 from intent.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     Deferred,
     RateLimitExceeded,
@@ -149,6 +150,8 @@ class PipelineTask(Task):
             circuit_open = isinstance(then.error, CircuitOpenError)
             metrics.record_deferral(step, circuit_open=circuit_open)
             cause = "circuit_open" if circuit_open else "rate_limit"
+            if isinstance(then.error, BulkheadFullError):
+                cause = "bulkhead"
             tracing.event("deferral", reason=cause, delay=round(wait.delay, 3), **fields)
         kind = "deferral" if wait.deferred else "retry"
         tracing.annotate(**{"intent.wait": kind, "intent.wait.delay": round(wait.delay, 3)})

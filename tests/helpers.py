@@ -39,6 +39,8 @@ TIME_SETTINGS = (
     "circuit_throttle_wait",
     "circuit_recheck_interval",
     "circuit_slow_call_duration",
+    "circuit_break_max",
+    "bulkhead_wait",
     "circuit_redis_probe_interval",
     "max_deferral",
     "defer_jitter",

@@ -25,7 +25,7 @@ from intent.breaker.stores.fallback import FallbackStore
 from intent.breaker.stores.memory import MemoryStore
 from intent.breaker.stores.redis import RedisStore, breaker_redis_client
 from intent.breaker.view import BreakerStatus, CircuitAdmin
-from intent.errors import CircuitBreakerError, CircuitOpenError
+from intent.errors import BulkheadFullError, CircuitBreakerError, CircuitOpenError
 
 STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN = CLOSED, OPEN, HALF_OPEN  # pybreaker's names
 
@@ -39,6 +39,7 @@ __all__ = [
     "STATE_OPEN",
     "BreakerStateCollector",
     "BreakerStatus",
+    "BulkheadFullError",
     "CircuitAdmin",
     "CircuitBreaker",
     "CircuitBreakerError",

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from intent import tracing
 from intent.breaker.config import CircuitConfig, CircuitContext
 from intent.breaker.idle import MIN_IDLE, HeldLeases
-from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN
+from intent.breaker.policy import CLOSED, HALF_OPEN, OPEN, is_slow_call
 from intent.breaker.registry import default_store
 from intent.breaker.stores.base import (
     Action,
@@ -36,6 +36,7 @@ from intent.breaker.stores.base import (
     Transition,
 )
 from intent.errors import (
+    BulkheadFullError,
     CircuitBreakerError,
     CircuitOpenError,
     ProbeWaits,
@@ -195,8 +196,12 @@ class CircuitBreaker:
         self._refusal: _Refusal | None = None
         self._lock = threading.Lock()  # guards listener and exclusion edits only
         # Answered calls' leases, given back if their caller makes no next call (idle.py).
+        # Under a bulkhead a held lease takes a slot of the fleet's limit: given back soon.
+        idle = self.config.slow_call_duration / 4
+        if self.config.max_concurrent_calls:
+            idle = MIN_IDLE
         self._held = HeldLeases(
-            idle=max(MIN_IDLE, self.config.slow_call_duration / 4),
+            idle=max(MIN_IDLE, idle),
             lapse=self.config.half_open_timeout,
             give_back=self._give_back,
         )
@@ -368,12 +373,13 @@ class CircuitBreaker:
         """Guard a ``with`` block like a call (pybreaker's ``calling()``)."""
         ticket = self._admit(None)
         self._notify("before_call", _block)
+        started = self._started()
         try:
             yield
         except BaseException as exc:
-            self._settle_error(ticket, exc, None)
+            self._settle_error(self._timed(ticket, started), exc, None)
             raise
-        self._settle_success(ticket, None)
+        self._settle_success(self._timed(ticket, started), None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """As a decorator (``@breaker``, ``@breaker()``), as pybreaker; or the guide's
@@ -403,13 +409,25 @@ class CircuitBreaker:
     ) -> T:
         ticket = self._admit(context)
         self._notify("before_call", func, *args, **kwargs)
+        started = self._started()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(ticket, exc, context)
+            self._settle_error(self._timed(ticket, started), exc, context)
             raise
-        self._settle_success(ticket, context)
+        self._settle_success(self._timed(ticket, started), context)
         return result
+
+    def _started(self) -> float | None:
+        """When the guarded call starts, if its duration matters (the slow-call rate)."""
+        return self._clock() if self.config.slow_call_rate_threshold else None
+
+    def _timed(self, ticket: Ticket, started: float | None) -> Ticket:
+        """The ticket, marked slow if the call outlasted the slow-call duration (its
+        report, or the slot's next acquire, counts it toward the slow-call rate)."""
+        if started is not None and is_slow_call(self._clock() - started, self.config):
+            return replace(ticket, slow=True)
+        return ticket
 
     # -- admission -----------------------------------------------------------------------
     def _admit(self, context: CircuitContext | None, probe: bool = False) -> Ticket:
@@ -420,20 +438,31 @@ class CircuitBreaker:
                 self._rejected(refusal.until, "remembered")
                 raise CircuitOpenError(self.name, refusal.until)
             self._refusal = None
-        self._held.take(self._slot())  # this acquire frees the slot's previous lease
+        # This acquire frees the slot's previous lease; a previous call that finished slow
+        # (its success unreported) is counted by it.
+        previous = self._held.take(self._slot())
+        slow = previous if previous is not None and previous.slow else None
+        waits = {Denial.THROTTLED: self.config.throttle_wait}
+        waits[Denial.BULKHEAD_FULL] = self.config.bulkhead_wait
         waited, pause = 0.0, THROTTLE_POLL_FIRST
         while True:
-            admission = self.store.acquire(self.name, self._slot(), self.config, probe)
+            admission = self.store.acquire(self.name, self._slot(), self.config, probe, slow)
+            slow = None  # counted once
             if admission.transition is not None:
                 self._announce(admission.transition, context)
             if admission.ticket is not None:
                 return admission.ticket
-            if admission.denial is Denial.THROTTLED and waited < self.config.throttle_wait:
-                pause = min(pause, self.config.throttle_wait - waited)
+            # Throttled, or the bulkhead full: the calls in flight end soon; ask again.
+            wait = waits.get(admission.denial, 0.0) if admission.denial else 0.0
+            if waited < wait:
+                pause = min(pause, wait - waited)
                 self._sleep(pause)
                 waited += pause
                 pause = min(pause * 2, THROTTLE_POLL_MAX)
                 continue
+            if admission.denial is Denial.BULKHEAD_FULL:
+                self._rejected(admission.until, str(admission.denial))
+                raise BulkheadFullError(self.name, self.config.max_concurrent_calls)
             self._remember_refusal(admission.snapshot, admission.denial, admission.until)
             denial = admission.denial
             self._rejected(admission.until, str(denial) if denial is not None else "refused")

@@ -31,6 +31,21 @@ class CircuitConfig:
     stops starting new calls to a service that hangs instead of waiting for read timeouts,
     and such calls count toward tripping (a trial that slow reopens the breaker). Only
     effective below ``half_open_timeout``, the lease that keeps a call counted.
+
+    Beside the count, two rate rules over the same window and ``min_throughput`` (percent of
+    the window's calls, 0 for off; whichever rule trips first): ``failure_rate_threshold``,
+    and ``slow_call_rate_threshold``, the share of calls that took longer than
+    ``slow_call_duration`` to finish (successes and failures alike).
+
+    The open time grows with each trip no successful recovery followed (a trial failing,
+    a slow trial): ``recovery_timeout`` times ``break_factor`` per earlier trip, at most
+    ``break_max`` (never below ``recovery_timeout``), each grown duration spread by up to
+    +/- ``break_jitter`` of itself; the first trip opens for ``recovery_timeout`` exactly,
+    and a close starts the count again.
+
+    ``max_concurrent_calls``: the bulkhead, at most this many calls in flight fleet-wide
+    (0 for none); a call over it asks again for up to ``bulkhead_wait`` seconds, then is
+    refused with :class:`~intent.errors.BulkheadFullError`.
     """
 
     # The defaults are the settings' (intent/settings.py): written there once.
@@ -44,6 +59,13 @@ class CircuitConfig:
     throttle_wait: float = defaults.CIRCUIT_THROTTLE_WAIT
     recheck_interval: float = defaults.CIRCUIT_RECHECK_INTERVAL
     slow_call_duration: float = defaults.CIRCUIT_SLOW_CALL_DURATION
+    failure_rate_threshold: float = defaults.CIRCUIT_FAILURE_RATE_THRESHOLD
+    slow_call_rate_threshold: float = defaults.CIRCUIT_SLOW_CALL_RATE_THRESHOLD
+    break_factor: float = defaults.CIRCUIT_BREAK_FACTOR
+    break_max: float = defaults.CIRCUIT_BREAK_MAX
+    break_jitter: float = defaults.CIRCUIT_BREAK_JITTER
+    max_concurrent_calls: int = defaults.BULKHEAD_LIMIT
+    bulkhead_wait: float = defaults.BULKHEAD_WAIT
 
     def __post_init__(self) -> None:
         for name in (
@@ -63,13 +85,22 @@ class CircuitConfig:
         ):
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"CircuitConfig.{name} must be positive")
-        if self.throttle_wait < 0:
-            raise ValueError("CircuitConfig.throttle_wait must not be negative")
+        for name in ("throttle_wait", "bulkhead_wait", "max_concurrent_calls"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CircuitConfig.{name} must not be negative")
+        for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
+            if not 0 <= float(getattr(self, name)) <= 100:
+                raise ValueError(f"CircuitConfig.{name} is a percentage: 0 (off) to 100")
+        if self.break_factor < 1:
+            raise ValueError("CircuitConfig.break_factor must be at least 1")
+        if not 0 <= self.break_jitter < 1:
+            raise ValueError("CircuitConfig.break_jitter must be a fraction below 1")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CircuitConfig:
+    def from_settings(cls, settings: Settings, service: str = "") -> CircuitConfig:
         """The ``INTENT_CIRCUIT_*`` settings, each read by name: a setting renamed on one
-        side fails here (mypy, AttributeError), it never falls back to a default."""
+        side fails here (mypy, AttributeError), it never falls back to a default; and the
+        bulkhead of ``service`` (``INTENT_BULKHEAD_<SERVICE>``)."""
         return cls(
             failure_threshold=settings.circuit_failure_threshold,
             recovery_timeout=settings.circuit_recovery_timeout,
@@ -81,6 +112,13 @@ class CircuitConfig:
             throttle_wait=settings.circuit_throttle_wait,
             recheck_interval=settings.circuit_recheck_interval,
             slow_call_duration=settings.circuit_slow_call_duration,
+            failure_rate_threshold=settings.circuit_failure_rate_threshold,
+            slow_call_rate_threshold=settings.circuit_slow_call_rate_threshold,
+            break_factor=settings.circuit_break_factor,
+            break_max=settings.circuit_break_max,
+            break_jitter=settings.circuit_break_jitter,
+            max_concurrent_calls=settings.bulkhead(service),
+            bulkhead_wait=settings.bulkhead_wait,
         )
 
 

@@ -56,13 +56,15 @@ class HeldLeases:
             self._held[slot] = _Held(name, ticket, time.monotonic())
         _releaser().watch(self)
 
-    def take(self, slot: str) -> None:
+    def take(self, slot: str) -> Ticket | None:
         """``slot`` calls again: its acquire frees the lease, not a give-back. Waits while
-        a give-back of this slot is on its way, so that it never frees the new lease."""
+        a give-back of this slot is on its way, so that it never frees the new lease.
+        Returns the held call's ticket (its acquire reports a slow one), if still held."""
         with self._cond:
-            self._held.pop(slot, None)
+            held = self._held.pop(slot, None)
             while slot in self._releasing:
                 self._cond.wait()
+        return held.ticket if held is not None else None
 
     def release_idle(self, now: float | None = None) -> int:
         """Give back the leases idle for ``idle`` seconds; returns how many."""

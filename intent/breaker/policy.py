@@ -54,6 +54,62 @@ def should_trip(failures: int, calls: int, config: CircuitConfig, slow: int = 0)
     return failures + slow >= config.failure_threshold and calls >= config.min_throughput
 
 
+def rate_reached(count: int, calls: int, percent: float) -> bool:
+    """``count`` is at least ``percent`` % of ``calls`` (0 % is a rule turned off). Compared
+    as count * 100 >= percent * calls, the same float steps as the Lua scripts take."""
+    return percent > 0 and calls > 0 and count * 100 >= percent * calls
+
+
+def trip_rule(
+    failures: int, calls: int, config: CircuitConfig, slow: int = 0, slow_done: int = 0
+) -> str | None:
+    """The reason of the first rule that trips, else None: the failure count (with the
+    ``slow`` calls still in flight), the failure rate, then the rate of the ``slow_done``
+    calls that finished slower than ``slow_call_duration``; each over ``min_throughput``."""
+    if should_trip(failures, calls, config, slow):
+        return trip_reason(failures, calls, config, slow)
+    if calls < config.min_throughput:
+        return None
+    if rate_reached(failures, calls, config.failure_rate_threshold):
+        return rate_reason("failure", failures, calls, config.failure_rate_threshold, config)
+    if rate_reached(slow_done, calls, config.slow_call_rate_threshold):
+        return rate_reason("slow-call", slow_done, calls, config.slow_call_rate_threshold, config)
+    return None
+
+
+def rate_reason(rule: str, count: int, calls: int, percent: float, config: CircuitConfig) -> str:
+    return (
+        f"{rule} rate {count * 100 / calls:g}% >= {percent:g}% over {calls} calls "
+        f"in the last {config.failure_window:g} s"
+    )
+
+
+def is_slow_call(duration: float, config: CircuitConfig) -> bool:
+    """A finished call that took longer than the slow-call duration (the slow-call rate)."""
+    return duration > config.slow_call_duration
+
+
+def bulkhead_full(in_flight: int, config: CircuitConfig) -> bool:
+    """The fleet already has ``max_concurrent_calls`` calls in flight (0: no bulkhead)."""
+    return 0 < config.max_concurrent_calls <= in_flight
+
+
+def break_duration(trips: int, config: CircuitConfig, spread: float) -> float:
+    """How long the ``trips``-th consecutive trip keeps the breaker open. ``spread`` is a
+    number in [0, 1) drawn by the store once per trip (so ``until`` is one value that every
+    process reads): the grown durations move by up to +/- ``break_jitter`` of themselves;
+    the first is ``recovery_timeout`` exactly, and none is shorter or above the cap."""
+    if trips <= 1:
+        return config.recovery_timeout
+    cap = max(config.break_max, config.recovery_timeout)
+    try:
+        grown = config.recovery_timeout * config.break_factor ** (trips - 1)
+    except OverflowError:
+        return cap
+    spread_out = grown * (1 + config.break_jitter * (2 * spread - 1))
+    return max(config.recovery_timeout, min(cap, spread_out))
+
+
 def must_throttle(
     failures: int, calls: int, in_flight: int, config: CircuitConfig, slow: int = 0
 ) -> bool:

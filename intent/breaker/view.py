@@ -20,7 +20,9 @@ log = logging.getLogger("intent.breaker")
 
 @dataclass(frozen=True)
 class BreakerStatus:
-    """One breaker as operators see it (times are epoch seconds on the store's clock)."""
+    """One breaker as operators see it (times are epoch seconds on the store's clock).
+    ``bulkhead``: the fleet-wide limit of calls in flight (0: none), beside ``in_flight``;
+    ``trips``: consecutive trips with no recovery since (the open time grows with them)."""
 
     name: str
     state: str
@@ -33,6 +35,8 @@ class BreakerStatus:
     forced: str | None
     reason: str
     now: float
+    bulkhead: int = 0
+    trips: int = 0
 
     @classmethod
     def of(cls, name: str, snapshot: Snapshot) -> BreakerStatus:
@@ -48,6 +52,8 @@ class BreakerStatus:
             forced=snapshot.forced,
             reason=snapshot.reason,
             now=snapshot.now,
+            bulkhead=snapshot.bulkhead or 0,
+            trips=snapshot.trips,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -21,14 +21,17 @@ def _table(statuses: list[BreakerStatus]) -> str:
     if not statuses:
         return "no circuit breakers have been used yet"
     head = (
-        f"{'breaker':<22} {'state':<10} {'failures':>8} {'calls':>6} {'gen':>4}  "
-        f"{'opened at':<22} {'until':<22} forced / reason"
+        f"{'breaker':<22} {'state':<10} {'failures':>8} {'calls':>6} {'in flight':>10} "
+        f"{'trips':>5} {'gen':>4}  {'opened at':<22} {'until':<22} forced / reason"
     )
     lines = [head]
     for s in statuses:
         forced = s.reason or "-"
+        # in flight / the bulkhead's limit, when there is one
+        flight = f"{s.in_flight}/{s.bulkhead}" if s.bulkhead else str(s.in_flight)
         lines.append(
-            f"{s.name:<22} {s.state:<10} {s.failures:>8} {s.calls:>6} {s.generation:>4}  "
+            f"{s.name:<22} {s.state:<10} {s.failures:>8} {s.calls:>6} {flight:>10} "
+            f"{s.trips:>5} {s.generation:>4}  "
             f"{_when(s.opened_at, s.now):<22} {_when(s.until, s.now):<22} {forced}"
         )
     return "\n".join(lines)

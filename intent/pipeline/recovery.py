@@ -10,8 +10,9 @@ only carry its answer out. Two budgets, never Celery's retry counter:
 - a retry also spends the service's fleet-wide retry budget (``spend``, intent/budget.py);
   over it, the step does not retry: its fallback answers if it can, else it is deferred
   (``RetryBudgetExceeded``: no retry spent, never a failure for the budget alone);
-- an open breaker or a full downstream rate limit is waited for (a deferral: no retry is
-  spent), up to ``max_deferral`` seconds of waits in all, then the analysis fails with the
+- an open breaker, a full downstream rate limit or a full bulkhead (the service's
+  calls in flight fleet-wide) is waited for (a deferral: no retry is spent), up to
+  ``max_deferral`` seconds of waits in all, then the analysis fails with the
   breaker's or the limit's error; an open breaker's fallback answers first if it can;
 - a wait that would end past the analysis's deadline stops it as ``expired`` instead;
 - everything else (bad input, a 4xx, a bug) fails at once; an incompatible service's
@@ -28,6 +29,7 @@ from typing import Generic, TypeVar
 import redis
 
 from intent.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     IntentError,
     RateLimitExceeded,
@@ -97,7 +99,7 @@ class Defer:
     limit) will admit it. Not a retry: none is spent."""
 
     delay: float
-    error: CircuitOpenError | RateLimitExceeded
+    error: CircuitOpenError | RateLimitExceeded | BulkheadFullError
 
 
 @dataclass(frozen=True)
@@ -143,14 +145,17 @@ def as_domain_error(exc: Exception) -> Exception:
 
 
 def wait_for(
-    error: CircuitOpenError | RateLimitExceeded,
+    error: CircuitOpenError | RateLimitExceeded | BulkheadFullError,
     budgets: Budgets,
     now: float,
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Seconds until the breaker or the limit admits a call, plus jitter to spread the
-    fleet; a breaker that names no end is waited for one recovery timeout."""
-    if isinstance(error, RateLimitExceeded):
+    fleet; a breaker that names no end is waited for one recovery timeout. A full bulkhead
+    frees a slot whenever a call ends (the call already waited for one): the jitter alone."""
+    if isinstance(error, BulkheadFullError):
+        wait = 0.0
+    elif isinstance(error, RateLimitExceeded):
         wait = min(max(0.0, error.retry_after), budgets.rate_period)
     else:
         until = error.until if error.until is not None else now + budgets.recovery_timeout
@@ -170,7 +175,7 @@ def decide(
     the service's budget through ``spend`` (none: no budget)."""
     error = as_domain_error(error)
     deadline = attempt.deadline
-    if isinstance(error, CircuitOpenError | RateLimitExceeded):
+    if isinstance(error, CircuitOpenError | RateLimitExceeded | BulkheadFullError):
         delay = wait_for(error, budgets, now, rand)
         fallback = isinstance(error, CircuitOpenError | RetryBudgetExceeded)
         if deadline is not None and now + delay > deadline:

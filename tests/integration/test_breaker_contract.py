@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pybreaker
 import pytest
@@ -23,6 +24,7 @@ from intent.breaker.stores import (
     BreakerStore,
     Denial,
     Outcome,
+    Snapshot,
     Ticket,
     TicketKind,
 )
@@ -120,6 +122,10 @@ def test_trial_success_closes_and_trial_failure_reopens(store: BreakerStore, nam
         "half-open",
         "trial call failed",
     )
+    # the default break does not grow: the reopen lasts the recovery timeout again
+    reopened = report.snapshot
+    assert reopened.until is not None and reopened.opened_at is not None
+    assert reopened.until - reopened.opened_at == pytest.approx(0.2, abs=1e-6)
     time.sleep(0.25)
     trial = admit(store, name, "b", config)
     report = store.report(name, "b", trial, Outcome.SUCCESS, config)
@@ -440,3 +446,167 @@ def test_a_lease_given_back_is_not_a_recovery(store: BreakerStore, name: str) ->
     assert report.applied and report.transition is None
     snapshot = store.snapshot(name, config)
     assert snapshot.suspect and snapshot.failures == 2 and snapshot.in_flight == 0, snapshot
+
+
+# -- issue 15: rate rules, a growing break, the bulkhead ---------------------------------------
+RATES = CircuitConfig(
+    failure_threshold=100,  # the count rule out of reach: the rates decide
+    min_throughput=4,
+    failure_window=10.0,
+    half_open_timeout=2.0,
+    slow_call_duration=0.2,
+    throttle_wait=0.0,
+    failure_rate_threshold=50.0,
+    slow_call_rate_threshold=50.0,
+)
+
+
+def test_a_failure_rate_over_the_minimum_throughput_trips_once_and_names_the_rule(
+    store: BreakerStore, name: str
+) -> None:
+    tickets = [admit(store, name, slot, RATES) for slot in ("a", "b", "c", "d")]
+    first = store.report(name, "a", tickets[0], Outcome.FAILURE, RATES)
+    assert first.transition is None  # 1 of 4: 25 %
+    second = store.report(name, "b", tickets[1], Outcome.FAILURE, RATES)
+    assert second.transition is not None  # 2 of 4: 50 %
+    assert (second.transition.old_state, second.transition.new_state) == ("closed", "open")
+    assert second.transition.reason == "failure rate 50% >= 50% over 4 calls in the last 10 s"
+    late = store.report(name, "c", tickets[2], Outcome.FAILURE, RATES)
+    assert (late.applied, late.transition) == (False, None)  # tripped once
+
+
+def test_below_the_minimum_throughput_a_failure_rate_never_trips(
+    store: BreakerStore, name: str
+) -> None:
+    for slot in ("a", "b", "c"):  # 3 calls, all failed: 100 %, but fewer than 4 calls
+        report = store.report(name, slot, admit(store, name, slot, RATES), Outcome.FAILURE, RATES)
+        assert report.transition is None
+    assert store.snapshot(name, RATES).state == "closed"
+
+
+def test_a_slow_success_counted_by_the_slots_next_acquire_trips_by_rate(
+    store: BreakerStore, name: str
+) -> None:
+    """A closed-state success is never reported: the slot's next acquire carries it, and it
+    counts in its own call's bucket, before the new call is counted."""
+    tickets = {slot: admit(store, name, slot, RATES) for slot in ("a", "b", "c", "d")}
+    for slot in ("a", "b"):  # 1 slow of 4 calls, then 2 of 5: under 50 %
+        again = store.acquire(name, slot, RATES, slow=replace(tickets[slot], slow=True))
+        assert again.ticket is not None and again.transition is None, again
+    tripped = store.acquire(name, "c", RATES, slow=replace(tickets["c"], slow=True))
+    assert tripped.denial is Denial.OPEN and tripped.transition is not None  # 3 of 6
+    assert tripped.transition.reason == "slow-call rate 50% >= 50% over 6 calls in the last 10 s"
+    assert store.snapshot(name, RATES).state == "open"
+
+
+def test_a_slow_call_of_an_older_generation_counts_for_nothing(
+    store: BreakerStore, name: str
+) -> None:
+    old = {slot: admit(store, name, slot, RATES) for slot in ("a", "b", "c", "d")}
+    store.transition(name, Action.RESET, "reset", RATES)  # a new generation, a clean window
+    for slot in ("e", "f", "g", "h"):
+        admit(store, name, slot, RATES)
+    # were they counted, the third would make 3 slow of 6 calls: 50 %
+    for slot in ("a", "b", "c"):
+        admission = store.acquire(name, slot, RATES, slow=replace(old[slot], slow=True))
+        assert admission.ticket is not None and admission.transition is None, admission
+    assert store.snapshot(name, RATES).state == "closed"
+
+
+def test_a_slow_call_given_back_or_reported_counts_toward_the_slow_call_rate(
+    store: BreakerStore, name: str
+) -> None:
+    tickets = {slot: admit(store, name, slot, RATES) for slot in ("a", "b", "c", "d")}
+    # an idle caller's slow success, given back by its background thread (idle.py)
+    given = store.report(name, "a", replace(tickets["a"], slow=True), Outcome.RELEASED, RATES)
+    assert given.transition is None  # 1 of 4
+    # a slow failure, reported as every failure is: 2 slow of 4, and 1 failure of 4
+    failed = store.report(name, "b", replace(tickets["b"], slow=True), Outcome.FAILURE, RATES)
+    assert failed.transition is not None
+    assert failed.transition.reason == "slow-call rate 50% >= 50% over 4 calls in the last 10 s"
+
+
+GROWING = CircuitConfig(
+    failure_threshold=1,
+    min_throughput=1,
+    recovery_timeout=0.2,
+    half_open_timeout=2.0,
+    break_factor=2.0,
+    break_max=0.5,
+    break_jitter=0.0,
+)
+
+
+def _open_time(report_or_admission_snapshot: Snapshot) -> float:
+    snapshot = report_or_admission_snapshot
+    assert snapshot.until is not None and snapshot.opened_at is not None, snapshot
+    return snapshot.until - snapshot.opened_at
+
+
+def _fail_a_trial(store: BreakerStore, name: str, slot: str) -> Snapshot:
+    trial = admit(store, name, slot, GROWING)
+    assert trial.kind is TicketKind.TRIAL
+    report = store.report(name, slot, trial, Outcome.FAILURE, GROWING)
+    assert report.transition is not None and report.transition.reason == "trial call failed"
+    return report.snapshot
+
+
+def test_the_break_grows_with_each_trip_up_to_the_cap_and_a_close_resets_it(
+    store: BreakerStore, name: str
+) -> None:
+    first = store.report(name, "a", admit(store, name, "a", GROWING), Outcome.FAILURE, GROWING)
+    assert (_open_time(first.snapshot), first.snapshot.trips) == (pytest.approx(0.2), 1)
+    time.sleep(0.22)
+    second = _fail_a_trial(store, name, "a")
+    assert (_open_time(second), second.trips) == (pytest.approx(0.4), 2)
+    time.sleep(0.42)
+    third = _fail_a_trial(store, name, "a")
+    assert (_open_time(third), third.trips) == (pytest.approx(0.5), 3)  # capped, not 0.8
+    assert store.snapshot(name, GROWING).trips == 3
+    time.sleep(0.52)
+    trial = admit(store, name, "a", GROWING)
+    closed = store.report(name, "a", trial, Outcome.SUCCESS, GROWING)
+    assert closed.transition is not None and closed.transition.new_state == "closed"
+    assert closed.snapshot.trips == 0
+    again = store.report(name, "a", admit(store, name, "a", GROWING), Outcome.FAILURE, GROWING)
+    assert (_open_time(again.snapshot), again.snapshot.trips) == (pytest.approx(0.2), 1)
+
+
+def test_an_operators_open_does_not_grow_the_break_and_a_reset_starts_again(
+    store: BreakerStore, name: str
+) -> None:
+    store.report(name, "a", admit(store, name, "a", GROWING), Outcome.FAILURE, GROWING)
+    time.sleep(0.22)
+    assert _fail_a_trial(store, name, "a").trips == 2
+    opened = store.transition(name, Action.OPEN, "opened by open()", GROWING)
+    assert (_open_time(opened.snapshot), opened.snapshot.trips) == (pytest.approx(0.2), 2)
+    reset = store.transition(name, Action.RESET, "reset by operator", GROWING)
+    assert reset.snapshot.trips == 0
+
+
+def test_the_bulkhead_admits_at_most_its_limit_and_a_dead_holders_lease_lapses(
+    store: BreakerStore, name: str
+) -> None:
+    config = CircuitConfig(max_concurrent_calls=2, half_open_timeout=0.3, slow_call_duration=0.2)
+    admit(store, name, "a", config)
+    admit(store, name, "b", config)
+    full = store.acquire(name, "c", config)
+    assert full.denial is Denial.BULKHEAD_FULL and full.ticket is None
+    status = store.snapshot(name, config)
+    assert (status.in_flight, status.bulkhead) == (2, 2)
+    assert admit(store, name, "a", config).kind is TicketKind.CALL  # a's last call is over
+    assert store.acquire(name, "c", config).denial is Denial.BULKHEAD_FULL
+    time.sleep(0.35)  # a and b died holding their calls: their leases lapse
+    assert admit(store, name, "c", config).kind is TicketKind.CALL
+    assert admit(store, name, "d", config).kind is TicketKind.CALL
+    assert store.acquire(name, "e", config).denial is Denial.BULKHEAD_FULL
+    assert store.snapshot(name, config).calls == 5  # refusals are not calls
+
+
+def test_without_a_bulkhead_any_number_of_calls_is_in_flight(
+    store: BreakerStore, name: str
+) -> None:
+    for slot in range(20):
+        admit(store, name, f"s{slot}")
+    status = store.snapshot(name, CONFIG)
+    assert (status.in_flight, status.bulkhead) == (20, 0)

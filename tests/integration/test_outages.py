@@ -92,8 +92,11 @@ def test_deferred_ten_times_and_retried_twice_then_deferred_five_times_all_compl
 ) -> None:
     """Celery's own retry counter ended every step at its fourth re-run; here a step waits
     through ten open cycles of its breaker. The recovery timeout is a tenth of the scaled
-    default so that ten cycles fit before the (scaled) deadline."""
-    env = scaled_env(FACTOR, circuit_recovery_timeout=0.5)
+    default so that ten cycles fit before the (scaled) deadline; the break does not grow
+    (INTENT_CIRCUIT_BREAK_FACTOR=1, the default, said here as the test depends on it: with
+    factor 2 the cycles would last 0.5, 1, 2, 4, 8 s, five in the 18 s; the growing break
+    is tested in test_breaker_contract.py and test_breaker_policy_fleet.py)."""
+    env = scaled_env(FACTOR, circuit_recovery_timeout=0.5, circuit_break_factor=1)
     with environment(env), running_worker(concurrency=4, env=env) as worker:
         context_service.set_faults(down=True, include_health=True)  # the whole host is down
         # Two analyses meet the outage: their failures (two retries each) trip the breaker,

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from intent.breaker import CircuitBreaker, CircuitConfig, RedisStore
+from intent.breaker.stores.redis import BreakerKeys
 from intent.budget import RetryBudget
 from intent.errors import RetryBudgetExceeded, ServiceUnavailableError
 from intent.keys import Keys
@@ -91,6 +92,10 @@ def test_retries_stay_within_the_budget_and_its_floor_across_four_processes(
     # later calls refill, so the fleet ends within a few retries of the allowance.
     assert granted >= allowance - PROCESSES
     assert spends.count("refused") == calls - granted > 0
+    # Its own key, none of the breaker's: the breaker's slow-call counts hold no retries.
+    breaker_keys = BreakerKeys.of(Keys(), name)
+    assert redis_client.exists(breaker_keys.slow) == 0
+    assert sum(int(n) for n in redis_client.hvals(Keys().retry_budget(name))) == granted
 
 
 def test_the_floor_lets_a_quiet_service_be_retried_and_nothing_more(

@@ -22,6 +22,7 @@ from intent.breaker import (
     MemoryStore,
     StoreUnavailable,
 )
+from intent.breaker.idle import MIN_IDLE
 from intent.breaker.stores import (
     Action,
     Admission,
@@ -31,7 +32,12 @@ from intent.breaker.stores import (
     Snapshot,
     Ticket,
 )
-from intent.errors import IncompatibleServiceError, ServiceRequestError, ValidationError
+from intent.errors import (
+    BulkheadFullError,
+    IncompatibleServiceError,
+    ServiceRequestError,
+    ValidationError,
+)
 from tests.helpers import FakeClock
 
 CONFIG = CircuitConfig(
@@ -59,12 +65,19 @@ class CountingStore(BreakerStore):
         self.inner = inner
         self.origin = inner.origin
         self.steps: list[str] = []
+        self.carried: list[Ticket | None] = []  # the slow ticket each acquire carried
 
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
         self.steps.append("acquire")
-        return self.inner.acquire(name, slot, config, probe)
+        self.carried.append(slow)
+        return self.inner.acquire(name, slot, config, probe, slow)
 
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
@@ -142,7 +155,8 @@ def test_a_probe_that_answers_never_closes_the_breaker_nor_counts(
     with pytest.raises(Down):
         breaker.call(down)  # the trial is the API's, and it fails
     assert breaker.current_state == "open"
-    clock.advance(CONFIG.recovery_timeout)
+    # a second trip in a row: open for the grown break (factor x recovery, +/- jitter)
+    clock.advance(CONFIG.recovery_timeout * CONFIG.break_factor * (1 + CONFIG.break_jitter))
     assert breaker.call(lambda: "api") == "api"
     assert breaker.current_state == "closed"
     # Closed: answered probes leave no calls behind; failed ones count as failures.
@@ -448,10 +462,15 @@ class FlakyRedis(BreakerStore):
             raise StoreUnavailable("connection refused")
 
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
         self._check()
-        admission = self.inner.acquire(name, slot, config, probe)
+        admission = self.inner.acquire(name, slot, config, probe, slow)
         if admission.ticket is None:
             return admission
         ticket = Ticket(
@@ -578,3 +597,83 @@ def test_a_trial_made_without_a_version_verdict_is_verified_before_its_answer_is
     with pytest.raises(IncompatibleServiceError):
         client.get_context("c1")  # the verdict holds: not called again
     assert calls[3:] == []
+
+
+# -- issue 15: the bulkhead and slow calls through the breaker ---------------------------------
+
+
+def test_a_call_over_the_bulkhead_asks_again_for_the_bulkhead_wait_then_raises(
+    clock: FakeClock,
+) -> None:
+    config = CircuitConfig(max_concurrent_calls=1, bulkhead_wait=0.5, half_open_timeout=5.0)
+    memory = MemoryStore(clock=clock)
+    store = CountingStore(memory)
+    memory.acquire("svc", "elsewhere", config)  # another process's call, in flight
+    breaker = make(store, clock, config=config)
+    started = clock.now
+    with pytest.raises(BulkheadFullError) as full:
+        breaker.call(lambda: "never")
+    assert (full.value.service, full.value.limit) == ("svc", 1)
+    assert clock.now - started == pytest.approx(0.5)  # waited the bulkhead wait, no longer
+    assert store.steps.count("acquire") > 2  # asked again meanwhile (short backoff)
+    assert breaker.current_state == "closed"  # a full bulkhead is no failure
+    assert breaker.snapshot().failures == 0
+
+
+def test_a_call_over_the_bulkhead_is_admitted_once_a_slot_frees_within_the_wait(
+    clock: FakeClock,
+) -> None:
+    config = CircuitConfig(max_concurrent_calls=1, bulkhead_wait=1.0, half_open_timeout=0.2)
+    memory = MemoryStore(clock=clock)
+    memory.acquire("svc", "dead-worker", config)  # its lease lapses after 0.2 s
+    breaker = make(CountingStore(memory), clock, config=config)
+    started = clock.now
+    assert breaker.call(lambda: "ok") == "ok"
+    assert 0.2 <= clock.now - started < 1.0
+
+
+def test_under_a_bulkhead_an_idle_callers_lease_is_given_back_soon() -> None:
+    limited = CircuitBreaker("svc", CircuitConfig(max_concurrent_calls=2), store=MemoryStore())
+    plain = CircuitBreaker("svc", CircuitConfig(), store=MemoryStore())
+    assert limited._held.idle == MIN_IDLE
+    assert plain._held.idle == CircuitConfig().slow_call_duration / 4
+
+
+def test_a_slow_success_rides_on_the_slots_next_acquire(clock: FakeClock) -> None:
+    config = CircuitConfig(slow_call_duration=1.0, slow_call_rate_threshold=50.0)
+    store = CountingStore(MemoryStore(clock=clock))
+    breaker = make(store, clock, config=config)
+    breaker.call(lambda: clock.advance(1.5))  # slow, unreported (one store step)
+    breaker.call(lambda: "fast")
+    breaker.call(lambda: "fast")
+    assert store.steps == ["acquire"] * 3
+    first, second, third = store.carried
+    assert first is None and third is None
+    assert second is not None and second.slow  # the slow call's own ticket, counted once
+
+
+def test_a_slow_failure_is_reported_slow_and_calls_are_not_timed_without_the_rule(
+    clock: FakeClock,
+) -> None:
+    config = CircuitConfig(
+        failure_threshold=100,
+        min_throughput=2,
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=50.0,
+    )
+    breaker = make(CountingStore(MemoryStore(clock=clock)), clock, config=config)
+    breaker.call(lambda: "fast")
+
+    def slow_down() -> None:
+        clock.advance(1.5)
+        raise Down
+
+    with pytest.raises(Down):
+        breaker.call(slow_down)  # 1 slow of 2 calls: 50 %
+    assert breaker.current_state == "open"
+    assert breaker.state.reason == "slow-call rate 50% >= 50% over 2 calls in the last 120 s"
+    untimed = CountingStore(MemoryStore(clock=clock))
+    plain = make(untimed, clock, config=CircuitConfig(slow_call_duration=1.0))
+    plain.call(lambda: clock.advance(1.5))
+    plain.call(lambda: "fast")
+    assert untimed.carried == [None, None]  # the rule is off: nothing is timed or carried

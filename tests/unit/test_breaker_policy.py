@@ -117,9 +117,15 @@ def test_the_config_defaults_are_the_settings_defaults_field_by_field() -> None:
     from intent.settings import Settings
 
     defaults, from_settings = CircuitConfig(), CircuitConfig.from_settings(Settings())
+    # the bulkhead's settings are named per service (INTENT_BULKHEAD_<SERVICE>), not circuit_*
+    bulkhead = {
+        "max_concurrent_calls": "bulkhead_context_service",
+        "bulkhead_wait": "bulkhead_wait",
+    }
     for spec in fields(CircuitConfig):
+        setting = bulkhead.get(spec.name, f"circuit_{spec.name}")
         assert getattr(defaults, spec.name) == getattr(from_settings, spec.name), spec.name
-        assert getattr(defaults, spec.name) == Settings.model_fields[f"circuit_{spec.name}"].default
+        assert getattr(defaults, spec.name) == Settings.model_fields[setting].default
     assert defaults == from_settings
 
 
@@ -135,3 +141,108 @@ def test_context_describes_the_call() -> None:
     assert str(CircuitContext("context-service", "/api/v1/context", "GET")) == (
         "context-service GET /api/v1/context"
     )
+
+
+# -- issue 15: rate rules, a growing break, the bulkhead ---------------------------------------
+RATES = CircuitConfig(
+    failure_threshold=5,
+    min_throughput=10,
+    failure_window=60.0,
+    failure_rate_threshold=50.0,
+    slow_call_rate_threshold=30.0,
+)
+
+
+def test_the_rate_rules_are_off_by_default_and_compare_count_times_100_to_percent() -> None:
+    assert policy.rate_reached(1, 1, 0.0) is False  # 0 % is a rule turned off
+    assert policy.rate_reached(0, 0, 50.0) is False  # no calls: no rate
+    assert policy.rate_reached(1, 2, 50.0) is True
+    assert policy.rate_reached(12, 25, 50.0) is False  # 48 %
+    assert policy.rate_reached(13, 25, 50.0) is True  # 52 %
+    defaults = CircuitConfig()
+    assert (defaults.failure_rate_threshold, defaults.slow_call_rate_threshold) == (0.0, 0.0)
+    assert policy.trip_rule(4, 4, defaults, slow_done=4) is None  # 100 %, but rules off
+
+
+def test_trip_rule_names_the_first_rule_that_trips() -> None:
+    assert policy.trip_rule(5, 20, RATES) == "5 failures in the last 60 s (20 calls)"
+    assert policy.trip_rule(2, 3, RATES) is None  # 67 %, under the minimum throughput
+    with_rate = CircuitConfig(failure_threshold=100, min_throughput=10, failure_rate_threshold=50.0)
+    assert policy.trip_rule(13, 25, with_rate) == (
+        "failure rate 52% >= 50% over 25 calls in the last 120 s"
+    )
+    assert policy.trip_rule(12, 25, with_rate) is None
+    slow_rate = CircuitConfig(
+        failure_threshold=100, min_throughput=10, slow_call_rate_threshold=30.0
+    )
+    assert policy.trip_rule(0, 10, slow_rate, slow_done=3) == (
+        "slow-call rate 30% >= 30% over 10 calls in the last 120 s"
+    )
+    assert policy.trip_rule(0, 10, slow_rate, slow_done=2) is None
+    # both rates reached: the failure rate is named first; the count before either
+    assert policy.trip_rule(4, 8, RATES, slow_done=8) is None  # under 10 calls
+    assert policy.trip_rule(4, 10, RATES, slow_done=5) == (
+        "slow-call rate 50% >= 30% over 10 calls in the last 60 s"
+    )
+    assert policy.trip_rule(5, 10, RATES, slow_done=5).startswith("5 failures")  # type: ignore[union-attr]
+
+
+def test_a_finished_call_is_slow_past_the_slow_call_duration() -> None:
+    config = CircuitConfig(slow_call_duration=2.0)
+    assert policy.is_slow_call(2.0, config) is False
+    assert policy.is_slow_call(2.001, config) is True
+
+
+def test_the_break_grows_by_the_factor_up_to_the_cap_and_the_first_is_exact() -> None:
+    config = CircuitConfig(recovery_timeout=60, break_factor=2.0, break_max=600, break_jitter=0)
+    durations = [policy.break_duration(trips, config, 0.99) for trips in range(1, 8)]
+    assert durations == [60, 120, 240, 480, 600, 600, 600]
+    assert policy.break_duration(0, config, 0.5) == 60
+    assert policy.break_duration(10_000, config, 0.5) == 600  # no overflow
+
+
+def test_the_jitter_spreads_grown_breaks_within_bounds_never_the_first() -> None:
+    config = CircuitConfig(recovery_timeout=10, break_factor=3.0, break_max=100, break_jitter=0.1)
+    assert {policy.break_duration(1, config, spread) for spread in (0.0, 0.5, 0.999)} == {10}
+    assert policy.break_duration(2, config, 0.0) == pytest.approx(27.0)
+    assert policy.break_duration(2, config, 0.5) == pytest.approx(30.0)
+    assert policy.break_duration(2, config, 0.999) == pytest.approx(32.994)
+    assert policy.break_duration(4, config, 0.999) == 100  # capped after the spread
+    flat = CircuitConfig(recovery_timeout=10, break_factor=1.0, break_jitter=0.5)
+    assert policy.break_duration(5, flat, 0.0) == 10  # never shorter than the recovery timeout
+    low_cap = CircuitConfig(recovery_timeout=10, break_max=5)
+    assert policy.break_duration(3, low_cap, 0.5) == 10  # the cap never cuts the first
+
+
+def test_the_bulkhead_is_full_at_its_limit_and_off_at_zero() -> None:
+    assert policy.bulkhead_full(1000, CircuitConfig()) is False
+    limited = CircuitConfig(max_concurrent_calls=3)
+    assert policy.bulkhead_full(2, limited) is False
+    assert policy.bulkhead_full(3, limited) is True
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("failure_rate_threshold", -1.0),
+        ("failure_rate_threshold", 101.0),
+        ("slow_call_rate_threshold", 150.0),
+        ("break_factor", 0.5),
+        ("break_jitter", 1.0),
+        ("max_concurrent_calls", -1),
+        ("bulkhead_wait", -0.1),
+    ],
+)
+def test_the_new_config_fields_refuse_nonsense(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        CircuitConfig(**{field: value})
+
+
+def test_the_bulkhead_is_read_per_service_from_the_settings() -> None:
+    from intent.settings import Settings
+
+    settings = Settings(bulkhead_context_service=4, bulkhead_wait=0.5)
+    assert CircuitConfig.from_settings(settings, "context-service").max_concurrent_calls == 4
+    assert CircuitConfig.from_settings(settings, "prediction-service").max_concurrent_calls == 0
+    assert CircuitConfig.from_settings(settings, "other").max_concurrent_calls == 0
+    assert CircuitConfig.from_settings(settings, "context-service").bulkhead_wait == 0.5

@@ -147,6 +147,7 @@ def test_half_open_admits_the_configured_trials_then_closes(
 
 
 def test_a_trial_failure_reopens(store: MemoryStore, clock: FakeClock) -> None:
+    # the default break does not grow: the reopen lasts the recovery timeout again
     config = CircuitConfig(failure_threshold=1, min_throughput=1, recovery_timeout=10)
     fail(store, "a", config)
     clock.advance(10)

@@ -36,3 +36,25 @@ def test_other_commands_still_refuse_unknown_options(capsys: pytest.CaptureFixtu
         cli.main(["redis", "--max-tasks-per-child", "5"])
     assert caught.value.code == 2
     assert "unrecognized arguments: --max-tasks-per-child 5" in capsys.readouterr().err
+
+
+def test_intent_circuits_shows_the_bulkheads_limit_beside_the_calls_in_flight() -> None:
+    """Operators see the fleet's calls in flight against the limit (admin route: the same
+    fields, as_dict), and the consecutive trips the open time grows with."""
+    from intent.breaker import BreakerStatus, CircuitConfig, MemoryStore
+    from intent.cli.circuits import _table
+
+    store = MemoryStore()
+    limited = CircuitConfig(max_concurrent_calls=3)
+    store.acquire("context-service", "a", limited)
+    store.acquire("context-service", "b", limited)
+    store.acquire("prediction-service", "a", CircuitConfig())
+    statuses = [BreakerStatus.of(n, store.snapshot(n)) for n in store.names()]
+    assert [(s.name, s.in_flight, s.bulkhead, s.trips) for s in statuses] == [
+        ("context-service", 2, 3, 0),
+        ("prediction-service", 1, 0, 0),
+    ]
+    assert statuses[0].as_dict()["bulkhead"] == 3
+    context_row, prediction_row = _table(statuses).splitlines()[1:]
+    assert " 2/3 " in context_row
+    assert " 1 " in prediction_row and "/" not in prediction_row.split("closed")[1][:20]

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from intent.errors import (
+    BulkheadFullError,
     CircuitOpenError,
     IncompatibleServiceError,
     RateLimitExceeded,
@@ -211,3 +212,31 @@ def test_only_a_retry_about_to_happen_asks_the_budget(error: Exception, attempt:
     ledger = Ledger(left=5)
     decide(error, attempt, BUDGETS, NOW, no_jitter, ledger.spend)
     assert ledger.asked == []
+
+
+def test_a_full_bulkhead_defers_without_spending_a_retry_nor_using_the_fallback() -> None:
+    full = BulkheadFullError("context-service", 4)
+    attempt = Attempt("fetch_context", retries=1)
+    decision = decide(full, attempt, BUDGETS, NOW, lambda: 0.5)
+    assert isinstance(decision.then, Defer)
+    assert decision.then.error is full
+    assert decision.then.delay == 0.5  # a slot frees when any call ends: the jitter alone
+    assert not decision.fallback  # the service is busy, not failing: its answer is awaited
+    assert attempt.retries == 1
+    over = Attempt("fetch_context", retries=1, deferred_seconds=BUDGETS.max_deferral)
+    assert isinstance(decide(full, over, BUDGETS, NOW, lambda: 0.5).then, Fail)
+    near = Attempt("fetch_context", retries=1, deadline=NOW + 0.1)
+    assert isinstance(decide(full, near, BUDGETS, NOW, lambda: 0.5).then, Expire)
+
+
+def test_a_bulkhead_error_survives_a_json_round_trip_of_its_args() -> None:
+    import json
+
+    full = BulkheadFullError("prediction-service", 8)
+    rebuilt = BulkheadFullError(*json.loads(json.dumps(full.args)))
+    assert (rebuilt.service, rebuilt.limit, str(rebuilt)) == (
+        "prediction-service",
+        8,
+        str(full),
+    )
+    assert rebuilt.transient

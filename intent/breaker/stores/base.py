@@ -54,6 +54,7 @@ class Denial(StrEnum):
     THROTTLED = "throttled"  # failures pending and enough calls in flight to trip it
     FORCED_OPEN = "forced-open"  # an operator opened it; no known end
     PROBE_WAITS = "probe-waits"  # half-open: a probe never takes a trial's place
+    BULKHEAD_FULL = "bulkhead-full"  # max_concurrent_calls calls in flight fleet-wide
 
 
 class Action(StrEnum):
@@ -83,6 +84,9 @@ class Snapshot:
 
     ``until`` is when an open breaker admits a trial call. Window counts are filled in by
     :meth:`BreakerStore.snapshot` (and by steps that computed them), else ``None``.
+    ``trips``: consecutive trips with no successful recovery since (the open time grows
+    with them); ``bulkhead``: the limit of calls in flight the breaker's processes last
+    acquired with (0: none), ``None`` if none has yet.
     """
 
     state: str
@@ -96,6 +100,8 @@ class Snapshot:
     failures: int | None = None
     calls: int | None = None
     in_flight: int | None = None
+    trips: int = 0
+    bulkhead: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,8 @@ class Ticket:
     kind: TicketKind
     bucket: int
     origin: str  # the store that issued it (a fallback store routes the report by it)
+    # set by the caller once the call took longer than slow_call_duration (the slow-call rate)
+    slow: bool = False
 
     @property
     def reports_success(self) -> bool:
@@ -141,17 +149,25 @@ class BreakerStore(ABC):
 
     @abstractmethod
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
-        """Admit a call or refuse it; moves open to half-open once the timeout has passed.
+        """Admit a call or refuse it; moves open to half-open once the break has passed.
         A ``probe`` is admitted only while closed (half-open: ``PROBE_WAITS``), and its
-        success is reported as ``IGNORED``."""
+        success is reported as ``IGNORED``. ``slow``: the ticket of this slot's previous
+        call when it finished slower than ``slow_call_duration`` and its success was not
+        reported; it counts toward the slow-call rate in this same step (no round trip)."""
 
     @abstractmethod
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
     ) -> Report:
-        """Record a call's outcome; trips, closes or reopens the breaker when it should."""
+        """Record a call's outcome; trips, closes or reopens the breaker when it should.
+        A ``ticket.slow`` call counts toward the slow-call rate."""
 
     @abstractmethod
     def snapshot(self, name: str, config: CircuitConfig | None = None) -> Snapshot:

@@ -64,9 +64,14 @@ class FallbackStore(BreakerStore):
 
     # -- the contract ----------------------------------------------------------------
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
-        return self._run(lambda store: store.acquire(name, slot, config, probe))
+        return self._run(lambda store: store.acquire(name, slot, config, probe, slow))
 
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig

@@ -3,6 +3,7 @@ standalone store for one process (tests, the CLI without Redis). Same rules as t
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -43,6 +44,9 @@ class _Circuit:
     answered: float = float("-inf")  # latest start of a call known to have ended
     failures: deque[float] = field(default_factory=deque)
     calls: dict[int, int] = field(default_factory=dict)
+    slow_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> finished slow
+    trips: int = 0  # consecutive trips with no successful recovery since
+    bulkhead: int | None = None  # the limit the last acquire came with
     # slot -> lease expiry: calls admitted with no failures pending, and half-open trials
     leases: dict[str, float] = field(default_factory=dict)
     permits: dict[str, float] = field(default_factory=dict)  # calls admitted while suspect
@@ -50,6 +54,7 @@ class _Circuit:
     def clear_window(self) -> None:
         self.failures.clear()
         self.calls.clear()
+        self.slow_buckets.clear()
         self.leases.clear()
         self.permits.clear()
         self.suspect = False
@@ -99,9 +104,14 @@ class _Circuit:
 class MemoryStore(BreakerStore):
     """Breaker state in this process. ``clock`` gives epoch seconds (injectable for tests)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        spread: Callable[[], float] = random.random,
+    ):
         self.origin = f"memory:{uuid.uuid4().hex[:8]}"
         self._clock = clock
+        self._spread = spread  # a trip's draw in [0, 1) for the grown open time
         self._circuits: dict[str, _Circuit] = {}
         self._lock = threading.Lock()
         # A lock another thread held at a fork stays held in the child: a fresh one there.
@@ -109,11 +119,17 @@ class MemoryStore(BreakerStore):
 
     # -- the contract ----------------------------------------------------------------
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
         with self._lock:
             now = self._clock()
             circuit = self._circuit(name, config)
+            circuit.bulkhead = config.max_concurrent_calls
             if circuit.forced == OPEN:
                 return self._deny(circuit, now, Denial.FORCED_OPEN, None)
             if circuit.forced == CLOSED:
@@ -132,7 +148,8 @@ class MemoryStore(BreakerStore):
                     circuit.leases.values(), now, float("-inf"), config
                 )
                 if slow_trials:
-                    transition = self._trip(circuit, policy.slow_trial_reason(config), now)
+                    reason = policy.slow_trial_reason(config)
+                    transition = self._trip(circuit, reason, now)
                     return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
                 if probe:  # its answer says nothing of the API: never a trial
                     return self._deny(circuit, now, Denial.PROBE_WAITS, now, transition)
@@ -142,24 +159,34 @@ class MemoryStore(BreakerStore):
                 circuit.leases[slot] = now + config.half_open_timeout
                 return self._admit(circuit, now, TicketKind.TRIAL, 0, transition)
             kind = TicketKind.CALL
-            slow, busy, busy_end = circuit.slow_calls(now)
-            if slow and not circuit.suspect:
+            # this slot's previous call finished slow: counted, it may trip the rate rule
+            slow_done = None
+            if slow is not None and slow.origin == self.origin and self._current(circuit, slow):
+                slow_done = self._count_slow(circuit, slow.bucket, now)
+            slow_now, busy, busy_end = circuit.slow_calls(now)
+            if slow_now and not circuit.suspect:
                 circuit.suspect, circuit.suspect_since = True, now
-            if circuit.suspect:
+            if circuit.suspect or slow_done is not None:
                 failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
                 calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
-                if policy.should_trip(failures, calls, config, slow):
-                    reason = policy.trip_reason(failures, calls, config, slow)
-                    transition = self._trip(circuit, reason, now)
+                done = self._slow_done(circuit, now) if slow_done is None else slow_done
+                rule = policy.trip_rule(failures, calls, config, slow_now, done)
+                if rule is not None:
+                    transition = self._trip(circuit, rule, now)
                     return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
-                if slow:  # the service stopped answering: every unanswered call counts
+            if circuit.suspect:
+                if slow_now:  # the service stopped answering: every unanswered call counts
                     in_flight, first_end = busy, busy_end
                 else:
                     in_flight, first_end = circuit.in_flight(now)
-                if policy.must_throttle(failures, calls, in_flight, config, slow):
+                if policy.must_throttle(failures, calls, in_flight, config, slow_now):
                     until = first_end if first_end is not None else now
                     return self._deny(circuit, now, Denial.THROTTLED, until)
                 kind = TicketKind.PERMIT
+            # the bulkhead: unexpired leases are the calls in flight fleet-wide (this slot's
+            # previous one is released above)
+            if policy.bulkhead_full(len(circuit.leases) + len(circuit.permits), config):
+                return self._deny(circuit, now, Denial.BULKHEAD_FULL, now)
             bucket = policy.bucket_index(now, config.failure_window)
             circuit.calls[bucket] = circuit.calls.get(bucket, 0) + 1
             if circuit.calls[bucket] == 1:
@@ -178,10 +205,15 @@ class MemoryStore(BreakerStore):
             if outcome is Outcome.RELEASED:
                 # An idle caller's answered call, whatever moved since: as its next acquire
                 # would, the lease ends and the service is known to have answered then.
+                transition = None
                 if not foreign:
                     circuit.answer(circuit.permits.get(slot) or circuit.leases.get(slot))
                     circuit.release(slot)
-                return Report(self._snapshot(circuit, now), applied=not foreign)
+                    if ticket.slow and self._current(circuit, ticket):
+                        transition = self._slow_finished(circuit, ticket.bucket, now)
+                return Report(
+                    self._snapshot(circuit, now), applied=not foreign, transition=transition
+                )
             if foreign:
                 # Issued by another store (Redis, before it went away): its generation means
                 # nothing here, but a failure it saw still counts while this store is closed.
@@ -201,12 +233,15 @@ class MemoryStore(BreakerStore):
                         if circuit.calls[ticket.bucket] <= 0:
                             del circuit.calls[ticket.bucket]
                 elif outcome is Outcome.SUCCESS:
-                    if circuit.suspect:
+                    if ticket.slow and not foreign:
+                        transition = self._slow_finished(circuit, ticket.bucket, now)
+                    if transition is None and circuit.suspect:
                         # the service answers again; permits still out count as plain calls
                         circuit.suspect = False
                         circuit.permits.clear()
                 else:
-                    transition = self._record_failure(circuit, now, foreign)
+                    slow_bucket = ticket.bucket if ticket.slow and not foreign else None
+                    transition = self._record_failure(circuit, now, foreign, slow_bucket)
             elif circuit.state == HALF_OPEN and outcome is not Outcome.IGNORED:
                 if outcome is Outcome.SUCCESS:
                     circuit.successes += 1
@@ -234,9 +269,9 @@ class MemoryStore(BreakerStore):
             old_state, old_forced = circuit.state, circuit.forced
             circuit.forced = None
             if action is Action.OPEN:
-                self._trip(circuit, reason, now)
+                self._trip(circuit, reason, now, counts=False)
             elif action is Action.FORCE_OPEN:
-                self._trip(circuit, reason, now)
+                self._trip(circuit, reason, now, counts=False)
                 circuit.forced, circuit.until = OPEN, None
             elif action is Action.HALF_OPEN:
                 self._move(circuit, HALF_OPEN, reason, now)
@@ -262,7 +297,39 @@ class MemoryStore(BreakerStore):
             circuit.config = config
         return circuit
 
-    def _record_failure(self, circuit: _Circuit, now: float, foreign: bool) -> Transition | None:
+    @staticmethod
+    def _current(circuit: _Circuit, ticket: Ticket) -> bool:
+        """A closed breaker's ticket of its current generation (a slow call it counts)."""
+        return (
+            circuit.state == CLOSED
+            and circuit.forced is None
+            and ticket.generation == circuit.generation
+        )
+
+    def _count_slow(self, circuit: _Circuit, bucket: int, now: float) -> int:
+        """A call that finished slow, in its own bucket; the window's slow calls."""
+        circuit.slow_buckets[bucket] = circuit.slow_buckets.get(bucket, 0) + 1
+        oldest = policy.oldest_live_bucket(now, circuit.config.failure_window)
+        for index in [index for index in circuit.slow_buckets if index < oldest]:
+            del circuit.slow_buckets[index]
+        return self._slow_done(circuit, now)
+
+    @staticmethod
+    def _slow_done(circuit: _Circuit, now: float) -> int:
+        return policy.calls_in_window(circuit.slow_buckets, now, circuit.config.failure_window)
+
+    def _slow_finished(self, circuit: _Circuit, bucket: int, now: float) -> Transition | None:
+        """A reported call that finished slow: counted, it may trip the slow-call rate."""
+        config = circuit.config
+        slow_done = self._count_slow(circuit, bucket, now)
+        failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
+        calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
+        reason = policy.trip_rule(failures, calls, config, 0, slow_done)
+        return self._trip(circuit, reason, now) if reason is not None else None
+
+    def _record_failure(
+        self, circuit: _Circuit, now: float, foreign: bool, slow_bucket: int | None = None
+    ) -> Transition | None:
         config = circuit.config
         circuit.failures.append(now)
         while circuit.failures and circuit.failures[0] <= now - config.failure_window:
@@ -274,14 +341,24 @@ class MemoryStore(BreakerStore):
             circuit.calls[bucket] = circuit.calls.get(bucket, 0) + 1
         failures = len(circuit.failures)
         calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
-        if policy.should_trip(failures, calls, config):
-            return self._trip(circuit, policy.trip_reason(failures, calls, config), now)
-        return None
+        if slow_bucket is not None:
+            slow_done = self._count_slow(circuit, slow_bucket, now)
+        else:
+            slow_done = self._slow_done(circuit, now)
+        reason = policy.trip_rule(failures, calls, config, 0, slow_done)
+        return self._trip(circuit, reason, now) if reason is not None else None
 
-    def _trip(self, circuit: _Circuit, reason: str, now: float) -> Transition:
+    def _trip(self, circuit: _Circuit, reason: str, now: float, counts: bool = True) -> Transition:
+        """Open: for the grown break duration when a rule tripped it (``counts``), for the
+        recovery timeout when an operator opened it."""
+        trips = circuit.trips + 1 if counts else circuit.trips
         transition = self._move(circuit, OPEN, reason, now)
+        circuit.trips = trips
+        duration = circuit.config.recovery_timeout
+        if counts:
+            duration = policy.break_duration(trips, circuit.config, self._spread())
         circuit.opened_at = now
-        circuit.until = now + circuit.config.recovery_timeout
+        circuit.until = now + duration
         return transition
 
     def _move(self, circuit: _Circuit, state: str, reason: str, now: float) -> Transition:
@@ -293,8 +370,8 @@ class MemoryStore(BreakerStore):
         circuit.clear_window()
         if state != OPEN:
             circuit.until = None
-        if state == CLOSED:
-            circuit.opened_at = None
+        if state == CLOSED:  # a successful recovery: the next trip opens briefly again
+            circuit.opened_at, circuit.trips = None, 0
         return Transition(old, state, reason, circuit.generation)
 
     @staticmethod
@@ -329,6 +406,8 @@ class MemoryStore(BreakerStore):
             failures=failures,
             calls=calls,
             in_flight=in_flight,
+            trips=circuit.trips,
+            bulkhead=circuit.bulkhead,
         )
 
     def _admit(

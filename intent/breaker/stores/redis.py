@@ -58,13 +58,14 @@ class BreakerKeys:
     calls: str  # hash: window bucket -> calls; TTL failure_window plus two buckets
     leases: str  # zset: slot -> lease expiry of a call or trial; TTL the longest lease
     permits: str  # zset: slot -> lease expiry of a call admitted while failures pend; same
+    slow: str  # hash: window bucket -> calls that finished slow; TTL as calls
 
     @classmethod
     def of(cls, keys: Keys, name: str) -> BreakerKeys:
         return cls(*(keys.breaker_key(name, part) for part in BREAKER_PARTS))
 
     def as_list(self) -> list[str]:
-        return [self.state, self.failures, self.calls, self.leases, self.permits]
+        return [self.state, self.failures, self.calls, self.leases, self.permits, self.slow]
 
 
 def _text(value: Any) -> str:
@@ -87,6 +88,18 @@ def _acquire_args(config: CircuitConfig) -> tuple[bytes, ...]:
         str(config.half_open_max_calls).encode(),
         _seconds(config.throttle_wait),
         _seconds(config.slow_call_duration),
+        _seconds(config.failure_rate_threshold),
+        _seconds(config.slow_call_rate_threshold),
+        *_break_args(config),
+        str(config.max_concurrent_calls).encode(),
+    )
+
+
+def _break_args(config: CircuitConfig) -> tuple[bytes, ...]:
+    return (
+        _seconds(config.break_factor),
+        _seconds(config.break_max),
+        _seconds(config.break_jitter),
     )
 
 
@@ -99,6 +112,10 @@ def _report_args(config: CircuitConfig) -> tuple[bytes, ...]:
         _seconds(config.recovery_timeout),
         str(config.success_threshold).encode(),
         _seconds(config.half_open_timeout),
+        _seconds(config.slow_call_duration),
+        _seconds(config.failure_rate_threshold),
+        _seconds(config.slow_call_rate_threshold),
+        *_break_args(config),
     )
 
 
@@ -184,11 +201,13 @@ def _decode(reply: Any) -> tuple[Snapshot, Transition | None, list[str]]:
         failures=_count(fields[8]),
         calls=_count(fields[9]),
         in_flight=_count(fields[10]),
+        trips=int(fields[14]),
+        bulkhead=_count(fields[15]),
     )
     transition = None
     if fields[11]:
         transition = Transition(fields[11], fields[12], fields[13], snapshot.generation)
-    return snapshot, transition, fields[14:]
+    return snapshot, transition, fields[16:]
 
 
 class RedisStore(BreakerStore):
@@ -230,24 +249,32 @@ class RedisStore(BreakerStore):
 
     # -- the contract ----------------------------------------------------------------
     def acquire(
-        self, name: str, slot: str, config: CircuitConfig, probe: bool = False
+        self,
+        name: str,
+        slot: str,
+        config: CircuitConfig,
+        probe: bool = False,
+        slow: Ticket | None = None,
     ) -> Admission:
+        previous = b""
+        if slow is not None and slow.origin == self.origin:  # a ticket of another store: no
+            previous = f"{slow.generation}:{slow.bucket}".encode()
         if probe:  # rare (a version check, a health probe): the plain path
-            reply = self._call(self._acquire, name, [slot, *_acquire_args(config), b"1"])
+            reply = self._call(self._acquire, name, [slot, previous, *_acquire_args(config), b"1"])
         elif self._runner is None:
-            reply = self._call(self._acquire, name, [slot, *_acquire_args(config)])
+            reply = self._call(self._acquire, name, [slot, previous, *_acquire_args(config)])
         else:
             frame = self._acquire_frames.get((name, config))
             if frame is None:
                 args = _acquire_args(config)
-                head = resp.evalsha_head(self._acquire.sha, self._key_list(name), 1 + len(args))
+                head = resp.evalsha_head(self._acquire.sha, self._key_list(name), 2 + len(args))
                 frame = self._acquire_frames[(name, config)] = (
                     head,
                     b"".join(resp.bulk(arg) for arg in args),
                 )
             head, tail = frame
             runner = self._runner
-            request = head + resp.bulk(slot.encode()) + tail
+            request = head + resp.bulk(slot.encode()) + resp.bulk(previous) + tail
             reply = self._guard(lambda: runner.evalsha(self._acquire, request))
         snapshot, transition, (verdict, what, until, bucket, fresh) = _decode(reply)
         if fresh == "1" or name not in self._registered:
@@ -260,7 +287,14 @@ class RedisStore(BreakerStore):
     def report(
         self, name: str, slot: str, ticket: Ticket, outcome: Outcome, config: CircuitConfig
     ) -> Report:
-        args = [slot, ticket.generation, outcome.value, ticket.bucket, *_report_args(config)]
+        args = [
+            slot,
+            ticket.generation,
+            outcome.value,
+            ticket.bucket,
+            b"1" if ticket.slow else b"0",
+            *_report_args(config),
+        ]
         snapshot, transition, (applied,) = _decode(self._call(self._report, name, args))
         return Report(snapshot, applied=applied == "1", transition=transition)
 

@@ -1,21 +1,30 @@
--- Admit one guarded call or refuse it, in one step: forced states, open until the recovery
--- timeout (then the move to half-open), trial leases, and the throttle while failures or
--- slow calls pend.
--- ARGV[1] slot   ARGV[2] failure_threshold   ARGV[3] min_throughput   ARGV[4] failure_window
--- ARGV[5] recovery_timeout   ARGV[6] half_open_timeout (lease length)   ARGV[7] half_open_max_calls
--- ARGV[8] throttle_wait   ARGV[9] slow_call_duration   ARGV[10] '1' for a probe (optional)
+-- Admit one guarded call or refuse it, in one step: forced states, open until the break
+-- duration (then the move to half-open), trial leases, the throttle while failures or slow
+-- calls pend, and the bulkhead.
+-- ARGV[1] slot   ARGV[2] 'generation:bucket' of this slot's previous call if it finished
+-- slower than slow_call_duration with its outcome unreported (a success), else ''
+-- ARGV[3] failure_threshold   ARGV[4] min_throughput   ARGV[5] failure_window
+-- ARGV[6] recovery_timeout   ARGV[7] half_open_timeout (lease length)   ARGV[8] half_open_max_calls
+-- ARGV[9] throttle_wait   ARGV[10] slow_call_duration   ARGV[11] failure_rate_threshold
+-- ARGV[12] slow_call_rate_threshold   ARGV[13] break_factor   ARGV[14] break_max
+-- ARGV[15] break_jitter   ARGV[16] max_concurrent_calls   ARGV[17] '1' for a probe (optional)
 -- Returns the common reply, then: 'ticket' | 'denied', the ticket kind or the denial,
 -- until (when denied), the window bucket the call was counted in, '1' if the state was new.
-local slot = ARGV[1]
-local threshold, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local recovery, lease, max_trials = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local grace, slow_after = tonumber(ARGV[8]), tonumber(ARGV[9])
-local probe = ARGV[10] == '1'
-local cfg = {window = ARGV[4], recovery = ARGV[5]}
+local slot, slow_prev = ARGV[1], ARGV[2]
+local threshold, min_calls, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local recovery, lease, max_trials = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local grace, slow_after = tonumber(ARGV[9]), tonumber(ARGV[10])
+local rules = {threshold = threshold, min_calls = min_calls, window = window,
+  slow_after = slow_after, failure_rate = tonumber(ARGV[11]), slow_rate = tonumber(ARGV[12])}
+local brk = {recovery = recovery, factor = tonumber(ARGV[13]), max = tonumber(ARGV[14]),
+  jitter = tonumber(ARGV[15])}
+local limit = tonumber(ARGV[16])
+local probe = ARGV[17] == '1'
+local cfg = {window = ARGV[5], recovery = ARGV[6], bulkhead = ARGV[16]}
 local now = clock()
 local c = load()
 local fresh = not c.exists
-if fresh then save(c, now, cfg) end
+if fresh or c.bulkhead ~= cfg.bulkhead then save(c, now, cfg) end
 local transition = nil
 
 local function answer_with(verdict, what, until_at, bucket)
@@ -39,7 +48,7 @@ if c.state == 'half-open' then
     slow_trials = redis.call('ZCOUNT', LEASES, '(' .. fmt(now), '(' .. fmt(now - slow_after + lease))
   end
   if slow_trials > 0 then
-    transition = trip(c, string.format('trial call slower than %g s', slow_after), now, recovery)
+    transition = trip(c, string.format('trial call slower than %g s', slow_after), now, brk, true)
     save(c, now, cfg)
     return answer_with('denied', 'open', c.until_at)
   end
@@ -55,6 +64,12 @@ end
 -- look for slow unanswered calls, count the call, take a lease (ZADD replaces this slot's
 -- previous one). Permits exist only while failures or slow calls pend.
 answer(c, redis.call('ZSCORE', LEASES, slot), lease)
+-- this slot's previous call finished slow: counted in its bucket, it may trip the rate rule
+local slow_done = nil
+if slow_prev ~= '' then
+  local gen, prev_bucket = string.match(slow_prev, '^(%d+):(-?%d+)$')
+  if tonumber(gen) == c.gen then slow_done = count_slow(prev_bucket, now, window) end
+end
 local slow, young, young_end = 0, 0, nil
 if lease > slow_after then
   slow, young, young_end = slow_and_young(LEASES, c, now, lease, slow_after)
@@ -83,13 +98,10 @@ if c.suspect then
   else
     busy, first_end = in_flight(c, now, grace)
   end
-  if failures + slow >= threshold and calls >= min_calls then
-    local reason = trip_reason(failures, calls, window)
-    if slow > 0 then
-      reason = string.format('%d failures and %d calls slower than %g s in the last %g s (%d calls)',
-        failures, slow, slow_after, window, calls)
-    end
-    transition = trip(c, reason, now, recovery)
+  local reason = trip_rule(failures, calls, rules, slow,
+    slow_done or in_buckets(SLOW, now, window, false))
+  if reason then
+    transition = trip(c, reason, now, brk, true)
     save(c, now, cfg)
     return answer_with('denied', 'open', c.until_at)
   end
@@ -98,6 +110,22 @@ if c.suspect then
     return answer_with('denied', 'throttled', first_end or now)
   end
   held, kind = PERMITS, 'permit'
+elseif slow_done then
+  local reason = trip_rule(failures_in_window(now, window), calls_in_window(now, window, false),
+    rules, 0, slow_done)
+  if reason then
+    transition = trip(c, reason, now, brk, true)
+    save(c, now, cfg)
+    return answer_with('denied', 'open', c.until_at)
+  end
+end
+if limit > 0 then
+  -- policy.bulkhead_full: unexpired leases are the fleet's calls in flight (a dead holder's
+  -- lapses); this slot's previous call is over, so its lease is not one of them
+  release(slot)
+  local busy = redis.call('ZCOUNT', LEASES, '(' .. fmt(now), '+inf')
+    + redis.call('ZCOUNT', PERMITS, '(' .. fmt(now), '+inf')
+  if busy >= limit then return answer_with('denied', 'bulkhead-full', now) end
 end
 local bucket = bucket_of(now, window)
 if redis.call('HINCRBY', CALLS, string.format('%d', bucket), 1) == 1 then

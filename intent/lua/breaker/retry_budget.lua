@@ -1,11 +1,12 @@
 -- The fleet-wide retry budget of one downstream service (Finagle's RetryBudget), over the
 -- calls its breaker counts (KEYS[3], one bucket per failure_window/BUCKETS seconds):
--- KEYS[6] retries (hash: window bucket -> retries spent), in the breaker's slot.
+-- the last key, after the breaker's own: retries (hash: window bucket -> retries spent), in
+-- the breaker's slot.
 -- ARGV: failure_window, budget_window, percent, min_per_second, '1' to spend one ('0': look)
 -- Retries in the last `span` buckets (budget_window rounded up to whole buckets) may reach
 -- percent% of the calls in them plus min_per_second for each second they cover.
 -- Reply: JSON [allowed '1'|'0', calls, retries, allowance, seconds until the next bucket]
-local RETRIES = KEYS[6]
+local RETRIES = KEYS[#KEYS]
 local window, budget_window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local percent, floor_per_second = tonumber(ARGV[3]), tonumber(ARGV[4])
 local spend = ARGV[5] == '1'

@@ -12,7 +12,7 @@ if ARGV[3] ~= '' then cfg = {window = ARGV[3], recovery = ARGV[4]} end
 local old_state, old_forced = c.state, c.forced
 c.forced = nil
 if action == 'open' or action == 'force-open' then
-  trip(c, reason, now, recovery)
+  trip(c, reason, now, {recovery = recovery}, false)  -- an operator's open: no growth
   if action == 'force-open' then c.forced, c.until_at = 'open', nil end
 elseif action == 'half-open' then
   move(c, 'half-open', reason)

@@ -7,7 +7,7 @@ The calls are the ones the service's breaker already counts (its ``calls`` hash,
 per ``failure_window / 20`` seconds; the window is rounded up to whole buckets), so a call
 costs nothing more; a retry costs one script run, which counts it and answers atomically
 for the whole fleet. A step over budget does not retry: its fallback answers, else it
-waits (``RetryBudgetExceeded``, a deferral: no retry is spent). While Redis cannot be
+waits (``RetryBudgetExceeded``, a deferral that counts as one of its retries). While Redis cannot be
 reached the budget allows every retry: each step's own ``INTENT_RETRY_MAX`` still bounds
 them, and the breaker's fallback still guards the service.
 """

@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 
 from intent import tracing
 from intent.errors import (
+    BulkheadFullError,
     CircuitBreakerError,
     IncompatibleServiceError,
     ProbeWaits,
@@ -490,8 +491,8 @@ class ContextServiceClient(ServiceClient):
                 # Half-open: the API call is the trial, on the last verdict known (a probe
                 # that waited for it would wait for ever); probed once the breaker closes.
                 body, unverified = None, True
-            except CircuitBreakerError:
-                raise  # not probed: the next admitted attempt probes
+            except (CircuitBreakerError, BulkheadFullError):
+                raise  # not probed (refused, or no slot): the next admitted attempt probes
             except ServiceError:
                 self._version_checked_at = now  # remembered: probed again after the interval
                 raise

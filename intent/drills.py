@@ -91,7 +91,14 @@ class Drill:
     reason: str = ""
 
     @classmethod
-    def parse(cls, service: str, body: Any, now: float, max_seconds: float) -> Drill:
+    def parse(
+        cls,
+        service: str,
+        body: Any,
+        now: float,
+        max_seconds: float,
+        max_latency: float = MAX_LATENCY,
+    ) -> Drill:
         """A drill from an operator's request (:class:`DrillRequest`) starting ``now``;
         raises ValidationError naming the first bad field."""
         if service not in SERVICES:
@@ -100,6 +107,12 @@ class Drill:
         if asked.duration > max_seconds:
             raise ValidationError(
                 "duration", f"must be at most {max_seconds:g} s (INTENT_DRILL_MAX_SECONDS)"
+            )
+        if asked.latency >= max_latency:
+            raise ValidationError(
+                "latency",
+                f"must be below {max_latency:g} s: with the slowest call it must end within "
+                "a call's lease in the breaker (INTENT_CIRCUIT_HALF_OPEN_TIMEOUT)",
             )
         return cls(
             service,
@@ -141,10 +154,13 @@ class Drill:
 class DrillStore:
     """The drills in Redis: what operators start, list and stop, and workers read."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, max_seconds: float):
+    def __init__(
+        self, client: redis.Redis, keys: Keys, max_seconds: float, max_latency: float = MAX_LATENCY
+    ):
         self.client = client
         self.keys = keys
         self.max_seconds = max_seconds
+        self.max_latency = max_latency
 
     def get(self, service: str) -> Drill | None:
         """The service's drill; None when there is none (or it cannot be read as one).
@@ -162,7 +178,8 @@ class DrillStore:
     def start(self, service: str, body: Any, now: float | None = None) -> Drill:
         """Validate an operator's request (ValidationError) and run it from now, in place
         of the service's drill if one runs; the key lapses when the drill expires."""
-        drill = Drill.parse(service, body, time.time() if now is None else now, self.max_seconds)
+        at = time.time() if now is None else now
+        drill = Drill.parse(service, body, at, self.max_seconds, self.max_latency)
         expiry_ms = math.ceil(drill.expires_at * 1000)
         self.client.set(self.keys.drill(service), drill.dumps(), pxat=expiry_ms)
         log.warning(

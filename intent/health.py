@@ -28,7 +28,7 @@ import requests
 from intent.breaker import CircuitAdmin, StoreError
 from intent.breaker.policy import HALF_OPEN, OPEN
 from intent.clients import ContextServiceClient, Guard, PredictionServiceClient, version_problem
-from intent.errors import CircuitOpenError, IntentError
+from intent.errors import BulkheadFullError, CircuitOpenError, IntentError
 from intent.keys import Keys
 from intent.logs import mask_secrets, mask_url
 from intent.scripts import register
@@ -90,6 +90,9 @@ def check_service_health(
     except CircuitOpenError as exc:
         until = f" until {exc.until:.3f}" if exc.until is not None else ""
         return {"status": DOWN, "error": f"circuit breaker open{until}: not probed", "url": shown}
+    except BulkheadFullError as exc:
+        # Every slot is taken by calls in flight: the service is busy, not known to be down.
+        return {"status": DEGRADED, "error": f"{exc}: not probed", "url": shown}
     except requests.RequestException as exc:
         return {"status": DOWN, "error": f"{type(exc).__name__}: unreachable", "url": shown}
     component: Component = {

@@ -118,7 +118,8 @@ class Runtime:
     @cached_property
     def drill_store(self) -> DrillStore:
         """The resilience drills, as operators start, list and stop them."""
-        return DrillStore(self.redis, self.keys, self.settings.drill_max_seconds)
+        s = self.settings
+        return DrillStore(self.redis, self.keys, s.drill_max_seconds, s.drill_max_latency)
 
     @cached_property
     def drill_redis(self) -> Redis:

@@ -272,10 +272,7 @@ class Settings(BaseSettings):
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError("task_time_limit must be greater than task_soft_time_limit")
-        slowest_call = max(
-            self.context_connect_timeout + self.context_read_timeout,
-            self.prediction_connect_timeout + self.prediction_read_timeout,
-        )
+        slowest_call = self.slowest_call
         if self.circuit_half_open_timeout <= slowest_call:
             # A call's lease in the breaker must outlive the call, or a slow call that is
             # still running would no longer count.
@@ -339,6 +336,21 @@ class Settings(BaseSettings):
     @property
     def effective_result_backend(self) -> str:
         return self.result_backend_url or self.require_redis_url()
+
+    @property
+    def slowest_call(self) -> float:
+        """The longest a downstream call may take: connect plus read timeout."""
+        return max(
+            self.context_connect_timeout + self.context_read_timeout,
+            self.prediction_connect_timeout + self.prediction_read_timeout,
+        )
+
+    @property
+    def drill_max_latency(self) -> float:
+        """The most delay a drill may add: with the slowest call it must end within the
+        call's lease in the breaker (``circuit_half_open_timeout``), or the call would stop
+        counting (toward the bulkhead, as slow) while it still runs."""
+        return max(0.0, self.circuit_half_open_timeout - self.slowest_call)
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -528,8 +528,15 @@ class CircuitBreaker:
             self._report(ticket, Outcome.EXCLUDED, context)
 
     def _give_back(self, name: str, slot: str, ticket: Ticket) -> None:
-        """An idle caller's answered call: its lease ends (idle.py)."""
-        self.store.report(name, slot, ticket, Outcome.RELEASED, self.config)
+        """An idle caller's answered call: its lease ends (idle.py). A slow call it carries
+        may trip the breaker (the slow-call rate): that transition is this process's to
+        announce, as any other it performs."""
+        report = self.store.report(name, slot, ticket, Outcome.RELEASED, self.config)
+        if name != self.name:  # renamed since the call: the transition is the old name's
+            return
+        self._learn(report.snapshot)
+        if report.transition is not None:
+            self._announce(report.transition)
 
     def _report(
         self, ticket: Ticket, outcome: Outcome, context: CircuitContext | None

@@ -48,6 +48,13 @@ def failures_in_window(failure_times: Iterable[float], now: float, window: float
     return sum(1 for moment in failure_times if moment > now - window)
 
 
+def failures_in_buckets(failure_times: Iterable[float], now: float, window: float) -> int:
+    """Failures over the span the window's calls are counted in (whole buckets, from the
+    oldest live one's start), so that a failure rate compares like with like."""
+    start = oldest_live_bucket(now, window) * bucket_width(window)
+    return sum(1 for moment in failure_times if moment >= start)
+
+
 def should_trip(failures: int, calls: int, config: CircuitConfig, slow: int = 0) -> bool:
     """The guide's rule: enough failures in the window, and enough calls to judge by. Calls
     still in flight past ``slow_call_duration`` (:func:`is_slow`) count as failures."""
@@ -61,7 +68,12 @@ def rate_reached(count: int, calls: int, percent: float) -> bool:
 
 
 def trip_rule(
-    failures: int, calls: int, config: CircuitConfig, slow: int = 0, slow_done: int = 0
+    failures: int,
+    calls: int,
+    config: CircuitConfig,
+    slow: int = 0,
+    slow_done: int = 0,
+    rate_failures: int | None = None,
 ) -> str | None:
     """The reason of the first rule that trips, else None: the failure count (with the
     ``slow`` calls still in flight), the failure rate, then the rate of the ``slow_done``
@@ -70,8 +82,9 @@ def trip_rule(
         return trip_reason(failures, calls, config, slow)
     if calls < config.min_throughput:
         return None
-    if rate_reached(failures, calls, config.failure_rate_threshold):
-        return rate_reason("failure", failures, calls, config.failure_rate_threshold, config)
+    counted = failures if rate_failures is None else rate_failures
+    if rate_reached(counted, calls, config.failure_rate_threshold):
+        return rate_reason("failure", counted, calls, config.failure_rate_threshold, config)
     if rate_reached(slow_done, calls, config.slow_call_rate_threshold):
         return rate_reason("slow-call", slow_done, calls, config.slow_call_rate_threshold, config)
     return None
@@ -98,8 +111,9 @@ def break_duration(trips: int, config: CircuitConfig, spread: float) -> float:
     """How long the ``trips``-th consecutive trip keeps the breaker open. ``spread`` is a
     number in [0, 1) drawn by the store once per trip (so ``until`` is one value that every
     process reads): the grown durations move by up to +/- ``break_jitter`` of themselves;
-    the first is ``recovery_timeout`` exactly, and none is shorter or above the cap."""
-    if trips <= 1:
+    the first is ``recovery_timeout`` exactly, and none is shorter or above the cap. A
+    factor of 1 is no growth: every open lasts ``recovery_timeout`` exactly, unspread."""
+    if trips <= 1 or config.break_factor == 1:
         return config.recovery_timeout
     cap = max(config.break_max, config.recovery_timeout)
     try:

@@ -335,7 +335,7 @@ def recover_batch(
         current = expire_pending(step, current, now + then.delay)
         if not pending(step, current):
             return current
-        following = current.with_deferral(step, now)
+        following = current.with_deferral(step, now).with_retries(step, then.retry or 0)
     deadlines = [
         item.result.request.deadline
         for item in pending(step, following)

@@ -8,8 +8,9 @@ only carry its answer out. Two budgets, never Celery's retry counter:
   retried on the backoff schedule at most ``retry_max`` times per step; then the step's
   fallback answers if it can, else the analysis fails with ``RetriesExhaustedError``;
 - a retry also spends the service's fleet-wide retry budget (``spend``, intent/budget.py);
-  over it, the step does not retry: its fallback answers if it can, else it is deferred
-  (``RetryBudgetExceeded``: no retry spent, never a failure for the budget alone);
+  over it, the step does not retry now: its fallback answers if it can, else it waits for
+  the budget (``RetryBudgetExceeded``), and that wait counts as one of its ``retry_max``
+  (its next run calls the failing service again);
 - an open breaker, a full downstream rate limit or a full bulkhead (the service's
   calls in flight fleet-wide) is waited for (a deferral: no retry is spent), up to
   ``max_deferral`` seconds of waits in all, then the analysis fails with the
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 import redis
@@ -96,10 +97,13 @@ class Retry:
 @dataclass(frozen=True)
 class Defer:
     """Run the step again after ``delay`` seconds, when ``error`` (an open breaker, a full
-    limit) will admit it. Not a retry: none is spent."""
+    limit) will admit it. Not a retry: none is spent, except for a wait on the retry
+    budget, whose next run calls the failing service again: it is retry number ``retry``,
+    spaced out by the budget, and counts against ``retry_max`` as any retry does."""
 
     delay: float
     error: CircuitOpenError | RateLimitExceeded | BulkheadFullError
+    retry: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,10 @@ def decide(
     if spend is not None and isinstance(error, ServiceError):
         refused = spend(error.service)
         if refused is not None:
-            return decide(RetryBudgetExceeded(error.service, refused), attempt, budgets, now, rand)
+            over = decide(RetryBudgetExceeded(error.service, refused), attempt, budgets, now, rand)
+            if isinstance(over.then, Defer):
+                return Decision(over.fallback, replace(over.then, retry=attempt.retries + 1))
+            return over
     return Decision(False, Retry(countdown, attempt.retries + 1, error))
 
 

@@ -209,7 +209,7 @@ def recover(
     if isinstance(then, recovery.Retry):
         following = current.with_retries(name, then.retry, due=now + then.countdown)
     else:
-        following = current.with_deferral(name, now)
+        following = current.with_deferral(name, now).with_retries(name, then.retry or 0)
     latest = recovery.release_by(then, attempt, budgets, now)
     return recovery.Wait(name, then, following, lane_of(name, current.request), latest)
 

@@ -65,3 +65,29 @@ def test_a_give_back_the_store_refused_is_tried_again_until_the_lease_lapses() -
     assert len(leases) == 1  # kept: the store may come back before the lease lapses
     leases.release_idle(now + 1.5)
     assert len(leases) == 0 and attempts == ["p1"] * 3
+
+
+def test_a_slow_call_rate_trip_made_by_an_idle_give_back_is_announced() -> None:
+    # The give-back of an idle caller's slow success is the call that trips the breaker:
+    # its transition is this process's to log and hand to the listeners, as any other.
+    import time as clock
+
+    from intent.breaker import CircuitBreaker, CircuitConfig, MemoryStore, TransitionListener
+
+    seen: list[tuple[str, str, str]] = []
+    config = CircuitConfig(
+        slow_call_duration=0.2, slow_call_rate_threshold=50, min_throughput=1, half_open_timeout=30
+    )
+    store = MemoryStore()
+    breaker = CircuitBreaker(
+        "slow-give-back",
+        config,
+        store=store,
+        listeners=[TransitionListener(lambda *change: seen.append(change))],
+    )
+    breaker.call(lambda: clock.sleep(0.25))
+    deadline = clock.monotonic() + 5
+    while not seen and clock.monotonic() < deadline:
+        clock.sleep(0.05)
+    assert store.snapshot("slow-give-back").state == "open"
+    assert seen == [("slow-give-back", "closed", "open")]

@@ -209,7 +209,8 @@ def test_the_jitter_spreads_grown_breaks_within_bounds_never_the_first() -> None
     assert policy.break_duration(2, config, 0.999) == pytest.approx(32.994)
     assert policy.break_duration(4, config, 0.999) == 100  # capped after the spread
     flat = CircuitConfig(recovery_timeout=10, break_factor=1.0, break_jitter=0.5)
-    assert policy.break_duration(5, flat, 0.0) == 10  # never shorter than the recovery timeout
+    # factor 1 is no growth, and no spread: every open lasts the recovery timeout exactly
+    assert {policy.break_duration(t, flat, d) for t in (2, 5) for d in (0.0, 0.999)} == {10}
     low_cap = CircuitConfig(recovery_timeout=10, break_max=5)
     assert policy.break_duration(3, low_cap, 0.5) == 10  # the cap never cuts the first
 

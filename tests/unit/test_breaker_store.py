@@ -8,6 +8,7 @@ import pytest
 from intent.breaker import (
     CircuitConfig,
     MemoryStore,
+    policy,
 )
 from intent.breaker.stores import (
     Action,
@@ -260,3 +261,35 @@ def test_names_lists_every_breaker_seen(store: MemoryStore) -> None:
     store.acquire("b", "x", CONFIG)
     store.acquire("a", "x", CONFIG)
     assert store.names() == ["a", "b"]
+
+
+def test_a_failure_rate_counts_failures_over_the_span_its_calls_are_counted_in() -> None:
+    # Calls are counted by whole buckets (failure_window / 20): at 20.2 s the bucket of the
+    # calls at 0.3 and 0.4 s has left the window while 0.3 s and 0.4 s are still inside it.
+    # The rate compares failures and calls over the same span: 1 failure of 4 calls (25 %),
+    # not 3 of 4 (75 %), so a 60 % rule does not trip.
+    moment = [0.0]
+    store = MemoryStore(clock=lambda: moment[0])
+    config = CircuitConfig(
+        failure_window=20,
+        failure_threshold=100,
+        min_throughput=4,
+        failure_rate_threshold=60,
+        half_open_timeout=30,
+        slow_call_duration=5,
+    )
+
+    def call(at: float, slot: str, failed: bool) -> None:
+        moment[0] = at
+        admission = store.acquire("x", slot, config)
+        assert admission.ticket is not None, admission
+        if failed:
+            store.report("x", slot, admission.ticket, Outcome.FAILURE, config)
+
+    call(0.3, "a", True)
+    call(0.4, "b", True)
+    for at, slot in ((19.0, "c"), (19.1, "d"), (19.2, "e")):
+        call(at, slot, False)
+    call(20.2, "f", True)
+    assert store.snapshot("x", config).state == "closed"
+    assert policy.failures_in_buckets([0.3, 0.4, 20.2], 20.2, 20) == 1

@@ -429,3 +429,24 @@ def test_the_cli_options_are_the_admin_body() -> None:
     }
     assert body("--rate", "0.5", "--latency", "0.5", "--for", "60")["kind"] == "latency"
     parse(body("--rate", "0.5", "--latency", "0.5", "--for", "60"))  # valid as given
+
+
+def test_a_latency_drill_must_end_within_a_calls_lease() -> None:
+    # A delay that, with the slowest call, outlives the call's lease in the breaker would
+    # let the bulkhead admit more than its limit and the slow-call rule lose the call.
+    from intent.drills import Drill
+    from intent.errors import ValidationError
+    from intent.settings import Settings
+
+    settings = Settings()
+    limit = settings.drill_max_latency
+    assert limit == settings.circuit_half_open_timeout - settings.slowest_call > 0
+    body = {"rate": 1.0, "kind": "latency", "latency": limit, "duration": 60}
+    with pytest.raises(ValidationError) as refused:
+        Drill.parse("context-service", body, 1000.0, 3600, max_latency=limit)
+    assert refused.value.field == "latency"
+    under = {**body, "latency": limit - 0.5}
+    assert (
+        Drill.parse("context-service", under, 1000.0, 3600, max_latency=limit).latency
+        == limit - 0.5
+    )

@@ -189,6 +189,8 @@ def test_over_budget_the_fallback_answers_else_the_step_waits_spending_no_retry(
     assert isinstance(decision.then.error, RetryBudgetExceeded)
     assert decision.then.error.service == "context-service"
     assert decision.then.delay == 6.0  # until the budget's next bucket (no jitter drawn)
+    # Its next run calls the service again: that is its second retry, counted as one.
+    assert decision.then.retry == 2
     assert "retry budget spent" in str(decision.then.error)
 
 

@@ -170,7 +170,10 @@ class MemoryStore(BreakerStore):
                 failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
                 calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
                 done = self._slow_done(circuit, now) if slow_done is None else slow_done
-                rule = policy.trip_rule(failures, calls, config, slow_now, done)
+                in_buckets = policy.failures_in_buckets(
+                    circuit.failures, now, config.failure_window
+                )
+                rule = policy.trip_rule(failures, calls, config, slow_now, done, in_buckets)
                 if rule is not None:
                     transition = self._trip(circuit, rule, now)
                     return self._deny(circuit, now, Denial.OPEN, circuit.until, transition)
@@ -324,7 +327,8 @@ class MemoryStore(BreakerStore):
         slow_done = self._count_slow(circuit, bucket, now)
         failures = policy.failures_in_window(circuit.failures, now, config.failure_window)
         calls = policy.calls_in_window(circuit.calls, now, config.failure_window)
-        reason = policy.trip_rule(failures, calls, config, 0, slow_done)
+        in_buckets = policy.failures_in_buckets(circuit.failures, now, config.failure_window)
+        reason = policy.trip_rule(failures, calls, config, 0, slow_done, in_buckets)
         return self._trip(circuit, reason, now) if reason is not None else None
 
     def _record_failure(
@@ -345,7 +349,8 @@ class MemoryStore(BreakerStore):
             slow_done = self._count_slow(circuit, slow_bucket, now)
         else:
             slow_done = self._slow_done(circuit, now)
-        reason = policy.trip_rule(failures, calls, config, 0, slow_done)
+        in_buckets = policy.failures_in_buckets(circuit.failures, now, config.failure_window)
+        reason = policy.trip_rule(failures, calls, config, 0, slow_done, in_buckets)
         return self._trip(circuit, reason, now) if reason is not None else None
 
     def _trip(self, circuit: _Circuit, reason: str, now: float, counts: bool = True) -> Transition:

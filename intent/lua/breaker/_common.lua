@@ -100,7 +100,7 @@ end
 -- drawn once per trip, here (so `until` is one exact value for the fleet), from the key and
 -- the time: Redis replicates scripts' effects, and scripts have no seeded random source.
 local function break_duration(trips, brk, spread)
-  if trips <= 1 then return brk.recovery end
+  if trips <= 1 or brk.factor == 1 then return brk.recovery end
   local cap = math.max(brk.max, brk.recovery)
   local grown = brk.recovery * brk.factor ^ (trips - 1)
   grown = grown * (1 + brk.jitter * (2 * spread - 1))
@@ -169,6 +169,13 @@ local function rate_reason(rule, count, calls, percent, window)
     string.format('%g', count * 100 / calls), string.format('%g', percent), calls, window)
 end
 
+-- policy.failures_in_buckets: the failures over the span the window's calls are counted in
+-- (whole buckets), so that a rate compares like with like.
+local function failures_in_buckets(now, window)
+  local start = (bucket_of(now, window) - BUCKETS + 1) * (window / BUCKETS)
+  return redis.call('ZCOUNT', FAILURES, fmt(start), '+inf')
+end
+
 local function trip_rule(failures, calls, r, slow, slow_done)
   if failures + slow >= r.threshold and calls >= r.min_calls then
     if slow > 0 then
@@ -178,8 +185,11 @@ local function trip_rule(failures, calls, r, slow, slow_done)
     return trip_reason(failures, calls, r.window)
   end
   if calls < r.min_calls then return nil end
-  if rate_reached(failures, calls, r.failure_rate) then
-    return rate_reason('failure', failures, calls, r.failure_rate, r.window)
+  if r.failure_rate > 0 then
+    local counted = failures_in_buckets(r.now, r.window)
+    if rate_reached(counted, calls, r.failure_rate) then
+      return rate_reason('failure', counted, calls, r.failure_rate, r.window)
+    end
   end
   if rate_reached(slow_done, calls, r.slow_rate) then
     return rate_reason('slow-call', slow_done, calls, r.slow_rate, r.window)

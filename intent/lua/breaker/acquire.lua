@@ -22,6 +22,7 @@ local limit = tonumber(ARGV[16])
 local probe = ARGV[17] == '1'
 local cfg = {window = ARGV[5], recovery = ARGV[6], bulkhead = ARGV[16]}
 local now = clock()
+rules.now = now
 local c = load()
 local fresh = not c.exists
 if fresh or c.bulkhead ~= cfg.bulkhead then save(c, now, cfg) end

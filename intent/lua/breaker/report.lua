@@ -18,6 +18,7 @@ local brk = {recovery = recovery, factor = tonumber(ARGV[15]), max = tonumber(AR
   jitter = tonumber(ARGV[17])}
 local cfg = {window = ARGV[8], recovery = ARGV[9]}
 local now = clock()
+rules.now = now
 local c = load()
 
 -- A closed breaker's call of this generation finished slow: counted in its bucket, it may

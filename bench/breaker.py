@@ -128,7 +128,7 @@ def main() -> int:
             f"bench-{tag}", store=FallbackStore(RedisStore.from_url(url, prefix="bench:"))
         )
         # Every issue-15 policy on: the rates (judged, never reached by healthy calls), the
-        # growing break (the default), and a bulkhead far above the 32 threads' calls.
+        # growing break (factor 2, on here), and a bulkhead far above the 32 threads' calls.
         policies = CircuitBreaker(
             f"bench-{tag}-policies",
             CircuitConfig(

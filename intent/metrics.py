@@ -161,6 +161,13 @@ FAMILIES = (
         "Steps that waited because a downstream rate limit was full (not retries).",
     ),
     Family(
+        "intent_bulkhead_deferrals",
+        "counter",
+        ("step",),
+        "Steps that waited because their service's bulkhead had every slot in flight "
+        "fleet-wide (not retries).",
+    ),
+    Family(
         "intent_circuit_open_deferrals",
         "counter",
         ("step",),
@@ -244,6 +251,7 @@ class Metrics:
         self.retry_budget = build("intent_retry_budget_spends")
         self.rate_limit_deferrals = build("intent_rate_limit_deferrals")
         self.circuit_open_deferrals = build("intent_circuit_open_deferrals")
+        self.bulkhead_deferrals = build("intent_bulkhead_deferrals")
         self.drill_faults = build("intent_drill_faults")
         self.degraded = build("intent_analyses_degraded")
         self.finished = build("intent_analyses_finished")
@@ -265,7 +273,13 @@ class Metrics:
             for outcome in ("granted", "refused"):
                 self.retry_budget.labels(service, outcome)
         for step in STEP_NAMES:
-            for counter in (self.retries, self.rate_limit_deferrals, self.circuit_open_deferrals):
+            counters = (
+                self.retries,
+                self.rate_limit_deferrals,
+                self.circuit_open_deferrals,
+                self.bulkhead_deferrals,
+            )
+            for counter in counters:
                 counter.labels(step)
         for fallback in FALLBACK_NAMES:
             self.degraded.labels(fallback)
@@ -399,10 +413,19 @@ def record_retry_budget(service: str, granted: bool) -> None:
     _safely(lambda m: m.retry_budget.labels(service, "granted" if granted else "refused").inc())
 
 
-def record_deferral(step: str, circuit_open: bool) -> None:
+def record_deferral(step: str, cause: str) -> None:
+    """A step that waits: ``cause`` is ``circuit_open``, ``rate_limit``, ``bulkhead`` or
+    ``retry_budget`` (counted by ``intent_retry_budget_spends_total`` as refused)."""
+
     def record(m: Metrics) -> None:
-        counter = m.circuit_open_deferrals if circuit_open else m.rate_limit_deferrals
-        counter.labels(step).inc()
+        counters = {
+            "circuit_open": m.circuit_open_deferrals,
+            "rate_limit": m.rate_limit_deferrals,
+            "bulkhead": m.bulkhead_deferrals,
+        }
+        counter = counters.get(cause)
+        if counter is not None:
+            counter.labels(step).inc()
 
     _safely(record)
 

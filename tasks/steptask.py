@@ -31,6 +31,7 @@ from intent.errors import (
     CircuitOpenError,
     Deferred,
     RateLimitExceeded,
+    RetryBudgetExceeded,
     ServiceUnavailableError,
     ValidationError,
 )
@@ -50,6 +51,17 @@ def step_error(step: str, exc: Exception) -> Exception:
     if isinstance(exc, SoftTimeLimitExceeded):
         return ServiceUnavailableError(step, "soft time limit exceeded")
     return recovery.as_domain_error(exc)
+
+
+def deferral_cause(error: Exception) -> str:
+    """What a deferred step waits for, as metrics and traces name it."""
+    if isinstance(error, CircuitOpenError):
+        return "circuit_open"
+    if isinstance(error, BulkheadFullError):
+        return "bulkhead"
+    if isinstance(error, RetryBudgetExceeded):
+        return "retry_budget"
+    return "rate_limit"
 
 
 def log_fields(step: str, exc: Exception, task_id: str | None, **more: Any) -> dict[str, Any]:
@@ -147,11 +159,8 @@ class PipelineTask(Task):
             tracing.event("retry", retry=then.retry, max_retries=retry_max, **fields)
         else:
             log.info("deferring %s by %.2f s: %s", step, wait.delay, then.error, extra=fields)
-            circuit_open = isinstance(then.error, CircuitOpenError)
-            metrics.record_deferral(step, circuit_open=circuit_open)
-            cause = "circuit_open" if circuit_open else "rate_limit"
-            if isinstance(then.error, BulkheadFullError):
-                cause = "bulkhead"
+            cause = deferral_cause(then.error)
+            metrics.record_deferral(step, cause)
             tracing.event("deferral", reason=cause, delay=round(wait.delay, 3), **fields)
         kind = "deferral" if wait.deferred else "retry"
         tracing.annotate(**{"intent.wait": kind, "intent.wait.delay": round(wait.delay, 3)})

@@ -143,13 +143,17 @@ def test_a_batch_counts_each_item_as_an_analysis(fresh: metrics.Metrics) -> None
 def test_retries_and_deferrals_by_step(fresh: metrics.Metrics) -> None:
     metrics.record_retry("fetch_context")
     metrics.record_retry("fetch_context")
-    metrics.record_deferral("predict", circuit_open=True)
-    metrics.record_deferral("fetch_context", circuit_open=False)
+    metrics.record_deferral("predict", "circuit_open")
+    metrics.record_deferral("fetch_context", "rate_limit")
+    metrics.record_deferral("fetch_context", "bulkhead")
+    metrics.record_deferral("fetch_context", "retry_budget")  # counted by the budget's family
 
     assert sample(fresh, "intent_task_retries_total", step="fetch_context") == 2
     assert sample(fresh, "intent_circuit_open_deferrals_total", step="predict") == 1
     assert sample(fresh, "intent_rate_limit_deferrals_total", step="fetch_context") == 1
     assert sample(fresh, "intent_rate_limit_deferrals_total", step="predict") == 0
+    # a bulkhead's wait is its own, and a budget's is not a rate limit's
+    assert sample(fresh, "intent_bulkhead_deferrals_total", step="fetch_context") == 1
 
 
 def test_each_transition_is_counted_once_by_the_process_that_made_it(

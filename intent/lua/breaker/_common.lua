@@ -129,10 +129,10 @@ local function bucket_of(now, window)
   return math.floor(now / (window / BUCKETS))
 end
 
--- Calls counted in `key` (CALLS, SLOW) in the last BUCKETS buckets; prune drops the older
--- buckets.
-local function in_buckets(key, now, window, prune)
-  local oldest = bucket_of(now, window) - BUCKETS + 1
+-- Calls counted in `key` (CALLS, SLOW, the retry budget's) in the last `span` buckets (all
+-- BUCKETS unless given); prune drops the older buckets.
+local function in_buckets(key, now, window, prune, span)
+  local oldest = bucket_of(now, window) - (span or BUCKETS) + 1
   local flat = redis.call('HGETALL', key)
   local total = 0
   for i = 1, #flat, 2 do

@@ -14,23 +14,9 @@ local now = clock()
 local width = window / BUCKETS
 local span = math.max(1, math.min(BUCKETS, math.ceil(budget_window / width - 1e-9)))
 local current = bucket_of(now, window)
-local oldest = current - span + 1
 
-local function counted(key, prune)
-  local flat = redis.call('HGETALL', key)
-  local total = 0
-  for i = 1, #flat, 2 do
-    if tonumber(flat[i]) >= oldest then
-      total = total + tonumber(flat[i + 1])
-    elseif prune then
-      redis.call('HDEL', key, flat[i])
-    end
-  end
-  return total
-end
-
-local calls = counted(CALLS, false) -- the breaker's acquire prunes its own buckets
-local retries = counted(RETRIES, spend)
+local calls = in_buckets(CALLS, now, window, false, span) -- the breaker prunes its own
+local retries = in_buckets(RETRIES, now, window, spend, span)
 local allowance = percent / 100 * calls + floor_per_second * span * width
 local allowed = retries + 1 <= allowance + 1e-9
 if spend and allowed then

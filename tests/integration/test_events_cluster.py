@@ -42,11 +42,13 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except (ImportError, RuntimeError) as exc:
         pytest.skip(f"needs the embedded Valkey: {exc}")
     folder = tmp_path_factory.mktemp("cluster")
-    # EmbeddedRedis starts the executable it is given: a wrapper adds cluster mode.
+    # EmbeddedRedis starts the executable it is given: a wrapper adds cluster mode. The
+    # cluster bus gets a free port of its own: by default it is the port + 10000, past
+    # 65535 for an ephemeral port above 55535 (the server then exits at start).
     wrapper = folder / "valkey-cluster"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'exec "{real}" "$@" --cluster-enabled yes '
+        f'exec "{real}" "$@" --cluster-enabled yes --cluster-port {embedded.free_port()} '
         f'--cluster-config-file "{folder / "nodes.conf"}"\n'
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)

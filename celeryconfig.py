@@ -4,9 +4,8 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
-from kombu import Exchange, Queue
-
 from intent.settings import get_settings as _get_settings
+from tasks.queues import queue_settings as _queue_settings
 
 _settings = _get_settings()  # underscored: not a Celery setting
 
@@ -70,11 +69,10 @@ result_backend_transport_options = {
 }
 
 task_default_queue = _settings.queue
-# A worker consumes these (no -Q): Celery's default exchange and routing for each, as a
-# plain Celery client declares them.
-task_queues = tuple(
-    Queue(name, Exchange(name), routing_key=name) for name in _settings.worker_queues
-)
+# A worker consumes these (no -Q): INTENT_QUEUE and the client default, classic queues as a
+# plain Celery client declares them, or with INTENT_QUEUE_TYPE=quorum RabbitMQ quorum
+# queues, per-consumer prefetch and native delayed delivery (tasks/queues.py).
+globals().update(_queue_settings(_settings))
 # Every task message passes a gate before Celery handles it (tasks/consumer.py): a bad one
 # is answered and dead-lettered, never able to crash or wedge the worker.
 worker_consumer = "tasks.consumer:Consumer"

@@ -136,7 +136,7 @@ def inspect(
     embed = {} if embed is None else embed
     if not isinstance(embed, dict):
         return refuse("embed", "must be an object or null")
-    chain = _chain(embed)
+    chain = chain_of(embed)
     problem = _embed_problem(embed)
     if problem is not None:
         return refuse(*problem, chain=chain)
@@ -170,7 +170,7 @@ def _lax_parts(body: Any, limits: codec.Limits) -> tuple[tuple[dict[str, Any], .
         return (), None
     if not isinstance(decoded, list) or len(decoded) != 3 or not isinstance(decoded[2], dict):
         return (), None
-    return _chain(decoded[2]), decoded[0]
+    return chain_of(decoded[2]), decoded[0]
 
 
 def _body_field(field: str) -> str:
@@ -236,7 +236,7 @@ def _embed_problem(embed: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _chain(embed: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+def chain_of(embed: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """The chain's signatures with a usable task id: a refusal is stored under each (the
     sender of a chain waits on its last task)."""
     chain = embed.get("chain")

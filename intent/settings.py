@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,9 @@ REDIS_HEALTH_CHECK_INTERVAL = 30
 # A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
 # within this long.
 REDIS_PROBE_TIMEOUT = 2.0
+
+# Broker URL schemes of kombu's AMQP transports (RabbitMQ).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -209,6 +212,9 @@ class Settings(BaseSettings):
     # app's send_task("intent.analyze") without queue= runs instead of waiting unseen;
     # empty when other Celery apps share the broker's "celery" queue.
     client_default_queue: str = Field(default="celery", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
+    # The RabbitMQ queue type of the queues workers consume: "quorum" (replicated, with a
+    # delivery limit; tasks/queues.py) needs an amqp:// broker.
+    queue_type: Literal["classic", "quorum"] = "classic"
     # intent.health_check runs every health_interval s on celery beat (expiring after one
     # interval, so a late run is dropped); each /health probe waits at most health_timeout.
     health_interval: PositiveFloat = 30.0
@@ -293,6 +299,17 @@ class Settings(BaseSettings):
         if self.circuit_slow_call_duration >= self.circuit_half_open_timeout:
             # A call stops counting when its lease (half_open_timeout) lapses.
             raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")
+        broker = self.broker_url or self.redis_url or ""
+        if self.queue_type == "quorum" and broker.partition("://")[0] not in AMQP_SCHEMES:
+            # Quorum queues are RabbitMQ's; Celery's Redis transport would ignore the type.
+            scheme = broker.partition("://")[0] + "://"
+            if self.broker_url:
+                found = f"INTENT_BROKER_URL is {scheme}"
+            elif self.redis_url:
+                found = f"INTENT_BROKER_URL is unset, so the broker is INTENT_REDIS_URL ({scheme})"
+            else:
+                found = "INTENT_BROKER_URL is unset"
+            raise ValueError(f"INTENT_QUEUE_TYPE=quorum needs a RabbitMQ broker (amqp://): {found}")
         return self
 
     def bulkhead(self, service: str) -> int:

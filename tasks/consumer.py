@@ -27,11 +27,12 @@ from celery.app.task import Context
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
-from intent.messages import Checked, Refusal, message_limits, task_id_of
+from intent.messages import Checked, Refusal, chain_of, message_limits, task_id_of
 from intent.messages import inspect as inspect_message
 from intent.poison import DeadTasks
 from intent.runtime import get_runtime
 from intent.settings import get_settings
+from tasks.queues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT
 from tasks.steptask import release_refused
 
 log = logging.getLogger("intent.worker")
@@ -82,10 +83,11 @@ class Gate:
             return None if task is None else inspect.signature(task.run)
 
         self.signature = signature
+        self.quorum = get_settings().queue_type == "quorum"
 
     def check(self, message: Message) -> Checked | Refusal:
         try:
-            return inspect_message(
+            checked = inspect_message(
                 message.headers,
                 message.content_type,
                 message.content_encoding,
@@ -95,6 +97,9 @@ class Gate:
             )
         except Exception as exc:  # a shape the checks did not foresee: refused all the same
             return Refusal("message", f"could not be read: {type(exc).__name__}: {exc}")
+        if isinstance(checked, Checked) and self.quorum:
+            return last_delivery(message.headers, checked) or checked
+        return checked
 
     def refuse(self, message: Message, refusal: Refusal) -> None:
         log.error(
@@ -144,6 +149,25 @@ class Gate:
                 dispatcher.send("task-failed", uuid=refusal.task_id, exception=repr(error))
             except Exception as exc:
                 log.warning("could not send the task-failed event: %s", exc)
+
+
+def last_delivery(headers: Any, checked: Checked) -> Refusal | None:
+    """A quorum queue's message on its last delivery (it came back ``DELIVERY_LIMIT``
+    times: its runs kept dying, or were never acknowledged) is refused rather than run
+    once more and then dropped by the broker: its sender is answered, and it is kept with
+    the dead tasks."""
+    count = headers.get(DELIVERY_COUNT_HEADER)
+    if not isinstance(count, int) or isinstance(count, bool) or count < DELIVERY_LIMIT:
+        return None
+    return Refusal(
+        f"headers.{DELIVERY_COUNT_HEADER}",
+        f"delivered {count + 1} times and never acknowledged (the quorum queue's delivery "
+        f"limit is {DELIVERY_LIMIT}): each run died or was cut off",
+        task_id_of(headers),
+        _task_name(headers),
+        chain_of(checked.embed),
+        checked.args,
+    )
 
 
 def is_worker_process() -> bool:

@@ -27,6 +27,15 @@ ENCODINGS = frozenset({"utf-8", "utf8"})
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
 HEADER_LIMITS = codec.Limits(max_bytes=65536, max_depth=8, max_string=8192)
 
+# Headers RabbitMQ adds to a message (dead-lettering, quorum queues' delivery counts).
+BROKER_HEADERS = (
+    "x-death",
+    "x-first-death-",
+    "x-last-death-",
+    "x-delivery-count",
+    "x-acquired-count",
+)
+
 _OPTIONAL_STR = (str, type(None))
 _OPTIONAL_INT = (int, type(None))
 # The headers Celery reads in the worker's main process, and the types it assumes.
@@ -150,11 +159,18 @@ def inspect(
         return refuse("args", f"do not fit {name}: {exc}", chain, args)
     # Last: a display header (argsrepr) shows the arguments, whose own fault is named above.
     try:
-        codec.check(dict(headers), HEADER_LIMITS, "headers")
+        codec.check(_sender_headers(headers), HEADER_LIMITS, "headers")
     except ValidationError as exc:
         field = exc.field if exc.field.startswith("headers") else f"headers.{exc.field}"
         return refuse(field, exc.message, chain, args)
     return Checked(args, kwargs, embed)
+
+
+def _sender_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers its sender wrote: without those RabbitMQ adds (``x-death``, with AMQP
+    timestamps, on a message that went through the delayed-delivery queues of a countdown;
+    ``x-delivery-count`` on a quorum queue's redelivery), which Celery does not read."""
+    return {k: v for k, v in headers.items() if not str(k).startswith(BROKER_HEADERS)}
 
 
 def _lax_parts(body: Any, limits: codec.Limits) -> tuple[tuple[dict[str, Any], ...], Any]:

@@ -3,11 +3,15 @@ gate's refusal of a quorum queue's message on its last delivery."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from inspect import signature
 from typing import Any
 
 import pytest
 
-from intent.messages import Checked
+from intent import codec
+from intent.messages import Checked, Refusal, inspect
 from intent.settings import Settings, SettingsError, load_settings
 from tasks.consumer import last_delivery
 from tasks.queues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT, queue_settings
@@ -116,3 +120,31 @@ def test_a_message_on_its_last_delivery_is_refused_and_its_sender_answered(count
     assert (refusal.task_id, refusal.task) == ("req-1.fetch_context", "intent.fetch_context")
     assert refusal.chain == ({"task": "intent.predict", "options": {"task_id": "req-1.predict"}},)
     assert refusal.args == [{"request_id": "req-1"}]
+
+
+def _inspected(headers: dict[str, Any]) -> Checked | Refusal:
+    def run(request: Any) -> None: ...
+
+    body = json.dumps([[{"request_id": "req-1"}], {}, {}])
+    limits = codec.Limits(max_bytes=65536, max_depth=16, max_string=65536)
+    return inspect(headers, "application/json", "utf-8", body, limits, lambda name: signature(run))
+
+
+def test_the_headers_rabbitmq_adds_pass_the_gate() -> None:
+    """A countdown's message comes out of the delayed-delivery queues with ``x-death``
+    (AMQP timestamps, not JSON), a quorum queue's redelivery with ``x-delivery-count``."""
+    death = {"count": 1, "queue": "celery_delayed_0", "time": datetime.now(UTC)}
+    headers = _headers(
+        **{
+            "x-death": [death],
+            "x-first-death-queue": "celery_delayed_1",
+            "x-last-death-reason": "expired",
+            DELIVERY_COUNT_HEADER: 1,
+        }
+    )
+    assert isinstance(_inspected(headers), Checked)
+
+
+def test_a_senders_header_that_is_not_json_is_still_refused() -> None:
+    refusal = _inspected(_headers(stamp=datetime.now(UTC)))
+    assert isinstance(refusal, Refusal) and refusal.field == "headers.stamp"

@@ -92,9 +92,11 @@ def own_place(url: str, names: list[str]) -> Iterator[str]:
                 channel.exchange_delete(name)
             if not topology_was_there:
                 queues, exchanges = delayed_delivery_topology()
-                for queue in queues:
+                for queue in queues:  # quorum queues have no if-empty delete: looked at first
                     with contextlib.suppress(*conn.channel_errors):
-                        conn.channel().queue_delete(queue, if_empty=True)
+                        _, ready, _ = conn.channel().queue_declare(queue, passive=True)
+                        if ready == 0:
+                            conn.channel().queue_delete(queue)
                 for exchange in exchanges:
                     conn.channel().exchange_delete(exchange)
 

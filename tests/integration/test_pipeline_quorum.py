@@ -21,11 +21,11 @@ import redis
 from kombu import Connection, Queue
 
 from intent.dev.stack import WorkerProcess, running_worker
-from intent.models import IntentResult
 from intent.poison import DeadTasks
 from intent.reference import ReferenceServices
 from intent.runtime import get_runtime
 from intent.settings import get_settings
+from tasks import submit
 from tasks.app import app
 from tasks.queues import DELIVERY_LIMIT, queue_settings
 from tests.helpers import request, stream_events, wait_until
@@ -99,15 +99,9 @@ def test_the_pipeline_runs_on_quorum_queues(
         )
         assert {types[name] for name in [quorum_queue, *queues]} == {"quorum"}, types
 
-    result = submit_and_wait(request())
+    result = submit(request()).get(timeout=60)
     assert result.status == "completed"
     assert _ready(quorum_url, quorum_queue) == 0
-
-
-def submit_and_wait(payload: dict[str, object], timeout: float = 60) -> IntentResult:
-    from tasks import submit
-
-    return submit(payload).get(timeout=timeout)
 
 
 def _private_vhost(url: str) -> str | None:

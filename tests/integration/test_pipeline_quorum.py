@@ -22,7 +22,7 @@ from kombu import Connection, Queue
 
 from intent.dev.stack import WorkerProcess, running_worker
 from intent.poison import DeadTasks
-from intent.reference import ReferenceServices
+from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks import submit
@@ -142,11 +142,16 @@ def test_the_worker_sets_its_prefetch_per_consumer(
 
 
 def test_a_countdown_waits_in_the_broker_not_in_the_worker(
-    clean: redis.Redis, prefork_worker: WorkerProcess, quorum_url: str
+    clean: redis.Redis,
+    prefork_worker: WorkerProcess,
+    quorum_url: str,
+    prediction_service: ReferenceControl,
 ) -> None:
     """A plain client's countdown (send_task by name): the message waits in the
-    delayed-delivery queues, no worker holds it unacked meanwhile, and it runs once due."""
+    delayed-delivery queues, no worker holds it unacked meanwhile, and it runs once due;
+    a retry of it (parked in Redis, released into the queue) runs as any other."""
     countdown = 3
+    prediction_service.set_faults(status=503, count=1)
     payload = request()
     sent = time.time()
     handle = app.send_task("intent.analyze", args=[payload], countdown=countdown)
@@ -160,6 +165,7 @@ def test_a_countdown_waits_in_the_broker_not_in_the_worker(
     result = handle.get(timeout=60)
     assert time.time() - sent >= countdown
     assert result["status"] == "completed"
+    assert result["retries"] == {"predict": 1}
     assert len(stream_events(clean, payload["request_id"])) == len(result["events"]) > 0
 
 

@@ -26,6 +26,8 @@ REDIS_HEALTH_CHECK_INTERVAL = 30
 # A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
 # within this long.
 REDIS_PROBE_TIMEOUT = 2.0
+# URL schemes that name a Redis Cluster (``limits``' form): only the state may live on one.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -108,6 +110,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     broker_url: str | None = None  # defaults to redis_url
     result_backend_url: str | None = None  # defaults to redis_url
+    # Where the service's state lives (breaker, limits, cache, pattern state, claims,
+    # waiting room, events...): defaults to redis_url. It may name a Redis Cluster,
+    # redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS), which the
+    # broker and the result backend cannot be (Celery's Redis transport has no cluster mode).
+    state_redis_url: str | None = None
     key_prefix: str = Field(default="intent:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     redis_socket_timeout: PositiveFloat = 2.0
 
@@ -268,6 +275,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        for name in ("redis_url", "broker_url", "result_backend_url"):
+            url = getattr(self, name) or ""
+            if url.partition("://")[0].lower() in CLUSTER_SCHEMES:
+                # Celery's Redis transport and result backend have no cluster mode.
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()} names a Redis Cluster, which holds only the "
+                    f"state: set {ENV_PREFIX}STATE_REDIS_URL to it, and {ENV_PREFIX}"
+                    f"{name.upper()} to a standalone or Sentinel Redis (or RabbitMQ)"
+                )
         if self.retry_max_delay < self.retry_initial_delay:
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
         if self.task_time_limit <= self.task_soft_time_limit:
@@ -351,6 +367,15 @@ class Settings(BaseSettings):
         call's lease in the breaker (``circuit_half_open_timeout``), or the call would stop
         counting (toward the bulkhead, as slow) while it still runs."""
         return max(0.0, self.circuit_half_open_timeout - self.slowest_call)
+
+    def require_state_redis_url(self) -> str:
+        """Where the state lives: ``state_redis_url``, else ``redis_url``."""
+        return self.state_redis_url or self.require_redis_url()
+
+    @property
+    def effective_state_redis_url(self) -> str | None:
+        """``state_redis_url``, else ``redis_url``; None when neither is set."""
+        return self.state_redis_url or self.redis_url
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -145,10 +145,11 @@ def redis_errors(what: str) -> Iterator[None]:
 
 
 # -- Redis Cluster ---------------------------------------------------------------------
-# Reads go to the masters (a replica may not have a write yet: a breaker, a claim would
-# read stale state); the client starts with a cluster missing some slots, whose masters
-# are down, and serves the others as far as the servers do (cluster-require-full-coverage).
-_CLUSTER_OPTIONS: dict[str, Any] = {"read_from_replicas": False, "require_full_coverage": False}
+# Reads go to the masters, redis-py's default without a load_balancing_strategy (a replica
+# may not have a write yet: a breaker, a claim would read stale state). The client starts
+# with a cluster missing some slots, whose masters are down, and serves the others as far
+# as the servers do (cluster-require-full-coverage).
+_CLUSTER_OPTIONS: dict[str, Any] = {"load_balancing_strategy": None, "require_full_coverage": False}
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,11 @@ class ClusterClient(RedisCluster):
             options.get("encoding_errors", "strict"),
             options.get("decode_responses", False),
         )
+
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        if self.__dict__["_lazy_state"] != "made":
+            return dict(self.__dict__["_lazy_options"])
+        return cast("dict[str, Any]", super().get_connection_kwargs())
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         with _cluster_outages():

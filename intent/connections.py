@@ -228,6 +228,7 @@ class ClusterClient(RedisCluster):
         self.__dict__["_lazy_options"] = options
         self.__dict__["_lazy_lock"] = threading.RLock()
         self.__dict__["_lazy_state"] = "new"
+        self.__dict__["_lazy_maker"] = None  # the thread making it
 
     @classmethod
     def from_cluster_url(cls, url: str, **options: Any) -> ClusterClient:
@@ -246,24 +247,28 @@ class ClusterClient(RedisCluster):
 
     def __getattr__(self, name: str) -> Any:
         # Only attributes RedisCluster.__init__ sets get here: make it, then look again.
-        state = self.__dict__.get("_lazy_state")
-        if state != "new":  # being made (an attribute read before it is set), or made
-            raise AttributeError(name)
-        self._materialise()
+        mine = self.__dict__
+        if "_lazy_state" not in mine or mine["_lazy_state"] == "made":
+            raise AttributeError(name)  # truly missing
+        if mine["_lazy_maker"] == threading.get_ident():
+            raise AttributeError(name)  # read by RedisCluster.__init__ before it sets it
+        self._materialise()  # (another thread making it: waits for it)
         return getattr(self, name)
 
     def _materialise(self) -> None:
-        with self.__dict__["_lazy_lock"]:
-            if self.__dict__["_lazy_state"] != "new":
+        mine = self.__dict__
+        with mine["_lazy_lock"]:
+            if mine["_lazy_state"] == "made":
                 return
-            self.__dict__["_lazy_state"] = "making"
+            mine["_lazy_state"], mine["_lazy_maker"] = "making", threading.get_ident()
             try:
                 with _cluster_outages():
-                    RedisCluster.__init__(self, **self.__dict__["_lazy_options"])
-            except BaseException:
-                self.__dict__["_lazy_state"] = "new"
-                raise
-            self.__dict__["_lazy_state"] = "made"
+                    RedisCluster.__init__(self, **mine["_lazy_options"])
+                mine["_lazy_state"] = "made"
+            finally:
+                mine["_lazy_maker"] = None
+                if mine["_lazy_state"] != "made":
+                    mine["_lazy_state"] = "new"  # the next use tries again
 
     def get_encoder(self) -> Encoder:
         options = self.__dict__["_lazy_options"]
@@ -274,9 +279,8 @@ class ClusterClient(RedisCluster):
         )
 
     def get_connection_kwargs(self) -> dict[str, Any]:
-        if self.__dict__["_lazy_state"] != "made":
-            return dict(self.__dict__["_lazy_options"])
-        return cast("dict[str, Any]", super().get_connection_kwargs())
+        """The options it was given (made or not: ``intent.resp`` reads its timeout)."""
+        return dict(self.__dict__["_lazy_options"])
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         with _cluster_outages():
@@ -293,7 +297,8 @@ class ClusterClient(RedisCluster):
             super().close()
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __repr__(self) -> str:
         nodes = self.__dict__["_lazy_options"].get("startup_nodes", [])

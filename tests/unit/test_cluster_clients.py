@@ -6,6 +6,8 @@ the addresses are never listened on (the real cluster: tests/integration/test_st
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import redis
 from limits.storage import RedisClusterStorage
@@ -143,3 +145,25 @@ def test_an_unreachable_cluster_is_an_outage(settings: Settings) -> None:
     with outage, client.pipeline(transaction=False) as pipe:
         pipe.get("k")
         pipe.execute()
+
+
+def test_threads_using_it_first_at_once_each_meet_the_outage(settings: Settings) -> None:
+    # While one thread makes the client, the others wait for it: none sees it half made.
+    client = connections.breaker_client(settings.require_state_redis_url())
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def first_use() -> None:
+        barrier.wait()
+        try:
+            client.get("k")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 8
+    assert all(isinstance(exc, redis.ConnectionError) for exc in errors), errors

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,6 +97,31 @@ def test_the_state_is_on_the_cluster_and_the_results_are_not(
     result_key = app.backend.get_key_for_task(payload["request_id"])
     assert results_redis.exists(result_key) == 1 and clean.exists(result_key) == 0
     assert results_redis.keys(f"{rt.settings.key_prefix}*") == []
+
+
+def test_the_metrics_read_the_queues_on_the_broker_and_the_rest_on_the_cluster(
+    redis_client: redis.Redis, results_redis: redis.Redis, redis_url: str
+) -> None:
+    from intent.admin.exposition import SharedStateCollector
+    from intent.runtime import Runtime
+    from intent.settings import load_settings
+
+    queue = f"cluster-gauge-{uuid.uuid4().hex[:8]}"  # no worker consumes it
+    settings = load_settings(queue=queue, client_default_queue="")
+    assert settings.effective_state_redis_url == redis_url
+    rt = Runtime(settings)
+    results_redis.rpush(queue, "a", "b", "c")
+    redis_client.xadd(rt.keys.dead_letters, {"id": "evt_1"})
+    try:
+        families = {m.name: m for m in SharedStateCollector(rt).collect()}
+    finally:
+        results_redis.delete(queue)
+        rt.close()
+    assert [(s.labels, s.value) for s in families["intent_queue_messages"].samples] == [
+        ({"queue": queue}, 3.0)
+    ]
+    dead = {s.labels["stream"]: s.value for s in families["intent_dead_letters"].samples}
+    assert dead["events"] == 1.0
 
 
 def test_a_cluster_outage_falls_back_to_memory_and_the_shared_state_resumes(

@@ -25,6 +25,8 @@ from intent import connections
 from intent.breaker import CircuitAdmin, CircuitBreaker, CircuitConfig, CircuitOpenError
 from intent.breaker.stores import BreakerStore, FallbackStore, RedisStore
 from intent.dev.stack import WorkerProcess, running_worker
+from intent.events import ConsumerConfig, EventConsumer, EventHandler
+from intent.models import IntentEvent
 from intent.reference import ReferenceServices
 from intent.runtime import get_runtime
 from tests.cluster import EmbeddedCluster
@@ -160,6 +162,36 @@ def test_a_cluster_outage_falls_back_to_memory_and_the_shared_state_resumes(
                 other.call(test_breaker_redis._refused)
         with pytest.raises(CircuitOpenError):
             breaker.call(lambda: "ok")
+
+
+def test_the_consumer_outlives_a_cluster_restart_that_lost_its_group() -> None:
+    from tests.helpers import KEYS, Running, consumer_client, make_event, publish, wait_until
+
+    with EmbeddedCluster(masters=3) as cluster:
+        client = connections.redis_client(cluster.url, decode_responses=True)
+        seen: list[str] = []
+        config = ConsumerConfig(group="g", consumer="c", block=0.1, start_id="0")
+        handler = EventHandler()
+        for kind in IntentEvent:
+            handler.register(kind, lambda event: seen.append(event.id))
+        consumer = EventConsumer(
+            consumer_client(cluster.url, socket_timeout=2), KEYS, handler, config
+        )
+        run = Running(consumer)
+        run.thread.start()
+        try:
+            publish(client, [make_event(1)])
+            wait_until(lambda: seen == ["evt_0001"])
+            cluster.stop()  # the consumer sees the outage and keeps retrying
+            time.sleep(0.5)
+            cluster.start()  # the same nodes and slots, empty: no stream, no group
+            publish(client, [make_event(2)])
+            wait_until(lambda: seen == ["evt_0001", "evt_0002"], timeout=20)
+        finally:
+            run.stop()
+            client.close()
+            consumer.client.close()
+        assert run.error is None
 
 
 def test_a_store_made_while_the_cluster_is_down_falls_back_at_once() -> None:

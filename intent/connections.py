@@ -35,7 +35,7 @@ from limits.storage import RedisClusterStorage, RedisStorage
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.connection import Encoder
-from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from intent.errors import ServiceUnavailableError, SettingsError
@@ -202,11 +202,12 @@ def _cluster_outages() -> Iterator[None]:
     ``RedisClusterException`` (no RedisError) and ``ClusterDownError`` (a ResponseError)."""
     try:
         yield
-    except ClusterDownError as exc:
+    except (ClusterDownError, SlotNotCoveredError) as exc:
         raise _outage(exc) from exc
     except RedisClusterException as exc:
-        if "cannot be connected" not in str(exc) and "not covered" not in str(exc):
-            raise  # a misuse (keys of two slots, a bad argument): a bug, never an outage
+        # Raised for misuse too (keys of two slots, a bad argument): a bug, never an outage.
+        if "cannot be connected" not in str(exc):
+            raise
         raise _outage(exc) from exc
 
 

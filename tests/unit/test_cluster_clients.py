@@ -167,3 +167,13 @@ def test_threads_using_it_first_at_once_each_meet_the_outage(settings: Settings)
         thread.join()
     assert len(errors) == 8
     assert all(isinstance(exc, redis.ConnectionError) for exc in errors), errors
+
+
+def test_a_misuse_of_a_cluster_stays_a_bug_not_an_outage() -> None:
+    from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+
+    for outage in (ClusterDownError("CLUSTERDOWN"), SlotNotCoveredError("slot 7 not covered")):
+        with pytest.raises(redis.ConnectionError), connections._cluster_outages():
+            raise outage
+    with pytest.raises(RedisClusterException, match="same slot"), connections._cluster_outages():
+        raise RedisClusterException("keys in request don't hash to the same slot")

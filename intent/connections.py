@@ -26,9 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote
 
 import redis
 from limits.storage import RedisClusterStorage, RedisStorage
@@ -38,12 +36,13 @@ from redis.connection import Encoder
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
-from intent.errors import ServiceUnavailableError, SettingsError
+from intent.errors import ServiceUnavailableError
 from intent.settings import (
     CIRCUIT_REDIS_SOCKET_TIMEOUT,
     CLUSTER_SCHEMES,
     REDIS_HEALTH_CHECK_INTERVAL,
     REDIS_PROBE_TIMEOUT,
+    ClusterAddress,
     Settings,
 )
 
@@ -150,45 +149,6 @@ def redis_errors(what: str) -> Iterator[None]:
 # with a cluster missing some slots, whose masters are down, and serves the others as far
 # as the servers do (cluster-require-full-coverage).
 _CLUSTER_OPTIONS: dict[str, Any] = {"load_balancing_strategy": None, "require_full_coverage": False}
-
-
-@dataclass(frozen=True)
-class ClusterAddress:
-    """What a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL says."""
-
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    ssl: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> ClusterAddress:
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in CLUSTER_SCHEMES:
-            raise SettingsError(f"not a Redis Cluster URL (scheme {scheme!r})")
-        netloc, _, tail = rest.partition("/")
-        if tail.partition("?")[0] not in ("", "0") or "?" in rest:
-            raise SettingsError(
-                f"a Redis Cluster URL names its nodes only (a cluster has database 0 alone, "
-                f"and takes no options in the URL): {scheme}://...{'/' + tail if tail else ''}"
-            )
-        auth, _, hosts = netloc.rpartition("@")
-        user, _, password = auth.partition(":")
-        nodes = tuple(_host_port(part, scheme) for part in hosts.split(","))
-        return cls(
-            nodes,
-            username=unquote(user) or None,
-            password=unquote(password) or None,
-            ssl=scheme.lower().startswith("rediss"),
-        )
-
-
-def _host_port(part: str, scheme: str) -> tuple[str, int]:
-    host, _, port = part.strip().rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"a {scheme}:// URL lists host:port pairs, not {part!r}")
-    return host, int(port)
 
 
 def _outage(exc: Exception) -> redis.ConnectionError:

@@ -7,8 +7,10 @@ Defaults are the integration guide's. A bad value stops the process at start wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +83,45 @@ CIRCUIT_FALLBACK_LOG_INTERVAL = 30.0  # "using memory" warning, at most this oft
 RETRY_BUDGET_PERCENT = 20.0
 RETRY_BUDGET_MIN_PER_SECOND = 10.0
 RETRY_BUDGET_WINDOW = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """What a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL says."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterAddress:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in CLUSTER_SCHEMES:
+            raise SettingsError(f"not a Redis Cluster URL (scheme {scheme!r})")
+        netloc, _, tail = rest.partition("/")
+        if tail.partition("?")[0] not in ("", "0") or "?" in rest:
+            raise SettingsError(
+                f"a Redis Cluster URL names its nodes only (a cluster has database 0 alone, "
+                f"and takes no options in the URL): {scheme}://...{'/' + tail if tail else ''}"
+            )
+        auth, _, hosts = netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        nodes = tuple(_host_port(part, scheme) for part in hosts.split(","))
+        return cls(
+            nodes,
+            username=unquote(user) or None,
+            password=unquote(password) or None,
+            ssl=scheme.lower().startswith("rediss"),
+        )
+
+
+def _host_port(part: str, scheme: str) -> tuple[str, int]:
+    host, _, port = part.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"a {scheme}:// URL lists host:port pairs, not {part!r}")
+    return host, int(port)
 
 
 class Settings(BaseSettings):
@@ -277,13 +318,18 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         for name in ("redis_url", "broker_url", "result_backend_url"):
             url = getattr(self, name) or ""
-            if url.partition("://")[0].lower() in CLUSTER_SCHEMES:
+            if _is_cluster_url(url):
                 # Celery's Redis transport and result backend have no cluster mode.
                 raise ValueError(
                     f"{ENV_PREFIX}{name.upper()} names a Redis Cluster, which holds only the "
                     f"state: set {ENV_PREFIX}STATE_REDIS_URL to it, and {ENV_PREFIX}"
                     f"{name.upper()} to a standalone or Sentinel Redis (or RabbitMQ)"
                 )
+        if self.state_redis_url and _is_cluster_url(self.state_redis_url):
+            try:
+                ClusterAddress.parse(self.state_redis_url)
+            except SettingsError as exc:
+                raise ValueError(f"{ENV_PREFIX}STATE_REDIS_URL: {exc}") from None
         if self.retry_max_delay < self.retry_initial_delay:
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
         if self.task_time_limit <= self.task_soft_time_limit:
@@ -385,6 +431,10 @@ class Settings(BaseSettings):
                 "prints the export lines another shell needs)"
             )
         return self.redis_url
+
+
+def _is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -14,9 +14,9 @@ from limits.storage import RedisClusterStorage
 from redis.backoff import NoBackoff
 
 from intent import connections, resp
-from intent.connections import CLUSTER, STANDALONE, ClusterAddress, ClusterClient
+from intent.connections import CLUSTER, STANDALONE, ClusterClient
 from intent.errors import ServiceUnavailableError, SettingsError
-from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT, Settings, load_settings
+from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT, ClusterAddress, Settings, load_settings
 
 STANDALONE_URL = "redis://127.0.0.1:1/0"
 CLUSTER_URL = "redis+cluster://127.0.0.1:1,127.0.0.1:2"
@@ -177,3 +177,8 @@ def test_a_misuse_of_a_cluster_stays_a_bug_not_an_outage() -> None:
             raise outage
     with pytest.raises(RedisClusterException, match="same slot"), connections._cluster_outages():
         raise RedisClusterException("keys in request don't hash to the same slot")
+
+
+def test_a_bad_state_cluster_url_is_refused_at_start_by_its_name() -> None:
+    with pytest.raises(SettingsError, match=r"INTENT_STATE_REDIS_URL: .*database 0 alone"):
+        load_settings(redis_url=STANDALONE_URL, state_redis_url="redis+cluster://h:7000/2")

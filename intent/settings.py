@@ -87,7 +87,8 @@ RETRY_BUDGET_WINDOW = 10.0
 
 @dataclass(frozen=True)
 class ClusterAddress:
-    """What a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL says."""
+    """What a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL says (the
+    state may live on a Redis Cluster: see ``state_redis_url``)."""
 
     nodes: tuple[tuple[str, int], ...]
     username: str | None = None
@@ -101,9 +102,9 @@ class ClusterAddress:
             raise SettingsError(f"not a Redis Cluster URL (scheme {scheme!r})")
         netloc, _, tail = rest.partition("/")
         if tail.partition("?")[0] not in ("", "0") or "?" in rest:
-            raise SettingsError(
-                f"a Redis Cluster URL names its nodes only (a cluster has database 0 alone, "
-                f"and takes no options in the URL): {scheme}://...{'/' + tail if tail else ''}"
+            raise SettingsError(  # the URL itself is not shown: an option may be a secret
+                "a Redis Cluster URL names its nodes only (a cluster has database 0 alone, "
+                "and takes no options in the URL)"
             )
         auth, _, hosts = netloc.rpartition("@")
         user, _, password = auth.partition(":")

@@ -12,31 +12,71 @@ once (their values are settings, see ``intent.settings``):
   retries: a dead Redis costs milliseconds per call, and the breaker falls back to memory);
 - ``rate_limit_storage``: ``limits``' storage, which builds its client from the data timeouts;
 - ``probe_client``: a one-off "does it answer?" check.
+
+The state lives where ``INTENT_STATE_REDIS_URL`` says (default ``INTENT_REDIS_URL``), and
+its URL's scheme says what kind of Redis that is: :func:`topology` is the one place that
+tells them apart, and :func:`redis_client` and :func:`rate_limit_storage` build for each
+kind. ``redis://``, ``rediss://`` and ``unix://`` name one server; ``redis+cluster://`` and
+``rediss+cluster://`` (``limits``' form) name a Redis Cluster by some of its nodes,
+``host:port[,host:port...]``, whose client is a :class:`ClusterClient`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from typing import Any, cast
 
 import redis
-from limits.storage import RedisStorage
+from limits.storage import RedisClusterStorage, RedisStorage
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.connection import Encoder
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from intent.errors import ServiceUnavailableError
 from intent.settings import (
     CIRCUIT_REDIS_SOCKET_TIMEOUT,
+    CLUSTER_SCHEMES,
     REDIS_HEALTH_CHECK_INTERVAL,
     REDIS_PROBE_TIMEOUT,
+    ClusterAddress,
     Settings,
 )
+
+STANDALONE = "standalone"
+CLUSTER = "cluster"
+
+
+def topology(url: str) -> str:
+    """What kind of Redis ``url`` names, by its scheme: ``CLUSTER`` or ``STANDALONE``."""
+    scheme = url.partition("://")[0].lower()
+    return CLUSTER if scheme in CLUSTER_SCHEMES else STANDALONE
+
+
+def on_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster's (whose pipelines take no scripts)."""
+    return isinstance(client, RedisCluster)
+
+
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A client of the Redis ``url`` names, with redis-py's ``options`` (timeouts, retry,
+    decoding): a ``redis.Redis`` for one server, a :class:`ClusterClient` for a cluster.
+
+    A cluster client is typed as a ``redis.Redis``: it answers the same commands (each
+    script and pipeline of the service keeps its keys in one slot, see intent/keys.py),
+    and ``intent.resp.plain_pool`` tells the two apart where raw RESP is sent."""
+    if topology(url) == CLUSTER:
+        return cast("redis.Redis", ClusterClient.from_cluster_url(url, **options))
+    return redis.Redis.from_url(url, **options)
 
 
 def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
     """The client for the service's state (bytes replies)."""
-    return redis.Redis.from_url(
-        url or settings.require_redis_url(),
+    return redis_client(
+        url or settings.require_state_redis_url(),
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
@@ -46,8 +86,8 @@ def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
 def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     """A client that reads the event stream, with XREADGROUP's ``block`` seconds allowed
     per reply on top of the data timeout (a blocked read is not a dead Redis)."""
-    return redis.Redis.from_url(
-        settings.require_redis_url(),
+    return redis_client(
+        settings.require_state_redis_url(),
         decode_responses=True,
         # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
         # XADD writes the original bytes back; shown by the CLI), never as an error that
@@ -63,7 +103,7 @@ def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOU
     """A client for breaker state: short timeouts, no retries, decoded replies. It fails
     fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
     in-memory fallback), not redis-py's default retries with backoff."""
-    return redis.Redis.from_url(
+    return redis_client(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
@@ -73,21 +113,23 @@ def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOU
 
 
 def rate_limit_storage(settings: Settings, key_prefix: str) -> RedisStorage:
-    """``limits``' moving-window storage on the data timeouts; its errors arrive wrapped in
-    ``limits.errors.StorageError`` (``intent.ratelimit`` tells an outage from a bug)."""
-    return RedisStorage(
-        settings.require_redis_url(),
-        key_prefix=key_prefix,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        wrap_exceptions=True,
-    )
+    """``limits``' moving-window storage of the state on the data timeouts (its cluster
+    storage for a cluster URL); its errors arrive wrapped in ``limits.errors.StorageError``
+    (``intent.ratelimit`` tells an outage from a bug)."""
+    url = settings.require_state_redis_url()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+    }
+    if topology(url) == CLUSTER:
+        return _ClusterLimitStorage(url, redis_client(url, **options), key_prefix)
+    return RedisStorage(url, key_prefix=key_prefix, wrap_exceptions=True, **options)
 
 
 def probe_client(url: str, timeout: float = REDIS_PROBE_TIMEOUT) -> redis.Redis:
     """A client for one "does Redis answer?" check: connect and each reply within
     ``timeout``."""
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -99,3 +141,148 @@ def redis_errors(what: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ServiceUnavailableError("redis", f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+# -- Redis Cluster ---------------------------------------------------------------------
+# Reads go to the masters, redis-py's default without a load_balancing_strategy (a replica
+# may not have a write yet: a breaker, a claim would read stale state). The client starts
+# with a cluster missing some slots, whose masters are down, and serves the others as far
+# as the servers do (cluster-require-full-coverage).
+_CLUSTER_OPTIONS: dict[str, Any] = {"load_balancing_strategy": None, "require_full_coverage": False}
+
+
+def _outage(exc: Exception) -> redis.ConnectionError:
+    return redis.ConnectionError(f"Redis Cluster unavailable: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _cluster_outages() -> Iterator[None]:
+    """A cluster that cannot be reached, or whose slot has no master, is a
+    ``redis.ConnectionError`` as a server that cannot be reached is: redis-py says so with
+    ``RedisClusterException`` (no RedisError) and ``ClusterDownError`` (a ResponseError)."""
+    try:
+        yield
+    except (ClusterDownError, SlotNotCoveredError) as exc:
+        raise _outage(exc) from exc
+    except RedisClusterException as exc:
+        # Raised for misuse too (keys of two slots, a bad argument): a bug, never an outage.
+        if "cannot be connected" not in str(exc):
+            raise
+        raise _outage(exc) from exc
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's ``RedisCluster`` as the service needs it: built on first use, and its
+    outages in the terms of a single server's.
+
+    ``RedisCluster`` connects when it is made, and an unreachable cluster raises there: a
+    process started during an outage could not even build its breaker store (whose
+    fallback is the point). This one keeps its options and makes the real client when it
+    is first used (again after a failure); until then only what needs no server (the
+    encoder a script's SHA is computed with) answers. Its errors are mapped by
+    :func:`_cluster_outages`.
+    """
+
+    connection_pool = None  # no plain pool: intent.resp sends no raw RESP on a cluster
+
+    def __init__(self, **options: Any):  # no super().__init__: see _materialise
+        self.__dict__["_lazy_options"] = options
+        self.__dict__["_lazy_lock"] = threading.RLock()
+        self.__dict__["_lazy_state"] = "new"
+        self.__dict__["_lazy_maker"] = None  # the thread making it
+
+    @classmethod
+    def from_cluster_url(cls, url: str, **options: Any) -> ClusterClient:
+        address = ClusterAddress.parse(url)
+        if address.username:
+            options.setdefault("username", address.username)
+        if address.password:
+            options.setdefault("password", address.password)
+        if address.ssl:
+            options.setdefault("ssl", True)
+        return cls(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            **_CLUSTER_OPTIONS,
+            **options,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Only attributes RedisCluster.__init__ sets get here: make it, then look again.
+        mine = self.__dict__
+        if "_lazy_state" not in mine or mine["_lazy_state"] == "made":
+            raise AttributeError(name)  # truly missing
+        if mine["_lazy_maker"] == threading.get_ident():
+            raise AttributeError(name)  # read by RedisCluster.__init__ before it sets it
+        self._materialise()  # (another thread making it: waits for it)
+        return getattr(self, name)
+
+    def _materialise(self) -> None:
+        mine = self.__dict__
+        with mine["_lazy_lock"]:
+            if mine["_lazy_state"] == "made":
+                return
+            mine["_lazy_state"], mine["_lazy_maker"] = "making", threading.get_ident()
+            try:
+                with _cluster_outages():
+                    RedisCluster.__init__(self, **mine["_lazy_options"])
+                mine["_lazy_state"] = "made"
+            finally:
+                mine["_lazy_maker"] = None
+                if mine["_lazy_state"] != "made":
+                    mine["_lazy_state"] = "new"  # the next use tries again
+
+    def get_encoder(self) -> Encoder:
+        options = self.__dict__["_lazy_options"]
+        return Encoder(
+            options.get("encoding", "utf-8"),
+            options.get("encoding_errors", "strict"),
+            options.get("decode_responses", False),
+        )
+
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        """The options it was given (made or not: ``intent.resp`` reads its timeout)."""
+        return dict(self.__dict__["_lazy_options"])
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with _cluster_outages():
+            return super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        with _cluster_outages():
+            pipe = super().pipeline(transaction, shard_hint)
+        pipe.__class__ = _ClusterPipeline  # the same pipeline, its outages mapped
+        return pipe
+
+    def close(self) -> None:
+        if self.__dict__.get("_lazy_state") == "made":
+            super().close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        nodes = self.__dict__["_lazy_options"].get("startup_nodes", [])
+        return f"<ClusterClient {','.join(node.name for node in nodes)}>"
+
+
+class _ClusterPipeline(ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        with _cluster_outages():
+            return super().execute(raise_on_error)
+
+
+class _ClusterLimitStorage(RedisClusterStorage):
+    """``limits``' cluster storage (its scripts, key layout and cluster-wide reset) on a
+    :class:`ClusterClient`: made without connecting (limits' own connects at once and
+    raises while the cluster is away), its outages ``redis.ConnectionError``, which limits
+    wraps in ``StorageError``. No STORAGE_SCHEME: limits' registry is left alone."""
+
+    def __init__(self, uri: str, client: redis.Redis, key_prefix: str):
+        # RedisClusterStorage.__init__ without the client it would make (limits 5.x).
+        self.key_prefix = key_prefix
+        self.target_server = "redis"
+        self.dependency = redis
+        self.storage = client
+        self.initialize_storage(uri)
+        super(RedisStorage, self).__init__(uri, wrap_exceptions=True)

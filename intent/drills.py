@@ -170,8 +170,12 @@ class DrillStore:
 
     def list(self) -> list[Drill]:
         """The drills running, one per service at most."""
-        keys = [self.keys.drill(service) for service in SERVICES]
-        raws = cast("list[str | bytes | None]", self.client.mget(keys))
+        # A GET per service in one round trip, not MGET: on a Redis Cluster their keys are
+        # in different slots, which one MGET may not span.
+        with self.client.pipeline(transaction=False) as pipe:
+            for service in SERVICES:
+                pipe.get(self.keys.drill(service))
+            raws = cast("list[str | bytes | None]", pipe.execute())
         found = [self._decoded(s, raw) for s, raw in zip(SERVICES, raws, strict=True) if raw]
         return [drill for drill in found if drill is not None]
 

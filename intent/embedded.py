@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,6 +58,7 @@ class EmbeddedRedis(Background):
         host: str = "127.0.0.1",
         password: str | None = None,
         appendonly: bool = False,
+        extra_args: Sequence[str] = (),
     ):
         self.host = host
         self.port = port or free_port(host)
@@ -64,8 +66,15 @@ class EmbeddedRedis(Background):
         # Append-only persistence (fsync every second, as production Redis runs): a stop and
         # a start on the same port bring the data back, as a Redis restart does.
         self.appendonly = appendonly
+        # More valkey-server options, after ours (a cluster node's, e.g.).
+        self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="intent-valkey-")
+
+    @property
+    def dir(self) -> Path:
+        """The server's working directory (its log, append-only and cluster files)."""
+        return Path(self._dir)
 
     @property
     def url(self) -> str:
@@ -98,6 +107,7 @@ class EmbeddedRedis(Background):
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self._process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
         )

@@ -57,9 +57,14 @@ def plain_pool(client: Any) -> redis.ConnectionPool | None:
 
 
 def socket_timeout(client: Any) -> float | None:
-    """The reply timeout the client's connections are made with (None: none, or unknown)."""
+    """The reply timeout the client's connections are made with (None: none, or unknown);
+    a cluster client's (``get_connection_kwargs``) too."""
     pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:
+        options = getattr(client, "get_connection_kwargs", None)
+        kwargs = options() if callable(options) else None
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
     timeout = kwargs.get("socket_timeout")
     return float(timeout) if timeout is not None else None
 

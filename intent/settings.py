@@ -7,8 +7,10 @@ Defaults are the integration guide's. A bad value stops the process at start wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +28,8 @@ REDIS_HEALTH_CHECK_INTERVAL = 30
 # A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
 # within this long.
 REDIS_PROBE_TIMEOUT = 2.0
+# URL schemes that name a Redis Cluster (``limits``' form): only the state may live on one.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 # Broker URL schemes of kombu's AMQP transports (RabbitMQ).
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -84,6 +88,46 @@ RETRY_BUDGET_MIN_PER_SECOND = 10.0
 RETRY_BUDGET_WINDOW = 10.0
 
 
+@dataclass(frozen=True)
+class ClusterAddress:
+    """What a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL says (the
+    state may live on a Redis Cluster: see ``state_redis_url``)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterAddress:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in CLUSTER_SCHEMES:
+            raise SettingsError(f"not a Redis Cluster URL (scheme {scheme!r})")
+        netloc, _, tail = rest.partition("/")
+        if tail.partition("?")[0] not in ("", "0") or "?" in rest:
+            raise SettingsError(  # the URL itself is not shown: an option may be a secret
+                "a Redis Cluster URL names its nodes only (a cluster has database 0 alone, "
+                "and takes no options in the URL)"
+            )
+        auth, _, hosts = netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        nodes = tuple(_host_port(part, scheme) for part in hosts.split(","))
+        return cls(
+            nodes,
+            username=unquote(user) or None,
+            password=unquote(password) or None,
+            ssl=scheme.lower().startswith("rediss"),
+        )
+
+
+def _host_port(part: str, scheme: str) -> tuple[str, int]:
+    host, _, port = part.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"a {scheme}:// URL lists host:port pairs, not {part!r}")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """The service's configuration. Field ``foo_bar`` is read from ``INTENT_FOO_BAR``."""
 
@@ -111,6 +155,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     broker_url: str | None = None  # defaults to redis_url
     result_backend_url: str | None = None  # defaults to redis_url
+    # Where the service's state lives (breaker, limits, cache, pattern state, claims,
+    # waiting room, events...): defaults to redis_url. It may name a Redis Cluster,
+    # redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS), which the
+    # broker and the result backend cannot be (Celery's Redis transport has no cluster mode).
+    state_redis_url: str | None = None
     key_prefix: str = Field(default="intent:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     redis_socket_timeout: PositiveFloat = 2.0
 
@@ -274,6 +323,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        for name in ("redis_url", "broker_url", "result_backend_url"):
+            url = getattr(self, name) or ""
+            if _is_cluster_url(url):
+                # Celery's Redis transport and result backend have no cluster mode.
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()} names a Redis Cluster, which holds only the "
+                    f"state: set {ENV_PREFIX}STATE_REDIS_URL to it, and {ENV_PREFIX}"
+                    f"{name.upper()} to a standalone or Sentinel Redis (or RabbitMQ)"
+                )
+        if self.state_redis_url and _is_cluster_url(self.state_redis_url):
+            try:
+                ClusterAddress.parse(self.state_redis_url)
+            except SettingsError as exc:
+                raise ValueError(f"{ENV_PREFIX}STATE_REDIS_URL: {exc}") from None
         if self.retry_max_delay < self.retry_initial_delay:
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
         if self.task_time_limit <= self.task_soft_time_limit:
@@ -369,6 +432,15 @@ class Settings(BaseSettings):
         counting (toward the bulkhead, as slow) while it still runs."""
         return max(0.0, self.circuit_half_open_timeout - self.slowest_call)
 
+    def require_state_redis_url(self) -> str:
+        """Where the state lives: ``state_redis_url``, else ``redis_url``."""
+        return self.state_redis_url or self.require_redis_url()
+
+    @property
+    def effective_state_redis_url(self) -> str | None:
+        """``state_redis_url``, else ``redis_url``; None when neither is set."""
+        return self.state_redis_url or self.redis_url
+
     def require_redis_url(self) -> str:
         if not self.redis_url:
             raise SettingsError(
@@ -377,6 +449,10 @@ class Settings(BaseSettings):
                 "prints the export lines another shell needs)"
             )
         return self.redis_url
+
+
+def _is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

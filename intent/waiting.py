@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 import redis
 
 from intent import scripts
-from intent.connections import redis_errors
+from intent.connections import on_cluster, redis_errors
 from intent.errors import ServiceUnavailableError
 from intent.keys import WAITING_PARTS, Keys
 
@@ -147,8 +147,11 @@ class WaitingRoom:
     @redis_errors("releasing waiting steps")
     def release_all(self, modes: Mapping[str, tuple[str, float | None]]) -> list[Released]:
         """:meth:`release` for several lanes in one round trip."""
+        # One round trip for every lane; a cluster client runs no script in a pipeline (the
+        # lanes are in different slots anyway): there, a call per lane.
+        together = not on_cluster(self.client)
         with self.client.pipeline(transaction=False) as pipe:
-            names = []
+            names, replies = [], []
             for lane, (mode, rate) in modes.items():
                 spec = self.lane(lane)
                 rate = spec.rate if rate is None else rate
@@ -163,9 +166,13 @@ class WaitingRoom:
                     repr(burst),
                     repr(self.lease),
                 ]
-                self._release(keys=keys, args=args, client=pipe)
                 names.append(spec.name)
-            replies = pipe.execute()
+                if together:
+                    self._release(keys=keys, args=args, client=pipe)
+                else:
+                    replies.append(self._release(keys=keys, args=args))
+            if together:
+                replies = pipe.execute()
         return [_released(name, reply) for name, reply in zip(names, replies, strict=True)]
 
     @redis_errors("waking the steps that wait for a breaker")

@@ -68,15 +68,17 @@ def _log_configuration(**_: Any) -> None:
         "broker": settings.effective_broker_url,
         "result_backend": settings.effective_result_backend,
         "redis": settings.redis_url,
+        "state_redis": settings.effective_state_redis_url,
         "context_service": settings.context_service_url,
         "prediction_service": settings.prediction_service_url,
     }
     shown = {name: mask_url(url) for name, url in urls.items()}
     log.info(
-        "worker ready: queue %s, broker %s, redis %s",
+        "worker ready: queue %s, broker %s, redis %s, state %s",
         settings.queue,
         shown["broker"],
         shown["redis"],
+        shown["state_redis"],
         extra={**shown, "queue": settings.queue, "metrics_dir": settings.metrics_dir},
     )
 

@@ -72,6 +72,15 @@ def delete_service_keys(client: redis.Redis) -> None:
 
 
 @pytest.fixture
+def results_redis() -> Iterator[redis.Redis]:
+    """A client on the Redis of the Celery results (``INTENT_REDIS_URL``): the test Redis,
+    also where a module keeps the state elsewhere (on a Redis Cluster)."""
+    client = redis.Redis.from_url(os.environ["INTENT_REDIS_URL"], decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on the test Redis, with the service's keys removed before and after."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)

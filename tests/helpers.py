@@ -19,6 +19,7 @@ from typing import Any
 import redis
 import requests
 
+from intent import connections
 from intent.embedded import die_with_parent, free_port
 from intent.events import EventConsumer, EventPublisher, event_from_fields
 from intent.keys import Keys
@@ -274,8 +275,9 @@ StartConsumer = Callable[..., Running]
 
 
 def consumer_client(url: str, socket_timeout: float = 5) -> redis.Redis:
-    """A client as a consumer needs: decoded replies, undecodable bytes kept."""
-    return redis.Redis.from_url(
+    """A client as a consumer needs: decoded replies, undecodable bytes kept (of the Redis or
+    Redis Cluster ``url`` names)."""
+    return connections.redis_client(
         url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=socket_timeout
     )
 

@@ -16,6 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from intent import metrics
 from intent.breaker import CircuitAdmin
 from intent.breaker.prometheus import BreakerStateCollector
+from intent.connections import data_client
 from intent.runtime import Runtime
 
 log = logging.getLogger("intent.metrics")
@@ -54,8 +55,16 @@ class SharedStateCollector:
         gauge = metrics.BY_NAME["intent_queue_messages"].gauge()
         broker = rt.settings.broker_url or rt.settings.redis_url or ""
         if broker.startswith(("redis://", "rediss://")) and broker == rt.settings.redis_url:
-            for queue in rt.settings.worker_queues:
-                gauge.add_metric([queue], cast(int, rt.redis.llen(queue)))
+            # The queues are the broker's, which is not the state's Redis when that is a
+            # cluster (INTENT_STATE_REDIS_URL).
+            shared = rt.settings.effective_state_redis_url == broker
+            client = rt.redis if shared else data_client(rt.settings, url=broker)
+            try:
+                for queue in rt.settings.worker_queues:
+                    gauge.add_metric([queue], cast(int, client.llen(queue)))
+            finally:
+                if not shared:
+                    client.close()
         return gauge
 
     @staticmethod
@@ -95,7 +104,7 @@ def exposition(
     else:
         sources.append(metrics.metrics(runtime.settings).registry)
     sources.append(BreakerStateCollector(lambda: circuits or runtime.circuits))
-    if runtime.settings.redis_url:
+    if runtime.settings.effective_state_redis_url:
         sources.append(SharedStateCollector(runtime))
     encode, content_type = choose_encoder(accept or "")
     return encode(_Merged(sources)), content_type

@@ -34,16 +34,18 @@ _processes: ForkLocal[_ProcessStores] = ForkLocal(_ProcessStores)
 
 
 def store_from_settings(settings: Settings) -> FallbackStore:
-    """A new store: Redis (``redis_url``) with the in-memory fallback. Without a URL, no
-    store: a breaker private to one process is asked for by name (``store=MemoryStore()``)."""
-    if not settings.redis_url:
+    """A new store: the state's Redis (``state_redis_url``, default ``redis_url``) with the
+    in-memory fallback. Without a URL, no store: a breaker private to one process is asked
+    for by name (``store=MemoryStore()``)."""
+    url = settings.effective_state_redis_url
+    if not url:
         raise NoSharedStore(
             "no shared store for the circuit breaker: set INTENT_REDIS_URL, so that every "
             "process shares its state, or pass store=MemoryStore() for a breaker private "
             "to this process"
         )
     primary = RedisStore.from_url(
-        settings.redis_url,
+        url,
         prefix=settings.key_prefix,
         socket_timeout=settings.circuit_redis_socket_timeout,
     )
@@ -59,7 +61,7 @@ def default_store(settings: Settings | None = None) -> BreakerStore:
     first use; breakers given no store use it."""
     settings = settings or get_settings()
     key: _StoreKey = (
-        settings.redis_url or "",
+        settings.effective_state_redis_url or "",
         settings.key_prefix,
         settings.circuit_redis_socket_timeout,
         settings.circuit_redis_probe_interval,

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from intent.runtime import get_runtime
 
     rt = get_runtime()
-    rt.settings.require_redis_url()
+    rt.settings.require_state_redis_url()
     try:
         code = _act(rt.circuits, args)
     except StoreError as exc:

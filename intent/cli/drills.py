@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from intent.runtime import get_runtime
 
     rt = get_runtime()
-    rt.settings.require_redis_url()
+    rt.settings.require_state_redis_url()
     try:
         return _act(rt.drill_store, args)
     except redis.RedisError as exc:

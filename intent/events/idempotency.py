@@ -88,7 +88,7 @@ class Idempotency:
         ``INTENT_EVENT_DEDUP_TTL``, with a lease of ``INTENT_CONSUMER_CLAIM_IDLE`` (a handler
         running longer is taken over anyway)."""
         settings = settings or get_settings()
-        url = settings.require_redis_url()
+        url = settings.require_state_redis_url()
         clients = _clients.get()
         client = clients.get(url) or clients.setdefault(url, data_client(settings))
         return cls(

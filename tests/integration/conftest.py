@@ -18,6 +18,7 @@ from intent.dev.stack import WorkerProcess, running_worker
 from intent.events import ConsumerConfig, EventConsumer, EventHandler
 from intent.reference import ReferenceControl, ReferenceServices
 from intent.runtime import reset_runtime
+from tests.cluster import EmbeddedCluster
 from tests.helpers import KEYS, Running, StartConsumer, consumer_client
 
 # Retries on a short schedule (0.2 s, 0.4 s, 0.8 s, jitter 25 %) so tests stay quick; the
@@ -82,6 +83,26 @@ def inprocess_worker(reference: ReferenceServices) -> Iterator[object]:
         app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
     ) as worker:
         yield worker
+
+
+@pytest.fixture(scope="session")
+def state_cluster() -> Iterator[EmbeddedCluster]:
+    """A real Redis Cluster of three masters (tests/cluster.py), started on first use."""
+    with EmbeddedCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def state_on_cluster(state_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
+    """For a module: the state on the cluster (``INTENT_STATE_REDIS_URL``, seen by this
+    process and the workers it starts); the broker and results stay on the test Redis."""
+    os.environ["INTENT_STATE_REDIS_URL"] = state_cluster.url
+    reset_runtime()
+    try:
+        yield state_cluster
+    finally:
+        os.environ.pop("INTENT_STATE_REDIS_URL", None)
+        reset_runtime()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from intent import connections
 from intent.events import (
     ConsumerConfig,
     DeadLetters,
@@ -195,7 +196,7 @@ def test_entries_of_undecodable_bytes_or_deep_data_are_dead_lettered_bytes_intac
 ) -> None:
     """The five entries that stopped the consumer for good: data nested 1,000 deep, and a
     byte that is not UTF-8 in a field name, in a value, in data, in the type."""
-    raw = redis.Redis.from_url(redis_url)  # bytes in, bytes out
+    raw = connections.redis_client(redis_url)  # bytes in, bytes out (a cluster's too)
     stream = KEYS.events_stream
     redis_client.xgroup_create(stream, "g", "0", mkstream=True)
     valid = {
@@ -485,8 +486,8 @@ def test_a_consumer_stops_with_max_events_and_acknowledges_them(
 def test_the_consumer_needs_a_decoding_client_with_a_long_enough_timeout(redis_url: str) -> None:
     config = ConsumerConfig(group="g", consumer="c", block=1.0)
     with pytest.raises(ValueError, match="decode_responses"):
-        EventConsumer(redis.Redis.from_url(redis_url), KEYS, EventHandler(), config)
-    strict = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+        EventConsumer(connections.redis_client(redis_url), KEYS, EventHandler(), config)
+    strict = connections.redis_client(redis_url, decode_responses=True, socket_timeout=5)
     with pytest.raises(ValueError, match="surrogateescape"):
         EventConsumer(strict, KEYS, EventHandler(), config)
     short = consumer_client(redis_url, socket_timeout=0.5)

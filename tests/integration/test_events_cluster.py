@@ -7,8 +7,6 @@ and the node still refuses any command or script whose keys hash to more than on
 
 from __future__ import annotations
 
-import stat
-import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -16,7 +14,6 @@ import pytest
 import redis
 
 from intent import embedded
-from intent.embedded import EmbeddedRedis
 from intent.events import (
     ConsumerConfig,
     DeadLetters,
@@ -29,6 +26,7 @@ from intent.events import (
 )
 from intent.keys import Keys
 from intent.models import Event, IntentEvent
+from tests.cluster import EmbeddedCluster
 
 pytestmark = pytest.mark.integration
 
@@ -36,36 +34,15 @@ KEYS = Keys("svc.eu-1:")  # not the default prefix: the tag must follow it
 
 
 @pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster_url() -> Iterator[str]:
+    """One node serving every slot (tests/cluster.py): a plain client on it needs no
+    redirects."""
     try:
-        real = embedded.valkey_executable()
+        embedded.valkey_executable()
     except (ImportError, RuntimeError) as exc:
         pytest.skip(f"needs the embedded Valkey: {exc}")
-    folder = tmp_path_factory.mktemp("cluster")
-    # EmbeddedRedis starts the executable it is given: a wrapper adds cluster mode. The
-    # cluster bus gets a free port of its own: by default it is the port + 10000, past
-    # 65535 for an ephemeral port above 55535 (the server then exits at start).
-    wrapper = folder / "valkey-cluster"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'exec "{real}" "$@" --cluster-enabled yes --cluster-port {embedded.free_port()} '
-        f'--cluster-config-file "{folder / "nodes.conf"}"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(embedded, "valkey_executable", lambda: str(wrapper))
-        server = EmbeddedRedis().start()
-    try:
-        client = redis.Redis.from_url(server.url)
-        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 10
-        while cast(dict[str, Any], client.cluster("info"))["cluster_state"] != "ok":
-            assert time.monotonic() < deadline, "the cluster node did not come up"
-            time.sleep(0.05)
-        client.close()
-        yield server.url
-    finally:
-        server.close()
+    with EmbeddedCluster(masters=1) as cluster:
+        yield cluster.nodes[0].url
 
 
 @pytest.fixture

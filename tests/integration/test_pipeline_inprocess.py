@@ -73,16 +73,16 @@ def test_stable_task_ids_derive_from_the_request_id(clean: redis.Redis) -> None:
     assert app.AsyncResult(rid).state == "SUCCESS"
 
 
-def test_only_the_analysis_result_is_stored(clean: redis.Redis) -> None:
+def test_only_the_analysis_result_is_stored(clean: redis.Redis, results_redis: redis.Redis) -> None:
     """Each step's output travels in the next step's message: no copy of it is kept."""
     payload = request()
     rid = payload["request_id"]
     submit(payload).get(timeout=30)
 
     assert app.AsyncResult(rid).state == "SUCCESS"
-    assert clean.exists(app.backend.get_key_for_task(rid)) == 1
+    assert results_redis.exists(app.backend.get_key_for_task(rid)) == 1
     for step in ("fetch_context", "predict", "detect_pattern"):
-        assert clean.exists(app.backend.get_key_for_task(f"{rid}.{step}")) == 0
+        assert results_redis.exists(app.backend.get_key_for_task(f"{rid}.{step}")) == 0
 
 
 def test_resubmitting_a_request_id_runs_nothing_twice(
@@ -180,7 +180,9 @@ def test_event_payloads_follow_the_seed_schema(clean: redis.Redis) -> None:
         assert json.loads(fields["data"])["context_id"] == "ctx-7"
 
 
-def test_an_analysis_sent_by_name_is_found_by_its_request_id(clean: redis.Redis) -> None:
+def test_an_analysis_sent_by_name_is_found_by_its_request_id(
+    clean: redis.Redis, results_redis: redis.Redis
+) -> None:
     """A web app without this project's code sends by name and keeps only its request_id:
     the result (and a failure, with its JSON error object) is found under it."""
     payload = request()
@@ -194,18 +196,20 @@ def test_an_analysis_sent_by_name_is_found_by_its_request_id(clean: redis.Redis)
     failed = app.send_task("intent.analyze", args=[missing])
     with pytest.raises(ServiceRequestError):
         failed.get(timeout=30)
-    raw = json.loads(clean.get(app.backend.get_key_for_task(missing["request_id"])))
+    raw = json.loads(results_redis.get(app.backend.get_key_for_task(missing["request_id"])))
     assert raw["status"] == "FAILURE"
     assert raw["result"]["error"]["type"] == "ServiceRequestError"
     assert raw["result"]["error"]["status"] == 404
     assert raw["result"]["error"]["service"] == "context-service"
 
 
-def test_a_refusal_stores_a_json_error_object_naming_the_field(clean: redis.Redis) -> None:
+def test_a_refusal_stores_a_json_error_object_naming_the_field(
+    clean: redis.Redis, results_redis: redis.Redis
+) -> None:
     sent = app.send_task("intent.analyze", args=[{**request(), "client_id": "no spaces"}])
     with pytest.raises(ValidationError):
         sent.get(timeout=15)
-    raw = json.loads(clean.get(app.backend.get_key_for_task(sent.id)))
+    raw = json.loads(results_redis.get(app.backend.get_key_for_task(sent.id)))
     assert raw["result"]["error"] == {
         "type": "ValidationError",
         "message": raw["result"]["error"]["message"],

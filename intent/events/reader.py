@@ -1,9 +1,15 @@
 """The consumer's stream reader: a connection of its own that pipelines ``[XACK] XREADGROUP``,
-so the next batch is requested before the one in hand is handled (the read-ahead)."""
+so the next batch is requested before the one in hand is handled (the read-ahead).
+
+With several partitions the consumer has a reader per partition stream, each with its own
+blocking read outstanding (one stream per command: on a Redis Cluster the partitions are in
+different slots), and :func:`next_ready` picks the one whose reply came, in turns."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import select
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -18,8 +24,21 @@ class StreamReader:
     """A connection that only reads: ``[XACK] XREADGROUP`` requests, at most one outstanding,
     so a read can be sent before the batch in hand is handled."""
 
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, clock: Clock):
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        clock: Clock,
+        *,
+        unblockable: bool = False,
+    ):
         self._pool = client.connection_pool
+        # With several readers, a stop wakes the idle ones (CLIENT UNBLOCK) rather than
+        # waiting out their BLOCK: each learns its connection's id when it connects.
+        self._unblockable = unblockable
+        self.client_id: int | None = None
         self._connection: resp.RawConnection | None = None
         self._read = ("XREADGROUP", "GROUP", group, consumer, "COUNT")
         self._streams = ("STREAMS", stream, ">")
@@ -32,6 +51,8 @@ class StreamReader:
     def send(self, acks: list[str], count: int, block_ms: int) -> None:
         if self._connection is None:
             self._connection = resp.RawConnection.checked_out(self._pool)
+            if self._unblockable:
+                self._learn_id(self._connection)
         connection = self._connection
         commands: list[tuple[str | int, ...]] = []
         if acks:
@@ -73,6 +94,31 @@ class StreamReader:
             raise error
         return entries_from_reply(reply)
 
+    def _learn_id(self, connection: resp.RawConnection) -> None:
+        self.client_id = None
+        try:
+            connection.send_commands([("CLIENT", "ID")])
+            self.client_id = int(connection.read())
+        except redis.ResponseError:  # CLIENT renamed or refused: a stop waits for BLOCK
+            pass
+        except BaseException:
+            self._drop()
+            raise
+
+    def ready(self) -> bool:
+        """Whether the outstanding read's reply has come (or begun to)."""
+        connection = self._connection
+        if connection is None or not self.outstanding:
+            return False
+        try:
+            return connection.can_read()
+        except redis.ConnectionError:
+            return True  # receive() raises it, where the consumer handles a lost Redis
+
+    def fileno(self) -> int:
+        assert self._connection is not None
+        return self._connection.fileno()
+
     def _drop(self) -> None:
         self.outstanding = False
         if self._connection is not None:
@@ -91,3 +137,20 @@ class StreamReader:
                 self.reset()
             self._connection.check_in(self._pool)
             self._connection = None
+
+
+def next_ready(readers: Sequence[StreamReader], start: int, timeout: float) -> int | None:
+    """The index of the first reader, from ``start`` on in turn (so no partition waits
+    behind a busy one), whose reply has come; waits for one up to ``timeout`` seconds
+    (None: none came). Every reader must have a read outstanding."""
+    count = len(readers)
+    order = [(start + i) % count for i in range(count)]
+    for waited in (False, True):
+        for index in order:
+            if readers[index].ready():
+                return index
+        if waited:
+            return None
+        with contextlib.suppress(OSError, ValueError):  # a closed socket: ready() says so
+            select.select([readers[i].fileno() for i in order], [], [], timeout)
+    return None

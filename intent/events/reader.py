@@ -47,6 +47,8 @@ class StreamReader:
         self.outstanding = False
         self.sent_at = 0.0
         self._acks_in_flight: list[str] = []
+        self._ack_replied = False  # the XACK's reply was read (by ready())
+        self._ack_error: redis.ResponseError | None = None
 
     def send(self, acks: list[str], count: int, block_ms: int) -> None:
         if self._connection is None:
@@ -59,6 +61,8 @@ class StreamReader:
             commands.append((*self._ack, *acks))
         commands.append((*self._read, count, "BLOCK", block_ms, *self._streams))
         self._acks_in_flight = acks
+        self._ack_replied = False
+        self._ack_error = None
         try:
             connection.send_commands(commands)
         except BaseException:
@@ -71,16 +75,13 @@ class StreamReader:
         """The entries of the outstanding read (waits for them; at most BLOCK)."""
         connection = self._connection
         assert connection is not None and self.outstanding
-        error: redis.ResponseError | None = None
         reply: Any = None
         try:
             # Both replies are read even when the first is an error: the connection must
             # stay in step with its requests.
-            if self._acks_in_flight:
-                try:
-                    connection.read()
-                except redis.ResponseError as exc:
-                    error = exc
+            if self._acks_in_flight and not self._ack_replied:
+                self._read_ack(connection)
+            error = self._ack_error
             try:
                 reply = connection.read()
             except redis.ResponseError as exc:
@@ -90,6 +91,7 @@ class StreamReader:
             raise
         self.outstanding = False
         self._acks_in_flight = []
+        self._ack_error = None
         if error is not None:
             raise error
         return entries_from_reply(reply)
@@ -105,14 +107,26 @@ class StreamReader:
             self._drop()
             raise
 
+    def _read_ack(self, connection: resp.RawConnection) -> None:
+        try:
+            connection.read()
+        except redis.ResponseError as exc:
+            self._ack_error = exc
+        self._ack_replied = True
+
     def ready(self) -> bool:
-        """Whether the outstanding read's reply has come (or begun to)."""
+        """Whether the outstanding read's reply has come (or begun to). The XACK's reply,
+        which comes at once, is read first: only the XREADGROUP's says entries are there."""
         connection = self._connection
         if connection is None or not self.outstanding:
             return False
         try:
+            if self._acks_in_flight and not self._ack_replied:
+                if not connection.can_read():
+                    return False
+                self._read_ack(connection)
             return connection.can_read()
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             return True  # receive() raises it, where the consumer handles a lost Redis
 
     def fileno(self) -> int:

@@ -414,7 +414,11 @@ class EventConsumer:
         return min(lane.next_timer() for lane in self._lanes)
 
     def _block_ms(self, lane: _Lane) -> int:
-        wait = min(self.config.block, lane.next_timer() - self._clock())
+        # Every lane's read ends by the first timer due on any lane: a lane is looked after
+        # (retries, takeovers) between its reads, and another lane's blocked read must not
+        # hold that up.
+        timer = lane.next_timer() if len(self._lanes) == 1 else self._next_timer()
+        wait = min(self.config.block, timer - self._clock())
         return max(1, int(wait * 1000))
 
     def _take_acks(self, lane: _Lane) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from intent.admin.exposition import SharedStateCollector
 from intent.events import (
     ConsumerConfig,
     DeadLetters,
@@ -31,7 +32,8 @@ from intent.events import (
 from intent.events.idempotency import Idempotency
 from intent.events.partitions import event_partition
 from intent.models import Event, IntentEvent
-from tests.helpers import KEYS, Running, consumer_client, wait_until
+from intent.runtime import get_runtime
+from tests.helpers import KEYS, Running, consumer_client, environment, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -436,3 +438,27 @@ def test_the_cli_tails_lists_and_requeues_across_partitions(
     for d in listed:  # back on its own partition: there twice now, first and requeued
         stream = redis_client.xrange(KEYS.event_stream(d["partition"]))
         assert [f["id"] for _, f in stream].count(d["fields"]["id"]) == 2
+
+
+def test_the_runtime_publishes_by_partition_and_the_gauge_sums_every_partition(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    events = interleaved(contexts=6, per_context=1)
+    with environment({"INTENT_EVENT_PARTITIONS": str(N), "INTENT_REDIS_URL": redis_url}):
+        rt = get_runtime()
+        assert rt.publisher.partitions == N
+        assert all(rt.publisher.publish(events))
+        for event in events:
+            stream = KEYS.event_stream(event_partition(event, N))
+            assert event.id in {f["id"] for _, f in redis_client.xrange(stream)}
+        letters = DeadLetters(consumer_client(redis_url), KEYS, 1000, partitions=N)
+        used = sorted({event_partition(e, N) for e in events})
+        for partition in used:
+            letters.client.xadd(KEYS.dead_letter_stream(partition), {"dead_reason": "failed"})
+        gauges = {
+            sample.labels["stream"]: sample.value
+            for metric in SharedStateCollector(rt).collect()
+            if metric.name == "intent_dead_letters"
+            for sample in metric.samples
+        }
+        assert gauges["events"] == len(used) > 1

@@ -20,7 +20,6 @@ does not hold up another's events; with one partition this is the single loop ab
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -847,10 +846,8 @@ class EventConsumer:
         if self.partitions == 1:
             return
         for lane in self._lanes:
-            reader = lane.reader
-            if reader.outstanding and reader.client_id is not None and not reader.ready():
-                with contextlib.suppress(redis.ResponseError):
-                    self.client.client_unblock(reader.client_id)
+            if lane.reader.outstanding and not lane.reader.ready():
+                lane.reader.unblock()
 
     def _release(self, lane: _Lane) -> None:
         """Mark entries this consumer will not handle as idle, so others take them over at

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import select
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -34,7 +34,7 @@ class StreamReader:
         *,
         unblockable: bool = False,
     ):
-        self._pool = client.connection_pool
+        self._pool = pool_for(client, stream)
         # With several readers, a stop wakes the idle ones (CLIENT UNBLOCK) rather than
         # waiting out their BLOCK: each learns its connection's id when it connects.
         self._unblockable = unblockable
@@ -129,6 +129,22 @@ class StreamReader:
         except (redis.ConnectionError, redis.TimeoutError):
             return True  # receive() raises it, where the consumer handles a lost Redis
 
+    def unblock(self) -> None:
+        """End the outstanding read now if it is blocked on an idle stream (its reply is then
+        empty), from another connection to the same server; a no-op if it is not blocked."""
+        if not self.outstanding or self.client_id is None:
+            return
+        other = resp.RawConnection.checked_out(self._pool)
+        try:
+            other.send_commands([("CLIENT", "UNBLOCK", self.client_id)])
+            other.read()
+        except redis.ResponseError:
+            pass
+        except BaseException:
+            other.disconnect()
+            raise
+        other.check_in(self._pool)
+
     def fileno(self) -> int:
         assert self._connection is not None
         return self._connection.fileno()
@@ -151,6 +167,17 @@ class StreamReader:
                 self.reset()
             self._connection.check_in(self._pool)
             self._connection = None
+
+
+def pool_for(client: Any, stream: str) -> redis.ConnectionPool:
+    """The connections to the server holding ``stream``: the client's own, or, for a
+    ``RedisCluster`` client, those of the node serving the stream's slot."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return cast(redis.ConnectionPool, pool)
+    return cast(
+        redis.ConnectionPool, client.get_node_from_key(stream).redis_connection.connection_pool
+    )
 
 
 def next_ready(readers: Sequence[StreamReader], start: int, timeout: float) -> int | None:

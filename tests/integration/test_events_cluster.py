@@ -225,3 +225,27 @@ def test_the_partitioned_bus_runs_on_a_cluster_node(client: redis.Redis) -> None
     for partition in range(PARTITIONS):
         pending = cast(dict[str, Any], client.xpending(KEYS.event_stream(partition), "g"))
         assert pending["pending"] == 0
+
+
+def test_a_cluster_client_consumes_every_partition(cluster_url: str, client: redis.Redis) -> None:
+    """Through ``redis.RedisCluster`` (commands routed by slot, each partition's reader on
+    the connections of the node serving it), as on a cluster of several nodes."""
+    cluster = redis.RedisCluster.from_url(
+        cluster_url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=5
+    )
+    try:
+        events = [context_event(i) for i in range(12)]
+        publisher = EventPublisher(cluster, KEYS, maxlen=1000, dedup_ttl=60, partitions=PARTITIONS)
+        assert all(publisher.publish(events))
+        seen: list[str] = []
+        handler = EventHandler()
+        handler.register(IntentEvent.CONTEXT_CHANGED, lambda event: seen.append(event.id))
+        config = ConsumerConfig(group="g", consumer="c1", block=0.1, start_id="0")
+        consumer = EventConsumer(cluster, KEYS, handler, config, partitions=PARTITIONS)
+        stats = consumer.run(install_signal_handlers=False, max_events=len(events))
+        assert stats.handled == len(events) and sorted(seen) == sorted(e.id for e in events)
+        for partition in range(PARTITIONS):
+            pending = cast(dict[str, Any], client.xpending(KEYS.event_stream(partition), "g"))
+            assert pending["pending"] == 0
+    finally:
+        cluster.close()

@@ -25,7 +25,7 @@ from intent.events import (
     register_builtin_handlers,
     replay,
 )
-from intent.events.entries import describe_error, parse_entry
+from intent.events.entries import describe_error, id_order, parse_entry
 from intent.events.partitions import entry_ref, parse_ref
 from intent.keys import Keys
 from intent.logs import configure_logging
@@ -72,11 +72,6 @@ def _tail_line(
     return f"{shown}  malformed ({reason})  {json.dumps(fields, separators=(',', ':'))}"
 
 
-def _id_order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 # How often a tail of several partitions looks again when none had anything new: a blocking
 # read covers one stream only (on a Redis Cluster, one command cannot read two partitions).
 TAIL_POLL = 0.1
@@ -100,7 +95,7 @@ def _tail_partitions(args: argparse.Namespace, client: redis.Redis, keys: Keys, 
         for partition, stream in enumerate(streams):
             reply = cast(list[Any], client.xread({stream: lasts[partition]}, count=want))
             for stream_id, fields in reply[0][1] if reply else []:
-                found.append((_id_order(stream_id), partition, stream_id, fields))
+                found.append((id_order(stream_id), partition, stream_id, fields))
         if not found:
             time.sleep(TAIL_POLL)
             continue

@@ -49,6 +49,7 @@ from intent.events.deadletter import (
 from intent.events.entries import (
     StreamEntry,
     describe_error,
+    id_order,
     is_unknown_type,
     parse_entries,
 )
@@ -90,11 +91,6 @@ class _Retry:
     deliveries: int  # deliveries so far
     min_idle: float  # the entry has been idle at least this long once due (XCLAIM's guard)
     deferred: bool = False  # a RetryLater: the next delivery is not counted
-
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class _Lane:
@@ -452,7 +448,10 @@ class EventConsumer:
         acks = lane.acks
         grace = self.config.shutdown_grace
         renew_at = delivered_after + self.config.lease_renewal
-        held_since = started
+        # Ours since they were delivered: entries read while another batch (of this lane, or
+        # another partition's) was handled have waited since then, and one taken over by
+        # another consumer meanwhile is idle for less than that (the renewal skips it).
+        held_since = min(started, delivered_after)
         lost: set[str] = set()
         index = handled = 0
         try:
@@ -675,7 +674,7 @@ class EventConsumer:
         deliveries = {
             entry_id: retry.deliveries + (0 if retry.deferred else 1) for entry_id, retry in due
         }
-        self._handle(lane, sorted(entries, key=lambda e: _id_order(e[0])), deliveries, now)
+        self._handle(lane, sorted(entries, key=lambda e: id_order(e[0])), deliveries, now)
 
     def _claim_stale(self, lane: _Lane, now: float) -> None:
         # Our own handled entries must not look stale to ourselves.

@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from intent import scripts
+from intent.events.entries import id_order
 from intent.keys import Keys
 from intent.models import utcnow_iso
 
@@ -140,7 +141,7 @@ class DeadLetters:
             rows = cast(Rows, self.client.xrange(stream, start, "+", count=count))
             letters += [DeadLetter.from_entry(i, fields, partition) for i, fields in rows]
         if self.partitions > 1:
-            letters.sort(key=lambda letter: (_id_order(letter.dead_id), letter.partition))
+            letters.sort(key=lambda letter: (id_order(letter.dead_id), letter.partition))
         return letters[:count]
 
     def get(self, dead_id: str, partition: int = 0) -> DeadLetter | None:
@@ -186,11 +187,6 @@ class DeadLetters:
         keys = [self.keys.event_stream(partition), self.keys.dead_letter_stream(partition)]
         dead_id = self._dead_letter(keys=keys, args=flat)
         return dead_id.decode() if isinstance(dead_id, bytes) else str(dead_id)
-
-
-def _id_order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def as_bytes(text: str | bytes) -> bytes:

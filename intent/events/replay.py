@@ -10,6 +10,7 @@ from typing import Any, cast
 import redis
 
 from intent.errors import ReplayError
+from intent.events.entries import id_order
 from intent.keys import Keys
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
@@ -26,11 +27,6 @@ class ReplayResult:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _as_tuple(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def group_info(
@@ -68,9 +64,9 @@ def replay(
         if info is None:
             raise ReplayError(f"no consumer group {group!r} on {keys.event_stream(partition)}")
         lasts[partition] = _text(info["last-delivered-id"])
-    behind = {p: last for p, last in lasts.items() if _as_tuple(from_id) <= _as_tuple(last)}
+    behind = {p: last for p, last in lasts.items() if id_order(from_id) <= id_order(last)}
     if not behind:
-        last = max(lasts.values(), key=_as_tuple)
+        last = max(lasts.values(), key=id_order)
         raise ReplayError(
             f"{from_id} is after the group's last delivered entry {last}: "
             "a replay only goes back (it would skip events)"
@@ -89,7 +85,7 @@ def replay(
     return ReplayResult(
         group=group,
         from_id=from_id,
-        previous_last_id=max(lasts.values(), key=_as_tuple),
+        previous_last_id=max(lasts.values(), key=id_order),
         events=events,
         partitions=len(behind),
     )

@@ -9,7 +9,11 @@ and each rate is the median of its rounds, so a noisy machine shifts both alike.
 consumer's time is its whole ``run()``: group check, start-up look for stale entries, the
 reads, parsing every entry into an Event, dispatch, acknowledgements, shutdown.
 
-    python bench/events.py [--n 20000] [--rounds 7] [--batch 100] [--json]
+With ``--partitions P`` the events are published over P partition streams (by context, 50
+contexts) and both variants read all of them: the bare loop one stream per command in
+turns (as a Redis Cluster requires), the consumer with its lane per partition.
+
+    python bench/events.py [--n 20000] [--rounds 7] [--batch 100] [--partitions 1] [--json]
 """
 
 from __future__ import annotations
@@ -65,43 +69,65 @@ def sample_event(index: int, tag: str) -> Event:
     )
 
 
-def fill(client: redis.Redis, keys: Keys, n: int, tag: str) -> None:
-    publisher = EventPublisher(client, keys, maxlen=n * 2, dedup_ttl=600)
+def fill(client: redis.Redis, keys: Keys, n: int, tag: str, partitions: int) -> None:
+    publisher = EventPublisher(client, keys, maxlen=n * 2, dedup_ttl=600, partitions=partitions)
     for start in range(0, n, 500):
         publisher.publish([sample_event(i, tag) for i in range(start, min(n, start + 500))])
 
 
-def bare_round(client: redis.Redis, keys: Keys, group: str, n: int, batch: int) -> float:
-    """The baseline: read a batch, acknowledge it, nothing else."""
-    stream = keys.events_stream
-    client.xgroup_create(stream, group, "0")
+def bare_round(
+    client: redis.Redis, keys: Keys, group: str, n: int, batch: int, partitions: int
+) -> float:
+    """The baseline: read a batch, acknowledge it, nothing else (each partition in turn)."""
+    streams = [keys.event_stream(p) for p in range(partitions)]
+    for stream in streams:
+        client.xgroup_create(stream, group, "0", mkstream=True)
     started = time.perf_counter()
     done = 0
-    while done < n:
+    live = list(streams) if partitions > 1 else []
+    while partitions == 1 and done < n:  # the loop as it was before partitions
+        stream = streams[0]
         reply = client.xreadgroup(group, "bare", {stream: ">"}, count=batch, block=1000)
         if not reply:
             break
         entries = reply[0][1]
         client.xack(stream, group, *(entry_id for entry_id, _ in entries))
         done += len(entries)
+    while done < n and live:
+        for stream in list(live):
+            if done >= n:
+                break
+            # An empty stream is done (all were filled before): no BLOCK.
+            count = min(batch, n - done)
+            reply = client.xreadgroup(group, "bare", {stream: ">"}, count=count)
+            if not reply or not reply[0][1]:
+                live.remove(stream)
+                continue
+            entries = reply[0][1]
+            client.xack(stream, group, *(entry_id for entry_id, _ in entries))
+            done += len(entries)
     elapsed = time.perf_counter() - started
-    client.xgroup_destroy(stream, group)
+    for stream in streams:
+        client.xgroup_destroy(stream, group)
     if done != n:
         raise RuntimeError(f"bare loop read {done} of {n} events")
     return n / elapsed
 
 
-def consumer_round(client: redis.Redis, keys: Keys, group: str, n: int, batch: int) -> float:
+def consumer_round(
+    client: redis.Redis, keys: Keys, group: str, n: int, batch: int, partitions: int
+) -> float:
     """The runner, with a no-op handler on every type and no idempotency."""
     handler = EventHandler()
     for kind in IntentEvent:
         handler.register(kind, lambda event: None)
     config = ConsumerConfig(group=group, consumer="runner", batch_size=batch, start_id="0")
-    consumer = EventConsumer(client, keys, handler, config)
+    consumer = EventConsumer(client, keys, handler, config, partitions=partitions)
     started = time.perf_counter()
     stats = consumer.run(install_signal_handlers=False, max_events=n)
     elapsed = time.perf_counter() - started
-    client.xgroup_destroy(keys.events_stream, group)
+    for partition in range(partitions):
+        client.xgroup_destroy(keys.event_stream(partition), group)
     if stats.handled != n:
         raise RuntimeError(f"consumer handled {stats.handled} of {n} events: {stats}")
     return n / elapsed
@@ -112,6 +138,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000, help="events in the stream")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=100, help="entries per read (COUNT)")
+    parser.add_argument("--partitions", type=int, default=1, help="partition streams")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -124,21 +151,23 @@ def main() -> int:
         url, decode_responses=True, socket_timeout=5, encoding_errors="surrogateescape"
     )
     try:
-        fill(client, keys, args.n, tag)
-        variants: dict[str, Callable[[redis.Redis, Keys, str, int, int], float]] = {
+        fill(client, keys, args.n, tag, args.partitions)
+        variants: dict[str, Callable[[redis.Redis, Keys, str, int, int, int], float]] = {
             "bare": bare_round,
             "consumer": consumer_round,
         }
         for label, run in variants.items():  # warm up: connections, imports, validators
-            run(client, keys, f"warm-{label}", min(args.n, 2000), args.batch)
+            run(client, keys, f"warm-{label}", min(args.n, 2000), args.batch, args.partitions)
         samples: dict[str, list[float]] = {label: [] for label in variants}
         for index in range(max(1, args.rounds)):
             order = list(variants.items())
             if index % 2:
                 order.reverse()
             for label, run in order:
-                samples[label].append(run(client, keys, f"{label}-{index}", args.n, args.batch))
-        client.delete(keys.events_stream)
+                samples[label].append(
+                    run(client, keys, f"{label}-{index}", args.n, args.batch, args.partitions)
+                )
+        client.delete(*(keys.event_stream(p) for p in range(args.partitions)))
         client.close()
     finally:
         owned.close()
@@ -149,6 +178,7 @@ def main() -> int:
         "consumer_per_s": round(consumer_rate, 1),
         "bare_per_s": round(bare_rate, 1),
         "ratio": round(consumer_rate / bare_rate, 3),
+        "partitions": args.partitions,
     }
     if args.json:
         print(json.dumps(figures))
@@ -156,7 +186,7 @@ def main() -> int:
     print(f"{machine()}")
     print(
         f"{args.n} events, batches of {args.batch}, median of {max(1, args.rounds)} "
-        f"alternating rounds                events/s"
+        f"alternating rounds, {args.partitions} partition(s)   events/s"
     )
     print(f"  bare XREADGROUP/XACK loop                               {bare_rate:9.0f}")
     print(f"  EventConsumer, no-op handler (parse, dispatch, ack)     {consumer_rate:9.0f}")

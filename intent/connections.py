@@ -171,6 +171,20 @@ def _cluster_outages() -> Iterator[None]:
         raise _outage(exc) from exc
 
 
+def node_pool(client: Any, key: str, *, refresh: bool = False) -> redis.ConnectionPool:
+    """The connections of the master serving ``key``'s slot on a Redis Cluster (for raw
+    RESP, ``intent.resp``, to the one server a command goes to); ``refresh`` first asks
+    the cluster again where its slots are (after a ``MOVED`` reply). An unreachable
+    cluster is a ``redis.ConnectionError``."""
+    with _cluster_outages():
+        if refresh:
+            client.nodes_manager.initialize()
+        node = client.get_node_from_key(key)
+        if node is None or node.redis_connection is None:
+            raise redis.ConnectionError(f"no node of the cluster serves {key!r}")
+        return cast(redis.ConnectionPool, node.redis_connection.connection_pool)
+
+
 class ClusterClient(RedisCluster):
     """redis-py's ``RedisCluster`` as the service needs it: built on first use, and its
     outages in the terms of a single server's.

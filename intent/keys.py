@@ -19,26 +19,41 @@ class Keys:
     prefix: str = "intent:"
 
     # -- events -------------------------------------------------------------------
+    def event_stream(self, partition: int = 0) -> str:
+        """One partition of the event bus: a stream, bounded by MAXLEN ~
+        (settings.events_maxlen).
+
+        Partition 0 is the contract's ``intent:events``, the whole bus when there is one
+        partition (settings.event_partitions, the default); partition P > 0 is
+        ``intent:events:P``. Each partition's name is the hash tag of the keys scripts write
+        with it (``{intent:events:P}:...``): a key without braces hashes whole, so they
+        share its Cluster slot, and each partition has a slot of its own. That holds
+        because the prefix may hold no braces (settings.key_prefix's pattern)."""
+        if partition == 0:
+            return f"{self.prefix}events"
+        return f"{self.prefix}events:{partition}"
+
     @property
     def events_stream(self) -> str:
-        """The event bus: a stream, bounded by MAXLEN ~ (settings.events_maxlen).
+        """The event bus with one partition (partition 0's stream): ``intent:events``."""
+        return self.event_stream(0)
 
-        Its name stays the contract's ``intent:events`` and is the hash tag of the keys
-        scripts write with it (``{intent:events}:...``): a key without braces hashes whole,
-        so they share its Cluster slot. That holds because the prefix may hold no braces
-        (settings.key_prefix's pattern)."""
-        return f"{self.prefix}events"
+    def event_seen(self, event_id: str, partition: int = 0) -> str:
+        """Marks an event id as published on its partition (TTL settings.event_dedup_ttl).
+        Hash-tagged with the partition's stream so the publish script can touch both in
+        one slot."""
+        return f"{{{self.event_stream(partition)}}}:seen:{event_id}"
 
-    def event_seen(self, event_id: str) -> str:
-        """Marks an event id as published (TTL settings.event_dedup_ttl). Hash-tagged with
-        the stream so the publish script can touch both in one slot."""
-        return f"{{{self.events_stream}}}:seen:{event_id}"
+    def dead_letter_stream(self, partition: int = 0) -> str:
+        """Events a consumer gave up on, with the error: a stream (MAXLEN ~ events_maxlen),
+        one per partition, hash-tagged with its events stream: one script moves an entry
+        between them."""
+        return f"{{{self.event_stream(partition)}}}:dead"
 
     @property
     def dead_letters(self) -> str:
-        """Events a consumer gave up on, with the error: a stream (MAXLEN ~ events_maxlen).
-        Hash-tagged with the events stream: one script moves an entry between them."""
-        return f"{{{self.events_stream}}}:dead"
+        """Partition 0's dead letters (all of them with one partition)."""
+        return self.dead_letter_stream(0)
 
     def event_handled(self, group: str, event_id: str) -> str:
         """A handler's "done" mark for one event in one consumer group

@@ -111,6 +111,16 @@ class RawConnection:
         """The next reply (blocks up to the socket timeout)."""
         return self._connection.read_response()
 
+    def can_read(self) -> bool:
+        """Whether a reply (or part of one) is there to read, without waiting."""
+        return bool(self._connection.can_read(0))
+
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait on several connections at once (select)."""
+        sock = self._connection._sock
+        assert sock is not None, "not connected"
+        return sock.fileno()
+
     def disconnect(self) -> None:
         """Close the socket; replies still due on it are lost."""
         self._connection.disconnect()

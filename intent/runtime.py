@@ -178,8 +178,9 @@ class Runtime:
 
     @cached_property
     def publisher(self) -> EventPublisher:
+        s = self.settings
         return EventPublisher(
-            self.redis, self.keys, self.settings.events_maxlen, self.settings.event_dedup_ttl
+            self.redis, self.keys, s.events_maxlen, s.event_dedup_ttl, s.event_partitions
         )
 
     def close(self) -> None:

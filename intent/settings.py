@@ -233,8 +233,12 @@ class Settings(BaseSettings):
     batch_max_size: PositiveInt = 100  # requests one intent.analyze_batch takes
 
     # Events
-    events_maxlen: PositiveInt = 100_000
+    events_maxlen: PositiveInt = 100_000  # per partition
     event_dedup_ttl: PositiveInt = 7 * 24 * 3600
+    # Streams the bus is split over, an event's chosen by its context id (crc32 mod N):
+    # 1 is the single stream intent:events; more spread it over Redis Cluster nodes. The
+    # same N for every publisher and consumer; changing it moves contexts (README).
+    event_partitions: Annotated[int, Field(ge=1, le=256)] = 1
 
     # Event consumers (`intent events consume`, intent/events/). Times in seconds.
     consumer_batch_size: PositiveInt = 100  # entries per read (XREADGROUP COUNT)

@@ -71,10 +71,11 @@ class SharedStateCollector:
     def _dead(rt: Runtime) -> Metric:
         gauge = metrics.BY_NAME["intent_dead_letters"].gauge()
         with rt.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(rt.keys.dead_letters)
             pipe.xlen(rt.keys.dead_tasks)
-            events, tasks = pipe.execute()
-        gauge.add_metric(["events"], int(events))
+            for partition in range(rt.settings.event_partitions):
+                pipe.xlen(rt.keys.dead_letter_stream(partition))
+            tasks, *events = pipe.execute()
+        gauge.add_metric(["events"], sum(int(n) for n in events))
         gauge.add_metric(["tasks"], int(tasks))
         return gauge
 

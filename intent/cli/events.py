@@ -1,11 +1,14 @@
 """``intent events``: tail the event stream, consume it in a group, replay it, and list or
-requeue dead letters."""
+requeue dead letters; every command covers each partition of the bus
+(INTENT_EVENT_PARTITIONS), showing an entry of partition P as ``P/ID`` when there are
+several (stream ids repeat across streams)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any, cast
@@ -22,7 +25,8 @@ from intent.events import (
     register_builtin_handlers,
     replay,
 )
-from intent.events.entries import describe_error, parse_entry
+from intent.events.entries import describe_error, id_order, parse_entry
+from intent.events.partitions import entry_ref, parse_ref
 from intent.keys import Keys
 from intent.logs import configure_logging
 from intent.models import Event
@@ -48,16 +52,59 @@ def _event_line(stream_id: str, event: Event) -> str:
     )
 
 
-def _tail_line(stream_id: str, fields: dict[str, str], as_json: bool) -> str:
+def _tail_line(
+    stream_id: str, fields: dict[str, str], as_json: bool, partition: int | None = None
+) -> str:
+    """One entry; ``partition`` given (several partitions): shown as ``P/ID``, and in JSON
+    as a ``partition`` beside the stream id."""
+    shown = stream_id if partition is None else f"{partition}/{stream_id}"
+    where: dict[str, Any] = {"stream_id": stream_id}
+    if partition is not None:
+        where["partition"] = partition
     parsed = parse_entry(fields)
     if isinstance(parsed, Event):
         if as_json:
-            return json.dumps({"stream_id": stream_id, **parsed.model_dump(mode="json")})
-        return _event_line(stream_id, parsed)
+            return json.dumps({**where, **parsed.model_dump(mode="json")})
+        return _event_line(shown, parsed)
     reason = describe_error(parsed)
     if as_json:
-        return json.dumps({"stream_id": stream_id, "malformed": reason, "fields": fields})
-    return f"{stream_id}  malformed ({reason})  {json.dumps(fields, separators=(',', ':'))}"
+        return json.dumps({**where, "malformed": reason, "fields": fields})
+    return f"{shown}  malformed ({reason})  {json.dumps(fields, separators=(',', ':'))}"
+
+
+# How often a tail of several partitions looks again when none had anything new: a blocking
+# read covers one stream only (on a Redis Cluster, one command cannot read two partitions).
+TAIL_POLL = 0.1
+
+
+def _tail_partitions(args: argparse.Namespace, client: redis.Redis, keys: Keys, n: int) -> int:
+    """Follow every partition, oldest first by stream id (the time it was added) among
+    what each partition has."""
+    streams = [keys.event_stream(p) for p in range(n)]
+    lasts: list[str] = []
+    for stream in streams:
+        last = args.from_id
+        if last == "$":
+            newest = cast(list[Any], client.xrevrange(stream, "+", "-", count=1))
+            last = newest[0][0] if newest else "0-0"
+        lasts.append(last)
+    shown = 0
+    while args.count is None or shown < args.count:
+        want = 100 if args.count is None else min(100, args.count - shown)
+        found: list[tuple[tuple[int, int], int, str, dict[str, str]]] = []
+        for partition, stream in enumerate(streams):
+            reply = cast(list[Any], client.xread({stream: lasts[partition]}, count=want))
+            for stream_id, fields in reply[0][1] if reply else []:
+                found.append((id_order(stream_id), partition, stream_id, fields))
+        if not found:
+            time.sleep(TAIL_POLL)
+            continue
+        found.sort(key=lambda row: (row[0], row[1]))
+        for _, partition, stream_id, fields in found[:want]:
+            print(_tail_line(stream_id, fields, args.json, partition), flush=True)
+            lasts[partition] = stream_id
+            shown += 1
+    return 0
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -65,6 +112,11 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     keys = Keys(settings.key_prefix)
     block = 1.0
     client = _client(settings, block=block)
+    if settings.event_partitions > 1:
+        try:
+            return _tail_partitions(args, client, keys, settings.event_partitions)
+        except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C; `intent events tail | head`
+            return 0
     stream = keys.events_stream
     last = args.from_id
     if last == "$":
@@ -131,30 +183,42 @@ def _cmd_consume(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
-        result = replay(_client(settings), Keys(settings.key_prefix), args.group, args.from_id)
+        result = replay(
+            _client(settings),
+            Keys(settings.key_prefix),
+            args.group,
+            args.from_id,
+            settings.event_partitions,
+        )
     except ReplayError as exc:
         return _fail(str(exc))
+    where = ""
+    if settings.event_partitions > 1:
+        where = f" on {result.partitions} of {settings.event_partitions} partitions"
     print(
-        f"group {result.group}: rewound from {result.previous_last_id} to {result.from_id}; "
-        f"{result.events} events will be delivered again"
+        f"group {result.group}: rewound from {result.previous_last_id} to {result.from_id}"
+        f"{where}; {result.events} events will be delivered again"
     )
     return 0
 
 
 # -- dead letters ---------------------------------------------------------------------------
-def _dead_line(letter: DeadLetter) -> str:
+def _dead_line(letter: DeadLetter, partitions: int) -> str:
     fields = letter.fields
+    dead = entry_ref(letter.partition, letter.dead_id, partitions)
+    original = entry_ref(letter.partition, letter.original_id, partitions)
     return (
-        f"{letter.dead_id}  {letter.dead_at}  {letter.reason:<12}  group={letter.group}  "
+        f"{dead}  {letter.dead_at}  {letter.reason:<12}  group={letter.group}  "
         f"consumer={letter.consumer}  deliveries={letter.deliveries}  "
-        f"original={letter.original_id}  type={fields.get('type', '-')}  "
+        f"original={original}  type={fields.get('type', '-')}  "
         f"id={fields.get('id', '-')}\n    error: {letter.error}"
     )
 
 
 def _cmd_dead(args: argparse.Namespace) -> int:
     settings = get_settings()
-    letters = DeadLetters(_client(settings), Keys(settings.key_prefix), settings.events_maxlen)
+    n = settings.event_partitions
+    letters = DeadLetters(_client(settings), Keys(settings.key_prefix), settings.events_maxlen, n)
     if args.dead_action == "list":
         if args.ids or args.all:
             return _fail("`dead list` takes no ids; use --count")
@@ -165,7 +229,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
             print("no dead letters")
         else:
             for letter in listed:
-                print(_dead_line(letter))
+                print(_dead_line(letter, n))
             total = letters.count()
             if total > len(listed):
                 print(f"... {total - len(listed)} more (use --count)")
@@ -175,14 +239,18 @@ def _cmd_dead(args: argparse.Namespace) -> int:
     if args.all:
         print(f"requeued {letters.requeue_all()} dead letters")
         return 0
+    try:
+        refs = [parse_ref(ref, n) for ref in args.ids]
+    except ValueError as exc:
+        return _fail(f"dead requeue: {exc}")
     missing = 0
-    for dead_id in args.ids:
-        new_id = letters.requeue(dead_id)
+    for ref, (partition, dead_id) in zip(args.ids, refs, strict=True):
+        new_id = letters.requeue(dead_id, partition)
         if new_id is None:
             missing += 1
-            print(f"{dead_id}: no such dead letter", file=sys.stderr)
+            print(f"{ref}: no such dead letter", file=sys.stderr)
         else:
-            print(f"requeued {dead_id} as {new_id}")
+            print(f"requeued {ref} as {entry_ref(partition, new_id, n)}")
     return 1 if missing else 0
 
 
@@ -250,7 +318,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     dead = actions.add_parser("dead", help="list dead letters, or requeue one or all")
     dead.add_argument("dead_action", nargs="?", default="list", choices=["list", "requeue"])
-    dead.add_argument("ids", nargs="*", help="dead-letter ids to requeue")
+    dead.add_argument(
+        "ids", nargs="*", help="dead-letter ids to requeue (P/ID with several partitions)"
+    )
     dead.add_argument("--all", action="store_true", help="requeue every dead letter")
     dead.add_argument("--count", type=int, default=100, help="list at most N (default 100)")
     dead.add_argument("--json", action="store_true")

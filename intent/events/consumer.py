@@ -1,4 +1,5 @@
-"""``EventConsumer``: one consumer of a group on ``intent:events``, at least once.
+"""``EventConsumer``: one consumer of a group on ``intent:events`` (on every partition of
+the bus, with several), at least once.
 
 An entry is acknowledged only after its handlers returned. A failed entry stays pending
 and is claimed back (XCLAIM) after a backoff that grows with its deliveries, up to
@@ -8,6 +9,13 @@ longer than ``claim_idle`` are taken over (XAUTOCLAIM). A stop finishes the even
 Hot path: each read asks for up to ``batch_size`` entries and carries the previous batch's
 XACKs; it is sent before the batch just received is handled (read-ahead), so Redis
 prepares the next batch while Python runs the handlers and a batch costs one round trip.
+
+Partitions (settings.event_partitions): the group exists on each partition stream under
+the same name, and the consumer keeps one lane per partition: its reader (a connection with
+its own blocking read outstanding), its acknowledgements, retries, takeover cursor and
+dead letters. No command touches two partitions (a Redis Cluster refuses that). Whichever
+lane's reply comes first is handled, in turns when several wait, so one partition's backlog
+does not hold up another's events; with one partition this is the single loop above.
 """
 
 from __future__ import annotations
@@ -41,11 +49,12 @@ from intent.events.deadletter import (
 from intent.events.entries import (
     StreamEntry,
     describe_error,
+    id_order,
     is_unknown_type,
     parse_entries,
 )
 from intent.events.handler import Delivery, EventHandler, _current_delivery
-from intent.events.reader import Clock, StreamReader
+from intent.events.reader import Clock, StreamReader, next_ready
 from intent.keys import Keys
 from intent.lifecycle import on_signals
 from intent.models import Event
@@ -84,13 +93,40 @@ class _Retry:
     deferred: bool = False  # a RetryLater: the next delivery is not counted
 
 
-def _id_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+class _Lane:
+    """One partition as this consumer reads it: what is per stream (entry ids are unique
+    only within their stream, so retries are kept per lane)."""
+
+    __slots__ = (
+        "acks",
+        "claim_cursor",
+        "held",
+        "next_claim",
+        "next_retry",
+        "partition",
+        "reader",
+        "retries",
+        "stream",
+    )
+
+    def __init__(self, partition: int, stream: str, reader: StreamReader):
+        self.partition = partition
+        self.stream = stream
+        self.reader = reader
+        self.acks: list[str] = []
+        self.retries: dict[str, _Retry] = {}
+        self.next_retry = math.inf
+        self.next_claim = 0.0  # look for stale entries at once on start
+        self.claim_cursor = "0-0"
+        self.held: list[StreamEntry] = []  # read but not started (grace, max_events)
+
+    def next_timer(self) -> float:
+        return min(self.next_retry, self.next_claim)
 
 
 class EventConsumer:
-    """Runs ``handler`` over ``intent:events`` as one consumer of ``config.group``.
+    """Runs ``handler`` over ``intent:events`` (each of ``partitions`` streams) as one
+    consumer of ``config.group``.
 
     ``client`` must decode responses (``decode_responses=True``, with
     ``encoding_errors="surrogateescape"``) and have a socket timeout
@@ -105,6 +141,7 @@ class EventConsumer:
         config: ConsumerConfig,
         *,
         dead_letter_maxlen: int = DEFAULTS.events_maxlen,
+        partitions: int = DEFAULTS.event_partitions,
         clock: Clock = time.monotonic,
         rand: Callable[[], float] = random.random,
     ):
@@ -126,20 +163,31 @@ class EventConsumer:
         self.keys = keys
         self.handler = handler
         self.config = config
-        self.dead_letters = DeadLetters(client, keys, dead_letter_maxlen)
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        self.partitions = partitions
+        self.dead_letters = DeadLetters(client, keys, dead_letter_maxlen, partitions)
         self.stats = ConsumerStats()
         self._clock = clock
         self._rand = rand
-        self._stream = keys.events_stream
-        self._reader = StreamReader(client, self._stream, config.group, config.consumer, clock)
+        self._lanes = [
+            _Lane(
+                p,
+                keys.event_stream(p),
+                StreamReader(
+                    client,
+                    keys.event_stream(p),
+                    config.group,
+                    config.consumer,
+                    clock,
+                    unblockable=partitions > 1,
+                ),
+            )
+            for p in range(partitions)
+        ]
+        self._turn = 0  # the lane looked at first when several replies wait
         self._delivery = Delivery(config.group, config.consumer)
         self._log = {"group": config.group, "consumer": config.consumer}
-        self._acks: list[str] = []
-        self._retries: dict[str, _Retry] = {}
-        self._next_retry = math.inf
-        self._next_claim = 0.0  # look for stale entries at once on start
-        self._claim_cursor = "0-0"
-        self._held: list[StreamEntry] = []  # read but not started when the grace ran out
         self._stop_at: float | None = None
         self._wake = threading.Event()
         self._needs_recovery = True
@@ -167,21 +215,34 @@ class EventConsumer:
             handler,
             config,
             dead_letter_maxlen=settings.events_maxlen,
+            partitions=settings.event_partitions,
         )
 
     # -- control ------------------------------------------------------------------------
     def ensure_group(self, start_id: str | None = None) -> bool:
-        """Create the group (and the stream) unless it exists; True if it was created."""
-        try:
-            self.client.xgroup_create(
-                self._stream, self.config.group, id=start_id or self.config.start_id, mkstream=True
-            )
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        logger.info("created consumer group %s", self.config.group, extra=self._log)
-        return True
+        """Create the group (and the stream) on each partition unless it exists there; True
+        if it was created on any."""
+        created = False
+        for lane in self._lanes:
+            try:
+                self.client.xgroup_create(
+                    lane.stream,
+                    self.config.group,
+                    id=start_id or self.config.start_id,
+                    mkstream=True,
+                )
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    continue
+                raise
+            created = True
+            logger.info("created consumer group %s", self.config.group, extra=self._lane_log(lane))
+        return created
+
+    def _lane_log(self, lane: _Lane) -> dict[str, Any]:
+        if self.partitions == 1:
+            return self._log
+        return {**self._log, "partition": lane.partition}
 
     def stop(self) -> None:
         """Ask the run to stop: the event in hand is finished and acknowledged first (safe
@@ -195,7 +256,8 @@ class EventConsumer:
         return self._stop_at is not None
 
     def close(self) -> None:
-        self._reader.close()
+        for lane in self._lanes:
+            lane.reader.close()
         self.client.close()
 
     def run(
@@ -216,7 +278,9 @@ class EventConsumer:
             self.ensure_group()
             logger.info(
                 "consuming %s as %s/%s",
-                self._stream,
+                self._lanes[0].stream
+                if self.partitions == 1
+                else f"{self.partitions} partitions of {self._lanes[0].stream}",
                 self.config.group,
                 self.config.consumer,
                 extra=self._log,
@@ -238,7 +302,8 @@ class EventConsumer:
                 failures = 0
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 failures += 1
-                self._acks.extend(self._reader.reset())
+                for lane in self._lanes:
+                    lane.acks.extend(lane.reader.reset())
                 self._needs_recovery = True
                 wait = min(5.0, 0.1 * 2 ** min(failures, 6))
                 logger.warning(
@@ -249,10 +314,13 @@ class EventConsumer:
                 if "NOGROUP" not in str(exc):
                     raise
                 logger.warning("consumer group vanished; creating it again", extra=self._log)
-                self._acks.clear()  # a new group has no pending entries to acknowledge
-                self._retries.clear()
-                self._next_retry = math.inf
-                self._reader.reset()
+                for lane in self._lanes:
+                    # A new group has no pending entries to acknowledge; a group that is
+                    # still there has them back as retries by the recovery.
+                    lane.acks.clear()
+                    lane.retries.clear()
+                    lane.next_retry = math.inf
+                    lane.reader.reset()
                 self._group_lost = self._needs_recovery = True
 
     def _step(self) -> bool:
@@ -262,74 +330,111 @@ class EventConsumer:
             if self._group_lost:
                 self.ensure_group()
                 self._group_lost = False
-            self._recover()
-        reader = self._reader
-        if not reader.outstanding:
-            self._maintain()
-            if self.stopping:
-                return True
-            count = self._read_count()
-            if count == 0:
-                if self._remaining == 0:
-                    return False
-                # Too many failed events wait for a retry: read nothing new until some are due.
-                self._wake.wait(max(0.0, self._next_timer() - self._clock()))
-                return True
-            reader.send(self._take_acks(), count, self._block_ms())
+            for lane in self._lanes:
+                self._recover(lane)
+            self._needs_recovery = False
+        for lane in self._lanes:
+            if not lane.reader.outstanding:
+                self._maintain(lane)
+                if self.stopping:
+                    return True
+                count = self._read_count()
+                if count:
+                    lane.reader.send(self._take_acks(lane), count, self._block_ms(lane))
+        if self._remaining is not None and self._remaining <= 0:
+            return False
+        current = self._next_lane()
+        if current is None:
+            # Too many failed events wait for a retry: read nothing new until some are due.
+            self._wake.wait(max(0.0, self._next_timer() - self._clock()))
+            return True
+        reader = current.reader
         entries = reader.receive()
         if not entries:
             return True
         delivered_after = reader.sent_at
         if self._remaining is not None:
+            if len(entries) > self._remaining:
+                # Reads of several partitions were out at once: what is past max_events is
+                # released at the end, for others (or the next run) to take at once.
+                current.held.extend(entries[self._remaining :])
+                entries = entries[: self._remaining]
             self._remaining -= len(entries)
-        if self._read_ahead():
-            reader.send(self._take_acks(), self._read_count(), self._block_ms())
-        self._handle(entries, None, delivered_after)
+        if self._read_ahead(current):
+            reader.send(self._take_acks(current), self._read_count(), self._block_ms(current))
+        self._handle(current, entries, None, delivered_after)
         return True
 
+    def _next_lane(self) -> _Lane | None:
+        """The lane whose read to take next: the only one, or whichever's reply came first,
+        in turns, so a partition with a backlog does not starve the others."""
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return lanes[0] if lanes[0].reader.outstanding else None
+        waiting = [lane for lane in lanes if lane.reader.outstanding]
+        if len(waiting) <= 1:
+            return waiting[0] if waiting else None
+        readers = [lane.reader for lane in waiting]
+        while True:
+            start = next((i for i, ln in enumerate(waiting) if ln.partition >= self._turn), 0)
+            index = next_ready(readers, start, self.config.block)
+            if index is not None:
+                lane = waiting[index]
+                self._turn = (lane.partition + 1) % self.partitions
+                return lane
+
     def _read_count(self) -> int:
-        if len(self._retries) >= self.config.max_retrying:
+        lanes = self._lanes
+        retrying = (
+            len(lanes[0].retries) if len(lanes) == 1 else sum(len(ln.retries) for ln in lanes)
+        )
+        if retrying >= self.config.max_retrying:
             return 0
         if self._remaining is None:
             return self.config.batch_size
         return max(0, min(self.config.batch_size, self._remaining))
 
-    def _read_ahead(self) -> bool:
+    def _read_ahead(self, lane: _Lane) -> bool:
         # Only while batches are quick: entries read ahead wait for the batch in hand, and
         # must not sit long enough for another consumer to take them over. Never past a due
         # timer either, or retries and takeovers would wait behind reads.
         return (
             not self.stopping
             and self._last_batch_seconds < self.config.claim_idle / 10
-            and self._clock() < self._next_timer()
+            and self._clock() < lane.next_timer()
             and self._read_count() > 0
         )
 
     def _next_timer(self) -> float:
-        return min(self._next_retry, self._next_claim)
+        return min(lane.next_timer() for lane in self._lanes)
 
-    def _block_ms(self) -> int:
-        wait = min(self.config.block, self._next_timer() - self._clock())
+    def _block_ms(self, lane: _Lane) -> int:
+        # Every lane's read ends by the first timer due on any lane: a lane is looked after
+        # (retries, takeovers) between its reads, and another lane's blocked read must not
+        # hold that up.
+        timer = lane.next_timer() if len(self._lanes) == 1 else self._next_timer()
+        wait = min(self.config.block, timer - self._clock())
         return max(1, int(wait * 1000))
 
-    def _take_acks(self) -> list[str]:
+    def _take_acks(self, lane: _Lane) -> list[str]:
         # Emptied in place: _handle appends to this very list while a batch runs.
-        acks = self._acks.copy()
-        self._acks.clear()
+        acks = lane.acks.copy()
+        lane.acks.clear()
         return acks
 
-    def _flush_acks(self) -> None:
-        acks = self._take_acks()
+    def _flush_acks(self, lane: _Lane) -> None:
+        acks = self._take_acks(lane)
         if acks:
             try:
-                self.client.xack(self._stream, self.config.group, *acks)
+                self.client.xack(lane.stream, self.config.group, *acks)
             except redis.RedisError:
-                self._acks[:0] = acks
+                lane.acks[:0] = acks
                 raise
 
     # -- handling -----------------------------------------------------------------------
     def _handle(
         self,
+        lane: _Lane,
         entries: Sequence[StreamEntry],
         deliveries: Mapping[str, int] | None,
         delivered_after: float,
@@ -340,19 +445,22 @@ class EventConsumer:
         handlers = self.handler.by_type
         delivery = self._delivery
         stats = self.stats
-        acks = self._acks
+        acks = lane.acks
         grace = self.config.shutdown_grace
         renew_at = delivered_after + self.config.lease_renewal
-        held_since = started
+        # Ours since they were delivered: entries read while another batch (of this lane, or
+        # another partition's) was handled have waited since then, and one taken over by
+        # another consumer meanwhile is idle for less than that (the renewal skips it).
+        held_since = min(started, delivered_after)
         lost: set[str] = set()
         index = handled = 0
         try:
             for index, (entry_id, fields) in enumerate(entries):
                 if self._stop_at is not None and clock() - self._stop_at >= grace:
-                    self._held.extend(entries[index:])
+                    lane.held.extend(entries[index:])
                     break
                 if clock() >= renew_at:
-                    lost |= self._renew([e for e, _ in entries[index:]], held_since)
+                    lost |= self._renew(lane, [e for e, _ in entries[index:]], held_since)
                     held_since = clock()
                     renew_at = held_since + self.config.lease_renewal
                 if lost and entry_id in lost:
@@ -371,28 +479,30 @@ class EventConsumer:
                         for fn in fns:
                             fn(item)
                     except RejectEvent as exc:
-                        self._reject(entry_id, fields, item, exc, count)
+                        self._reject(lane, entry_id, fields, item, exc, count)
                     except RetryLater as exc:
-                        self._defer(entry_id, item, exc, count)
+                        self._defer(lane, entry_id, item, exc, count)
                     except Exception as exc:
-                        self._failed(entry_id, fields, item, exc, count)
+                        self._failed(lane, entry_id, fields, item, exc, count)
                     else:
                         acks.append(entry_id)
                         handled += 1
                 else:
-                    self._unparsed(entry_id, fields, item, count)
+                    self._unparsed(lane, entry_id, fields, item, count)
         except (KeyboardInterrupt, SystemExit):
             # Stopped at once (a second signal): the rest of the batch, the event in hand
             # included, is released at shutdown for others to take over without waiting.
-            self._held.extend(entries[index:])
+            lane.held.extend(entries[index:])
             raise
         finally:
             stats.handled += handled
         self._last_batch_seconds = clock() - started
 
-    def _extra(self, entry_id: str, event: Event | None, deliveries: int) -> dict[str, Any]:
+    def _extra(
+        self, lane: _Lane, entry_id: str, event: Event | None, deliveries: int
+    ) -> dict[str, Any]:
         return {
-            **self._log,
+            **self._lane_log(lane),
             "stream_id": entry_id,
             "event_id": event.id if event is not None else None,
             "event_type": event.type.value if event is not None else None,
@@ -400,11 +510,17 @@ class EventConsumer:
         }
 
     def _failed(
-        self, entry_id: str, fields: dict[str, str], event: Event, exc: Exception, deliveries: int
+        self,
+        lane: _Lane,
+        entry_id: str,
+        fields: dict[str, str],
+        event: Event,
+        exc: Exception,
+        deliveries: int,
     ) -> None:
         """The handler raised: deliver again after the backoff, or give up."""
         self.stats.failures += 1
-        extra = self._extra(entry_id, event, deliveries)
+        extra = self._extra(lane, entry_id, event, deliveries)
         error = f"{type(exc).__name__}: {exc}"
         if gives_up(self.config, deliveries):
             logger.error(
@@ -415,7 +531,7 @@ class EventConsumer:
                 extra=extra,
                 exc_info=exc,
             )
-            self._dead_letter(entry_id, fields, FAILED, error, deliveries)
+            self._dead_letter(lane, entry_id, fields, FAILED, error, deliveries)
             return
         wait = retry_delay(self.config, deliveries, self._rand)
         logger.warning(
@@ -427,33 +543,41 @@ class EventConsumer:
             extra=extra,
             exc_info=exc,
         )
-        self._schedule(entry_id, deliveries, wait, min_idle=wait)
+        self._schedule(lane, entry_id, deliveries, wait, min_idle=wait)
 
-    def _defer(self, entry_id: str, event: Event, exc: RetryLater, deliveries: int) -> None:
+    def _defer(
+        self, lane: _Lane, entry_id: str, event: Event, exc: RetryLater, deliveries: int
+    ) -> None:
         self.stats.deferrals += 1
         logger.info(
             "handler deferred the event by %.2f s: %s",
             exc.delay,
             exc.reason,
-            extra=self._extra(entry_id, event, deliveries),
+            extra=self._extra(lane, entry_id, event, deliveries),
         )
-        self._schedule(entry_id, deliveries, exc.delay, min_idle=exc.delay, deferred=True)
+        self._schedule(lane, entry_id, deliveries, exc.delay, min_idle=exc.delay, deferred=True)
 
     def _reject(
-        self, entry_id: str, fields: dict[str, str], event: Event, exc: RejectEvent, deliveries: int
+        self,
+        lane: _Lane,
+        entry_id: str,
+        fields: dict[str, str],
+        event: Event,
+        exc: RejectEvent,
+        deliveries: int,
     ) -> None:
         error = str(exc) or "rejected by its handler"
         logger.error(
             "handler rejected the event, dead-lettering: %s",
             error,
-            extra=self._extra(entry_id, event, deliveries),
+            extra=self._extra(lane, entry_id, event, deliveries),
         )
-        self._dead_letter(entry_id, fields, REJECTED, error, deliveries)
+        self._dead_letter(lane, entry_id, fields, REJECTED, error, deliveries)
 
     def _unparsed(
-        self, entry_id: str, fields: dict[str, str], exc: Exception, deliveries: int
+        self, lane: _Lane, entry_id: str, fields: dict[str, str], exc: Exception, deliveries: int
     ) -> None:
-        extra = self._extra(entry_id, None, deliveries)
+        extra = self._extra(lane, entry_id, None, deliveries)
         if is_unknown_type(fields):
             event_type = fields.get("type")
             extra["event_type"] = event_type
@@ -462,19 +586,25 @@ class EventConsumer:
                 logger.warning(
                     "unknown event type %r: acknowledged unhandled", event_type, extra=extra
                 )
-                self._acks.append(entry_id)
+                lane.acks.append(entry_id)
                 self.stats.skipped += 1
                 return
             logger.error("unknown event type %r: dead-lettering", event_type, extra=extra)
             error = f"unknown event type {event_type!r}"
-            self._dead_letter(entry_id, fields, UNKNOWN_TYPE, error, deliveries)
+            self._dead_letter(lane, entry_id, fields, UNKNOWN_TYPE, error, deliveries)
             return
         reason = describe_error(exc)
         logger.error("malformed entry, dead-lettering: %s", reason, extra=extra)
-        self._dead_letter(entry_id, fields, MALFORMED, reason, deliveries)
+        self._dead_letter(lane, entry_id, fields, MALFORMED, reason, deliveries)
 
     def _dead_letter(
-        self, entry_id: str, fields: dict[str, str], reason: str, error: str, deliveries: int
+        self,
+        lane: _Lane,
+        entry_id: str,
+        fields: dict[str, str],
+        reason: str,
+        error: str,
+        deliveries: int,
     ) -> None:
         letter = dead_letter_fields(
             fields,
@@ -485,13 +615,14 @@ class EventConsumer:
             deliveries=deliveries,
             original_id=entry_id,
         )
-        self.dead_letters.add(self.config.group, entry_id, letter)
-        self._retries.pop(entry_id, None)
+        self.dead_letters.add(self.config.group, entry_id, letter, lane.partition)
+        lane.retries.pop(entry_id, None)
         self.stats.dead_lettered += 1
 
     # -- retries, takeovers, leases -----------------------------------------------------
     def _schedule(
         self,
+        lane: _Lane,
         entry_id: str,
         deliveries: int,
         wait: float,
@@ -500,21 +631,23 @@ class EventConsumer:
         deferred: bool = False,
     ) -> None:
         due = self._clock() + wait
-        self._retries[entry_id] = _Retry(due, deliveries, min_idle, deferred)
-        self._next_retry = min(self._next_retry, due)
+        lane.retries[entry_id] = _Retry(due, deliveries, min_idle, deferred)
+        lane.next_retry = min(lane.next_retry, due)
 
-    def _maintain(self) -> None:
+    def _maintain(self, lane: _Lane) -> None:
         now = self._clock()
-        if self._retries and now >= self._next_retry:
-            self._retry_due(now)
-        if now >= self._next_claim:
-            self._claim_stale(now)
+        if lane.retries and now >= lane.next_retry:
+            self._retry_due(lane, now)
+        if now >= lane.next_claim:
+            self._claim_stale(lane, now)
 
-    def _retry_due(self, now: float) -> None:
-        due = [(e, r) for e, r in self._retries.items() if r.due <= now][: self.config.batch_size]
+    def _retry_due(self, lane: _Lane, now: float) -> None:
+        retries = lane.retries
+        due = [(e, r) for e, r in retries.items() if r.due <= now][: self.config.batch_size]
         for entry_id, _ in due:
-            del self._retries[entry_id]
-        self._next_retry = min((r.due for r in self._retries.values()), default=math.inf)
+            del retries[entry_id]
+        lane.next_retry = min((r.due for r in retries.values()), default=math.inf)
+        stream = lane.stream
         group, consumer = self.config.group, self.config.consumer
         # The guard (min idle) skips an entry someone else claimed since: its idle time was
         # reset then. 90 %: server milliseconds against this process's clock.
@@ -525,49 +658,47 @@ class EventConsumer:
         if retried:
             claimed = cast(
                 list[tuple[str, "dict[str, str] | None"]],
-                self.client.xclaim(self._stream, group, consumer, min_idle_ms, retried),
+                self.client.xclaim(stream, group, consumer, min_idle_ms, retried),
             )
             entries += [(e, f) for e, f in claimed if f is not None]
             self.stats.retries += len(entries)
         if deferred:
             # JUSTID: a deferral is not a delivery, so the count stays; the fields follow.
-            kept = self.client.xclaim(
-                self._stream, group, consumer, min_idle_ms, deferred, justid=True
-            )
+            kept = self.client.xclaim(stream, group, consumer, min_idle_ms, deferred, justid=True)
             pipe = self.client.pipeline(transaction=False)
             for entry_id in cast(list[str], kept):
-                pipe.xrange(self._stream, entry_id, entry_id)
+                pipe.xrange(stream, entry_id, entry_id)
             entries += [rows[0] for rows in pipe.execute() if rows]
         if not entries:
             return
         deliveries = {
             entry_id: retry.deliveries + (0 if retry.deferred else 1) for entry_id, retry in due
         }
-        self._handle(sorted(entries, key=lambda e: _id_order(e[0])), deliveries, now)
+        self._handle(lane, sorted(entries, key=lambda e: id_order(e[0])), deliveries, now)
 
-    def _claim_stale(self, now: float) -> None:
+    def _claim_stale(self, lane: _Lane, now: float) -> None:
         # Our own handled entries must not look stale to ourselves.
-        self._flush_acks()
+        self._flush_acks(lane)
         cursor, claimed, deleted = cast(
             AutoClaimReply,
             self.client.xautoclaim(
-                self._stream,
+                lane.stream,
                 self.config.group,
                 self.config.consumer,
                 int(self.config.claim_idle * 1000),
-                start_id=self._claim_cursor,
+                start_id=lane.claim_cursor,
                 count=self.config.batch_size,
             ),
         )
-        self._claim_cursor = cursor
+        lane.claim_cursor = cursor
         # A cursor not back at 0-0 means more of the pending list is left to look at.
-        self._next_claim = now if cursor != "0-0" else now + self.config.claim_interval
+        lane.next_claim = now if cursor != "0-0" else now + self.config.claim_interval
         if deleted:
             self.stats.trimmed += len(deleted)
             logger.warning(
                 "%d pending entries were trimmed from the stream before being handled",
                 len(deleted),
-                extra=self._log,
+                extra=self._lane_log(lane),
             )
         entries = [(e, f) for e, f in claimed if f is not None]
         if not entries:
@@ -575,20 +706,20 @@ class EventConsumer:
         pipe = self.client.pipeline(transaction=False)
         for entry_id, _ in entries:
             pipe.xpending_range(
-                self._stream, self.config.group, entry_id, entry_id, 1, self.config.consumer
+                lane.stream, self.config.group, entry_id, entry_id, 1, self.config.consumer
             )
         deliveries = {
             entry_id: int(rows[0]["times_delivered"]) if rows else 1
             for (entry_id, _), rows in zip(entries, pipe.execute(), strict=True)
         }
         for entry_id, _ in entries:
-            self._retries.pop(entry_id, None)  # our own, idle that long: handle it now
+            lane.retries.pop(entry_id, None)  # our own, idle that long: handle it now
         self.stats.claimed += len(entries)
         logger.info(
             "took over %d entries idle for over %.1f s",
             len(entries),
             self.config.claim_idle,
-            extra=self._log,
+            extra=self._lane_log(lane),
         )
         live: list[StreamEntry] = []
         for entry_id, fields in entries:
@@ -602,24 +733,24 @@ class EventConsumer:
                 logger.error(
                     "abandoned entry, dead-lettering: %s",
                     error,
-                    extra=self._extra(entry_id, None, deliveries[entry_id]),
+                    extra=self._extra(lane, entry_id, None, deliveries[entry_id]),
                 )
-                self._dead_letter(entry_id, fields, ABANDONED, error, deliveries[entry_id])
+                self._dead_letter(lane, entry_id, fields, ABANDONED, error, deliveries[entry_id])
             else:
                 live.append((entry_id, fields))
         if live:
-            self._handle(live, deliveries, now)
+            self._handle(lane, live, deliveries, now)
 
-    def _renew(self, entry_ids: list[Any], held_since: float) -> set[str]:
+    def _renew(self, lane: _Lane, entry_ids: list[Any], held_since: float) -> set[str]:
         """Reset the idle time of entries still ours (XCLAIM JUSTID, which does not count a
         delivery); returns those another consumer took over meanwhile."""
         min_idle_ms = int(max(0.0, self._clock() - held_since) * 900)
         pipe = self.client.pipeline(transaction=False)
-        acks = self._take_acks()
+        acks = self._take_acks(lane)
         if acks:
-            pipe.xack(self._stream, self.config.group, *acks)
+            pipe.xack(lane.stream, self.config.group, *acks)
         pipe.xclaim(
-            self._stream,
+            lane.stream,
             self.config.group,
             self.config.consumer,
             min_idle_ms,
@@ -629,41 +760,41 @@ class EventConsumer:
         try:
             kept = set(pipe.execute()[-1])
         except redis.RedisError:
-            self._acks[:0] = acks
+            lane.acks[:0] = acks
             raise
         lost = set(entry_ids) - kept
         if lost:
             logger.warning(
                 "%d entries of a slow batch were taken over by another consumer",
                 len(lost),
-                extra=self._log,
+                extra=self._lane_log(lane),
             )
         return lost
 
-    def _recover(self) -> None:
-        """Schedule this consumer's own pending entries (from a previous run under the same
-        name, or replies lost with a connection) as retries after their backoff."""
-        self._flush_acks()
+    def _recover(self, lane: _Lane) -> None:
+        """Schedule this consumer's own pending entries on a partition (from a previous run
+        under the same name, or replies lost with a connection) as retries after their
+        backoff."""
+        self._flush_acks(lane)
         start = "-"
         while True:
             rows = cast(
                 PendingRows,
                 self.client.xpending_range(
-                    self._stream, self.config.group, start, "+", 1000, self.config.consumer
+                    lane.stream, self.config.group, start, "+", 1000, self.config.consumer
                 ),
             )
             for row in rows:
                 entry_id = row["message_id"]
-                if entry_id in self._retries:
+                if entry_id in lane.retries:
                     continue
                 deliveries = int(row["times_delivered"])
                 idle = int(row["time_since_delivered"]) / 1000
                 wait = retry_delay(self.config, deliveries, self._rand)
-                self._schedule(entry_id, deliveries, max(0.0, wait - idle), min_idle=wait)
+                self._schedule(lane, entry_id, deliveries, max(0.0, wait - idle), min_idle=wait)
             if len(rows) < 1000:
                 break
             start = "(" + rows[-1]["message_id"]
-        self._needs_recovery = False
 
     # -- stopping -----------------------------------------------------------------------
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -675,16 +806,26 @@ class EventConsumer:
 
     def _shutdown(self, clean: bool) -> None:
         try:
-            if self._reader.outstanding:
-                if clean:
-                    # Entries read ahead are ours now: handle them within the grace period.
-                    entries = self._reader.receive()
-                    if entries:
-                        self._handle(entries, None, self._reader.sent_at)
-                else:
-                    self._acks.extend(self._reader.reset())
-            self._flush_acks()
-            self._release()
+            if clean:
+                self._wake_idle_reads()
+            for lane in self._lanes:
+                reader = lane.reader
+                if not reader.outstanding:
+                    continue
+                if not clean:
+                    lane.acks.extend(reader.reset())
+                    continue
+                # Entries read ahead are ours now: handle them within the grace period
+                # (those past max_events, read on another partition at once, are released).
+                entries = reader.receive()
+                if entries and self._remaining is not None and self._remaining <= 0:
+                    lane.held.extend(entries)
+                elif entries:
+                    self._handle(lane, entries, None, reader.sent_at)
+            for lane in self._lanes:
+                self._flush_acks(lane)
+            for lane in self._lanes:
+                self._release(lane)
         except redis.RedisError as exc:
             logger.warning(
                 "could not finish cleanly (%s): pending entries will be taken over after "
@@ -694,24 +835,34 @@ class EventConsumer:
                 extra=self._log,
             )
         finally:
-            self._reader.close()
+            for lane in self._lanes:
+                lane.reader.close()
         logger.info("stopped: %s", self.stats.as_dict(), extra=self._log)
 
-    def _release(self) -> None:
+    def _wake_idle_reads(self) -> None:
+        """With several partitions, end the reads still blocked on idle streams now (CLIENT
+        UNBLOCK: their reply is then empty), rather than waiting out their BLOCK."""
+        if self.partitions == 1:
+            return
+        for lane in self._lanes:
+            if lane.reader.outstanding and not lane.reader.ready():
+                lane.reader.unblock()
+
+    def _release(self, lane: _Lane) -> None:
         """Mark entries this consumer will not handle as idle, so others take them over at
         their next look rather than after ``claim_idle``; a waiting retry keeps its backoff."""
         claim_idle_ms = int(self.config.claim_idle * 1000)
         now = self._clock()
         pipe = self.client.pipeline(transaction=False)
-        group, consumer = self.config.group, self.config.consumer
-        held: list[Any] = [entry_id for entry_id, _ in self._held]
+        group, consumer, stream = self.config.group, self.config.consumer, lane.stream
+        held: list[Any] = [entry_id for entry_id, _ in lane.held]
         if held:
-            pipe.xclaim(self._stream, group, consumer, 0, held, idle=claim_idle_ms, justid=True)
-        for entry_id, retry in self._retries.items():
+            pipe.xclaim(stream, group, consumer, 0, held, idle=claim_idle_ms, justid=True)
+        for entry_id, retry in lane.retries.items():
             idle = max(0, claim_idle_ms - int(max(0.0, retry.due - now) * 1000))
-            pipe.xclaim(self._stream, group, consumer, 0, [entry_id], idle=idle, justid=True)
-        if held or self._retries:
+            pipe.xclaim(stream, group, consumer, 0, [entry_id], idle=idle, justid=True)
+        if held or lane.retries:
             pipe.execute()
-        self.stats.released += len(held) + len(self._retries)
-        self._held = []
-        self._retries.clear()
+        self.stats.released += len(held) + len(lane.retries)
+        lane.held = []
+        lane.retries.clear()

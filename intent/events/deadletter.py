@@ -4,6 +4,8 @@ A dead letter keeps the original entry's fields as they were and adds ``dead_*``
 (reason, error, group, consumer, deliveries, original id, time). Requeueing adds the
 original fields back to ``intent:events`` as a new entry and deletes the dead letter.
 Both moves are one Lua script each over keys that share a hash tag (one Cluster slot).
+With several partitions each has its own dead-letter stream, beside its events stream: a
+letter is written to, listed from and requeued onto the partition its entry came from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from intent import scripts
+from intent.events.entries import id_order
 from intent.keys import Keys
 from intent.models import utcnow_iso
 
@@ -74,9 +77,10 @@ class DeadLetter:
     consumer: str
     deliveries: int
     dead_at: str
+    partition: int = 0  # the partition of its events stream (and of this dead letter)
 
     @classmethod
-    def from_entry(cls, dead_id: str, entry: Mapping[str, str]) -> DeadLetter:
+    def from_entry(cls, dead_id: str, entry: Mapping[str, str], partition: int = 0) -> DeadLetter:
         deliveries = entry.get("dead_deliveries", "0")
         return cls(
             dead_id=dead_id,
@@ -88,6 +92,7 @@ class DeadLetter:
             consumer=entry.get("dead_consumer", ""),
             deliveries=int(deliveries) if deliveries.isdigit() else 0,
             dead_at=entry.get("dead_at", ""),
+            partition=partition,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,62 +105,86 @@ class DeadLetter:
             "consumer": self.consumer,
             "deliveries": self.deliveries,
             "dead_at": self.dead_at,
+            "partition": self.partition,
             "fields": self.fields,
         }
 
 
 class DeadLetters:
-    """Read, add and requeue ``{intent:events}:dead`` (a client with decode_responses and
-    encoding_errors="surrogateescape")."""
+    """Read, add and requeue ``{intent:events}:dead``, or each partition's dead letters (a
+    client with decode_responses and encoding_errors="surrogateescape")."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, maxlen: int):
+    def __init__(self, client: redis.Redis, keys: Keys, maxlen: int, partitions: int = 1):
         self.client = client
         self.keys = keys
         self.maxlen = maxlen
+        self.partitions = partitions
         # Registered once: each call is then an EVALSHA (EVAL when the server lost it).
         self._dead_letter = scripts.register(client, "dead_letter")
         self._requeue_dead = scripts.register(client, "requeue_dead")
 
     def count(self) -> int:
-        return int(cast(int, self.client.xlen(self.keys.dead_letters)))
+        keys = self.keys
+        return sum(
+            int(cast(int, self.client.xlen(keys.dead_letter_stream(p))))
+            for p in range(self.partitions)
+        )
 
     def list(self, count: int = 100, after: str = "-") -> builtins.list[DeadLetter]:
-        """The oldest ``count`` dead letters (after the dead-letter id ``after``)."""
+        """The oldest ``count`` dead letters (after the dead-letter id ``after``); with
+        several partitions, merged oldest first by dead-letter id (each partition's ids come
+        from its own stream, so two partitions may hold the same id)."""
         start = after if after == "-" else f"({after}"
-        rows = cast(Rows, self.client.xrange(self.keys.dead_letters, start, "+", count=count))
-        return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in rows]
+        letters: builtins.list[DeadLetter] = []
+        for partition in range(self.partitions):
+            stream = self.keys.dead_letter_stream(partition)
+            rows = cast(Rows, self.client.xrange(stream, start, "+", count=count))
+            letters += [DeadLetter.from_entry(i, fields, partition) for i, fields in rows]
+        if self.partitions > 1:
+            letters.sort(key=lambda letter: (id_order(letter.dead_id), letter.partition))
+        return letters[:count]
 
-    def get(self, dead_id: str) -> DeadLetter | None:
-        rows = cast(Rows, self.client.xrange(self.keys.dead_letters, dead_id, dead_id))
-        return DeadLetter.from_entry(*rows[0]) if rows else None
+    def get(self, dead_id: str, partition: int = 0) -> DeadLetter | None:
+        stream = self.keys.dead_letter_stream(partition)
+        rows = cast(Rows, self.client.xrange(stream, dead_id, dead_id))
+        return DeadLetter.from_entry(*rows[0], partition) if rows else None
 
-    def requeue(self, dead_id: str) -> str | None:
-        """Put one dead letter back on the events stream; its new entry id (None: no such
-        dead letter). Every consumer group receives it again, as a new entry."""
-        added = self._requeue(dead_id, dead_id, 1)
+    def requeue(self, dead_id: str, partition: int = 0) -> str | None:
+        """Put one dead letter back on its partition's events stream; its new entry id (None:
+        no such dead letter). Every consumer group receives it again, as a new entry."""
+        added = self._requeue(partition, dead_id, dead_id, 1)
         return added[0] if added else None
 
     def requeue_all(self, batch: int = 100) -> int:
-        """Put every dead letter back, oldest first; how many were requeued."""
+        """Put every dead letter back, oldest first in each partition; how many were
+        requeued."""
         total = 0
-        while True:
-            added = self._requeue("-", "+", batch)
-            if not added:
-                return total
-            total += len(added)
+        for partition in range(self.partitions):
+            while True:
+                added = self._requeue(partition, "-", "+", batch)
+                if not added:
+                    break
+                total += len(added)
+        return total
 
-    def _requeue(self, first: str, last: str, count: int) -> builtins.list[str]:
-        keys = [self.keys.dead_letters, self.keys.events_stream]
+    def _requeue(self, partition: int, first: str, last: str, count: int) -> builtins.list[str]:
+        keys = [self.keys.dead_letter_stream(partition), self.keys.event_stream(partition)]
         added = self._requeue_dead(keys=keys, args=[self.maxlen, first, last, count])
         return [a.decode() if isinstance(a, bytes) else str(a) for a in added]
 
-    def add(self, group: str, entry_id: str, letter: Mapping[str, str | bytes]) -> str:
-        """Dead-letter pending entry ``entry_id`` of ``group`` (its ``letter`` from
-        :func:`dead_letter_fields`) and acknowledge it, in one step."""
+    def add(
+        self,
+        group: str,
+        entry_id: str,
+        letter: Mapping[str, str | bytes],
+        partition: int = 0,
+    ) -> str:
+        """Dead-letter pending entry ``entry_id`` of ``group`` on ``partition`` (its
+        ``letter`` from :func:`dead_letter_fields`) and acknowledge it, in one step."""
         flat: builtins.list[bytes | str | int] = [group, entry_id, self.maxlen]
         for key, value in letter.items():
             flat += [as_bytes(key), as_bytes(value)]
-        keys = [self.keys.events_stream, self.keys.dead_letters]
+        keys = [self.keys.event_stream(partition), self.keys.dead_letter_stream(partition)]
         dead_id = self._dead_letter(keys=keys, args=flat)
         return dead_id.decode() if isinstance(dead_id, bytes) else str(dead_id)
 

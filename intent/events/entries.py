@@ -75,6 +75,13 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
     ]
 
 
+def id_order(stream_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq``, or ``ms``) as what sorts it: ids of one stream in their
+    order, of several streams by the time they were added."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def describe_error(exc: Exception) -> str:
     """A one-line reason for a malformed entry."""
     if isinstance(exc, ValidationError):

@@ -1,7 +1,9 @@
 """The publishing side of the bus: events built from a decision, added to the stream once.
 
 An event's id derives from its request and type, and the publish script skips an id it
-has already seen, so a retried or redelivered emit step adds no duplicate.
+has already seen, so a retried or redelivered emit step adds no duplicate. With several
+partitions each event goes to its context's (intent.events.partitions), whose ``seen``
+marks are the ones that count for it: one script call per partition an emit touches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import redis
 
 from intent import scripts
+from intent.events.partitions import event_partition
 from intent.keys import Keys
 from intent.models import Event, IntentEvent, IntentResult
 
@@ -83,21 +86,48 @@ def _stream_fields(event: Event) -> list[str]:
 
 
 class EventPublisher:
-    """Publishes events to ``intent:events`` (XADD, MAXLEN ~), each id at most once."""
+    """Publishes events to ``intent:events`` (XADD, MAXLEN ~), each id at most once; with
+    ``partitions`` > 1, each to its context's partition stream."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, maxlen: int, dedup_ttl: int):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        maxlen: int,
+        dedup_ttl: int,
+        partitions: int = 1,
+    ):
         self.client = client
         self.keys = keys
         self.maxlen = maxlen
         self.dedup_ttl = dedup_ttl
+        self.partitions = partitions
         self._publish = scripts.register(client, "publish_events")
 
     def publish(self, events: list[Event]) -> list[str]:
         """Publish ``events``; returns the stream id of each new one ('' if already there)."""
         if not events:
             return []
+        if self.partitions == 1:
+            return self._publish_to(0, events)
+        by_partition: dict[int, list[int]] = {}
+        for index, event in enumerate(events):
+            by_partition.setdefault(event_partition(event, self.partitions), []).append(index)
+        ids = [""] * len(events)
+        # One script per partition (never two partitions' keys in one call: one slot each).
+        for partition, indexes in by_partition.items():
+            added = self._publish_to(partition, [events[i] for i in indexes])
+            for index, stream_id in zip(indexes, added, strict=True):
+                ids[index] = stream_id
+        return ids
+
+    def _publish_to(self, partition: int, events: list[Event]) -> list[str]:
+        keys = self.keys
         ids = self._publish(
-            keys=[self.keys.events_stream, *(self.keys.event_seen(e.id) for e in events)],
+            keys=[
+                keys.event_stream(partition),
+                *(keys.event_seen(e.id, partition) for e in events),
+            ],
             args=[
                 self.maxlen,
                 self.dedup_ttl,

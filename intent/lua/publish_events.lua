@@ -1,6 +1,7 @@
 -- Append events to the stream once each: an event id already marked as seen is skipped,
 -- so a retried or redelivered emit step adds no duplicate.
--- KEYS[1] the stream   KEYS[2..n+1] the "seen" marker of each event, in order
+-- KEYS[1] the stream (one partition)   KEYS[2..n+1] the "seen" marker of each event, in
+-- order (the partition's, same hash tag)
 -- ARGV[1] MAXLEN (approximate)   ARGV[2] marker TTL (s)   ARGV[3..n+2] each event's
 -- stream fields as a JSON array [field, value, field, value, ...]
 -- Returns the stream entry id of each event, or '' for one already published.

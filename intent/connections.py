@@ -12,31 +12,52 @@ once (their values are settings, see ``intent.settings``):
   retries: a dead Redis costs milliseconds per call, and the breaker falls back to memory);
 - ``rate_limit_storage``: ``limits``' storage, which builds its client from the data timeouts;
 - ``probe_client``: a one-off "does it answer?" check.
+
+A URL naming Redis Sentinels (:func:`is_sentinel_url`: Celery's
+``sentinel://host:port;sentinel://host:port`` or ``limits``'
+``redis+sentinel://host:port,host:port/service_name``) gives each of them a client of the
+master the Sentinels name (:func:`sentinel_client`), with the same purpose's timeouts: its
+connections ask the Sentinels for the master when they connect, and drop themselves when
+it stops being one (a ``READONLY`` reply), so a failover costs the calls made while there
+is no master, not a restart.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 from limits.storage import RedisStorage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from intent.errors import ServiceUnavailableError
 from intent.settings import (
     CIRCUIT_REDIS_SOCKET_TIMEOUT,
     REDIS_HEALTH_CHECK_INTERVAL,
     REDIS_PROBE_TIMEOUT,
+    SENTINEL_MASTER,
     Settings,
 )
 
 
 def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
     """The client for the service's state (bytes replies)."""
+    url = url or settings.require_redis_url()
+    if is_sentinel_url(url):
+        return sentinel_client(
+            url,
+            settings.sentinel_master,
+            socket_timeout=settings.redis_socket_timeout,
+            health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+        )
     return redis.Redis.from_url(
-        url or settings.require_redis_url(),
+        url,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
@@ -46,8 +67,19 @@ def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
 def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     """A client that reads the event stream, with XREADGROUP's ``block`` seconds allowed
     per reply on top of the data timeout (a blocked read is not a dead Redis)."""
+    url = settings.require_redis_url()
+    if is_sentinel_url(url):
+        return sentinel_client(
+            url,
+            settings.sentinel_master,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            socket_timeout=block + settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_socket_timeout,
+            health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+        )
     return redis.Redis.from_url(
-        settings.require_redis_url(),
+        url,
         decode_responses=True,
         # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
         # XADD writes the original bytes back; shown by the CLI), never as an error that
@@ -59,10 +91,22 @@ def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     )
 
 
-def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT) -> redis.Redis:
+def breaker_client(
+    url: str,
+    socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT,
+    sentinel_master: str = SENTINEL_MASTER,
+) -> redis.Redis:
     """A client for breaker state: short timeouts, no retries, decoded replies. It fails
     fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
     in-memory fallback), not redis-py's default retries with backoff."""
+    if is_sentinel_url(url):
+        return sentinel_client(
+            url,
+            sentinel_master,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -75,8 +119,20 @@ def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOU
 def rate_limit_storage(settings: Settings, key_prefix: str) -> RedisStorage:
     """``limits``' moving-window storage on the data timeouts; its errors arrive wrapped in
     ``limits.errors.StorageError`` (``intent.ratelimit`` tells an outage from a bug)."""
+    url = settings.require_redis_url()
+    if is_sentinel_url(url):
+        # limits' own Sentinel storage reads from replicas; here every read is the master's.
+        client = sentinel_client(
+            url, settings.sentinel_master, socket_timeout=settings.redis_socket_timeout
+        )
+        return RedisStorage(
+            "redis://",
+            connection_pool=client.connection_pool,
+            key_prefix=key_prefix,
+            wrap_exceptions=True,
+        )
     return RedisStorage(
-        settings.require_redis_url(),
+        url,
         key_prefix=key_prefix,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
@@ -84,10 +140,114 @@ def rate_limit_storage(settings: Settings, key_prefix: str) -> RedisStorage:
     )
 
 
-def probe_client(url: str, timeout: float = REDIS_PROBE_TIMEOUT) -> redis.Redis:
+def probe_client(
+    url: str, timeout: float = REDIS_PROBE_TIMEOUT, sentinel_master: str = SENTINEL_MASTER
+) -> redis.Redis:
     """A client for one "does Redis answer?" check: connect and each reply within
     ``timeout``."""
+    if is_sentinel_url(url):
+        return sentinel_client(url, sentinel_master, socket_timeout=timeout)
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+# -- Redis Sentinel ----------------------------------------------------------------------
+
+SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
+SENTINEL_PORT = 26379
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a Sentinel URL names: the Sentinels, the master's name, and the database and
+    credentials of the master (the Sentinels themselves are asked without credentials)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def celery_url(self) -> str:
+        """The same in Celery's form (``sentinel://...;sentinel://...``), the credentials and
+        database in its first part; the master's name goes to the transport options."""
+        auth = ""
+        if self.password is not None:
+            user = quote(self.username or "", safe="")
+            auth = f"{user}:{quote(self.password, safe='')}@"
+        elif self.username is not None:
+            auth = f"{quote(self.username, safe='')}@"
+        return ";".join(
+            f"sentinel://{auth if i == 0 else ''}{host}:{port}/{self.db}"
+            for i, (host, port) in enumerate(self.sentinels)
+        )
+
+
+def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTarget:
+    """Parse either form:
+
+    - Celery's ``sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...``:
+      the master's name is ``master_name`` (``INTENT_SENTINEL_MASTER``); the first part's
+      credentials and database are the master's;
+    - ``limits``' ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``:
+      the master's name is the path (``master_name`` when it has none).
+
+    A URL that is neither, or names no Sentinel, raises ValueError saying what is wrong.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
+        if any(p.scheme.lower() != "sentinel" for p in parts):
+            raise ValueError("every part of a sentinel:// URL list must be sentinel://")
+        first = parts[0]
+        hosts = [(p.hostname or "", p.port or SENTINEL_PORT) for p in parts]
+        path = first.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"a sentinel:// URL's path is a database number, not {path!r}")
+        service, db = master_name, int(path or 0)
+    elif scheme == "redis+sentinel":
+        first = urlsplit(url)
+        netloc = first.netloc.rpartition("@")[2]
+        hosts = []
+        for location in netloc.split(","):
+            host = urlsplit(f"//{location.strip()}")
+            hosts.append((host.hostname or "", host.port or SENTINEL_PORT))
+        service, db = first.path.strip("/") or master_name, 0
+    else:
+        raise ValueError(
+            f"not a Sentinel URL (scheme {scheme!r}): sentinel:// or redis+sentinel://"
+        )
+    if not hosts or any(not host for host, _ in hosts):
+        raise ValueError("a Sentinel URL must name at least one Sentinel host")
+    return SentinelTarget(
+        tuple(hosts),
+        service,
+        db,
+        unquote(first.username) if first.username else None,
+        unquote(first.password) if first.password else None,
+    )
+
+
+def sentinel_client(url: str, master_name: str, **connection_kwargs: Any) -> redis.Redis:
+    """A client of the master the Sentinels of ``url`` name, built with the purpose's
+    ``connection_kwargs`` (timeouts, decoding, retries). The Sentinels are asked with the
+    same socket timeouts: a dead Sentinel costs what a dead Redis costs that purpose."""
+    target = sentinel_target(url, master_name)
+    timeout = connection_kwargs.get("socket_timeout")
+    connection_kwargs.setdefault("socket_connect_timeout", timeout)
+    asking = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    sentinels = Sentinel(list(target.sentinels), sentinel_kwargs=asking)
+    return sentinels.master_for(
+        target.service_name,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **connection_kwargs,
+    )
 
 
 @contextlib.contextmanager

@@ -26,6 +26,8 @@ REDIS_HEALTH_CHECK_INTERVAL = 30
 # A one-off "does Redis answer?" (``intent up`` waiting for a URL): connect and read each
 # within this long.
 REDIS_PROBE_TIMEOUT = 2.0
+# The master's name a sentinel:// URL's Sentinels are asked for (Redis's own example name).
+SENTINEL_MASTER = "mymaster"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -110,6 +112,9 @@ class Settings(BaseSettings):
     result_backend_url: str | None = None  # defaults to redis_url
     key_prefix: str = Field(default="intent:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     redis_socket_timeout: PositiveFloat = 2.0
+    # A URL above may name Redis Sentinels (Celery's sentinel://host:port;sentinel://...):
+    # the master they are asked for (a redis+sentinel://.../NAME URL names its own).
+    sentinel_master: str = Field(default=SENTINEL_MASTER, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     # Retries of transient downstream failures (exponential backoff, jitter)
     retry_max: Annotated[int, Field(ge=0, le=20)] = 3

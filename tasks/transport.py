@@ -93,30 +93,42 @@ def dead_letter(reason: str, envelope: Any) -> None:
         log.error("could not keep the refused broker message: %s", exc)
 
 
-class Channel(kombu_redis.Channel):
+class MendedChannel:
+    """The channel's mends, mixed into kombu's Redis channel and its Sentinel channel."""
+
+    connection: Any
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         connection = self.connection
         if connection is None or connection.client is None:
             raise redis.ConnectionError("the broker connection is already closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
-            return super()._brpop_read(**options)
+            return super()._brpop_read(**options)  # type: ignore[misc]
         except NOT_AN_ENVELOPE as exc:  # the item was not a JSON envelope
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             return True
 
     def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super()._get(queue, *args, **kwargs)
+            return super()._get(queue, *args, **kwargs)  # type: ignore[misc]
         except NOT_AN_ENVELOPE as exc:
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             raise kombu_redis.Empty() from exc
 
 
-class Transport(kombu_redis.Transport):
-    Channel = Channel
+class Channel(MendedChannel, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(MendedChannel, kombu_redis.SentinelChannel):
+    pass
+
+
+class MendedTransport:
+    """Delivery through the gate, mixed into kombu's Redis transports."""
 
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
@@ -124,17 +136,27 @@ class Transport(kombu_redis.Transport):
             dead_letter(problem, message)
             return
         try:
-            super()._deliver(message, queue)
+            super()._deliver(message, queue)  # type: ignore[misc]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             dead_letter(f"could not be read as a message: {type(exc).__name__}: {exc}", message)
 
 
+class Transport(MendedTransport, kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelTransport(MendedTransport, kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """``redis://`` and ``rediss://`` broker URLs use this transport in this process (the
-    URLs themselves, as logs and Flower show them, stay as they are)."""
+    """``redis://`` and ``rediss://`` broker URLs use this transport in this process, and
+    ``sentinel://`` ones its Sentinel twin (the URLs themselves, as logs and Flower show
+    them, stay as they are)."""
     from kombu.transport import TRANSPORT_ALIASES
 
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
     # Every item, delivery and restore the transport reads (kombu types it with its options).
     kombu_redis.loads = envelope_loads  # type: ignore[assignment]

@@ -1,0 +1,239 @@
+"""High availability through Redis Sentinel: the broker, the result backend and the state
+(breaker, limits, cache, pattern state, waiting room, events) all reach Redis through three
+Sentinels (tests/sentinel.py: a master, a replica, quorum 2), and the master is killed
+(SIGKILL to its process group) while analyses are submitted and run on a prefork worker.
+
+The service's time settings run at the defaults x FACTOR (printed), every ratio between them
+the one users have; the Sentinels' own ``down-after-milliseconds`` and ``failover-timeout``
+are short (printed too), so the failover takes a few seconds rather than a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kombu.pools
+import pytest
+import redis
+from celery.result import AsyncResult
+
+from intent.breaker import CircuitAdmin
+from intent.breaker.stores.redis import RedisStore
+from intent.connections import data_client, is_sentinel_url
+from intent.dev.stack import WorkerProcess
+from intent.errors import ServiceUnavailableError
+from intent.models import IntentResult
+from intent.reference import ReferenceServices
+from intent.runtime import get_runtime, reset_runtime
+from intent.settings import get_settings
+from tasks import submit
+from tasks.app import app
+from tests.helpers import request, scaled_env, stream_events, wait_until
+from tests.sentinel import SentinelSetup
+
+pytestmark = pytest.mark.integration
+
+FACTOR = 0.25
+ANALYSES = 80
+KILL_AT = 30  # the master is killed once this many analyses were submitted
+SUBMIT_PAUSE = 0.1  # between two submissions: ~8 s of steady load around the kill
+
+# The app's settings that the URLs decide (reloaded from celeryconfig with the environment).
+URL_SETTINGS = (
+    "broker_url",
+    "result_backend",
+    "broker_transport_options",
+    "result_backend_transport_options",
+)
+
+
+def _reconfigure() -> None:
+    """The Celery app, this process's runtime and settings rebuilt from the environment: the
+    app read celeryconfig when an earlier module first used it."""
+    reset_runtime()
+    import celeryconfig
+
+    importlib.reload(celeryconfig)
+    app.conf.update({key: getattr(celeryconfig, key) for key in URL_SETTINGS})
+    app.__dict__.pop("amqp", None)
+    app._pool = None
+    kombu.pools.reset()
+    app._backend_cache = None
+    app._local = threading.local()
+
+
+@contextlib.contextmanager
+def through_sentinels(env: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    _reconfigure()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reconfigure()
+
+
+@pytest.fixture(scope="module")
+def sentinels() -> Iterator[SentinelSetup]:
+    setup = SentinelSetup().start()
+    try:
+        yield setup
+    finally:
+        setup.close()
+
+
+@pytest.fixture
+def ha_env(sentinels: SentinelSetup, reference: ReferenceServices) -> Iterator[dict[str, str]]:
+    """Every URL through the Sentinels: the state in limits' form (the master's name in it),
+    the broker and the results in Celery's (the master's name a setting)."""
+    env = scaled_env(FACTOR)
+    env.update(
+        {
+            "INTENT_REDIS_URL": sentinels.limits_url,
+            "INTENT_BROKER_URL": sentinels.celery_url,
+            "INTENT_RESULT_BACKEND_URL": sentinels.celery_url,
+            "INTENT_SENTINEL_MASTER": sentinels.master_name,
+        }
+    )
+    print(
+        f"time settings at the defaults x {FACTOR}: {scaled_env(FACTOR)}; Sentinels: "
+        f"down-after {sentinels.down_after_ms} ms, failover-timeout "
+        f"{sentinels.failover_timeout_ms} ms, quorum 2"
+    )
+    with through_sentinels(env):
+        yield env
+
+
+def _submit(payload: dict[str, Any], submitted: dict[str, bool]) -> bool:
+    """One try of a web app's submit(): False when Redis could not take it (nothing was
+    enqueued; the app sends again). ``submitted[request_id]`` says if it was a duplicate."""
+    try:
+        analysis = submit(payload)
+    except (ServiceUnavailableError, redis.RedisError, OSError):
+        return False
+    submitted[analysis.request_id] = analysis.duplicate
+    return True
+
+
+def _ready(handle: AsyncResult) -> bool:
+    try:
+        return bool(handle.ready())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line[:1] == "{"]
+
+
+def test_the_master_killed_under_load_loses_and_duplicates_nothing(
+    sentinels: SentinelSetup, ha_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = get_settings()
+    assert all(is_sentinel_url(url) for url in (settings.redis_url, settings.broker_url))
+    assert app.conf.broker_transport_options["master_name"] == sentinels.master_name
+    old_master, replica = sentinels.master(), sentinels.data[1]
+    assert old_master is sentinels.data[0]
+
+    run = uuid.uuid4().hex[:8]
+    # The breaker's shared state, made recognisable before the failover: does the new
+    # master have it?
+    admin = CircuitAdmin(
+        RedisStore.from_url(settings.redis_url, settings.key_prefix, 0.5, settings.sentinel_master)
+    )
+    before = admin.reset("context-service", reason=f"before the failover {run}")
+
+    logfile = tmp_path / "worker.log"
+    worker = WorkerProcess(4, env=ha_env, loglevel="INFO", logfile=str(logfile))
+    payloads = [
+        request(request_id=f"ha-{run}-{i}", context_id=f"ctx-ha-{run}-{i}", client_id=f"ha-{run}-{i}")
+        for i in range(ANALYSES)
+    ]
+    submitted: dict[str, bool] = {}
+    try:
+        worker.wait_ready()
+        stats = (app.control.inspect([worker.name], timeout=5).stats() or {})[worker.name]
+        assert stats["broker"]["transport"] == "sentinel"  # the worker's broker: the Sentinels
+
+        killed_at = failed_over_at = 0.0
+        for i, payload in enumerate(payloads):
+            if i == KILL_AT:
+                old_master.kill()
+                killed_at = time.monotonic()
+            # Resent every 0.5 s while Redis cannot take it: each try counts against the
+            # client's intake limit, in memory (a share of it) while the state is away.
+            wait_until(lambda p=payload: _submit(p, submitted), 60, f"submit #{i}", poll=0.5)
+            if killed_at and not failed_over_at and sentinels.master_port() == replica.port:
+                failed_over_at = time.monotonic()
+            time.sleep(SUBMIT_PAUSE)
+        if not failed_over_at:
+            wait_until(lambda: sentinels.master_port() == replica.port, 30, "the failover")
+            failed_over_at = time.monotonic()
+        print(f"failover {failed_over_at - killed_at:.1f} s after the kill (at most)")
+
+        deadline = float(ha_env["INTENT_ANALYSIS_DEADLINE"])
+        done: dict[str, IntentResult] = {}
+        for rid in submitted:
+            handle = AsyncResult(rid, app=app)
+            wait_until(lambda h=handle: _ready(h), deadline, f"the result of {rid}", poll=0.2)
+            done[rid] = IntentResult.model_validate(handle.get(timeout=10))
+
+        # The killed master, back as a replica of the new one (what Sentinel would make it).
+        sentinels.restart_as_replica(old_master, of=replica)
+        wait_until(
+            lambda: old_master.client().info("replication").get("master_link_status") == "up",
+            30,
+            "the old master to sync as a replica",
+        )
+        new_master = data_client(settings)
+        events = stream_events(new_master)
+        after = admin.status("context-service")
+        new_master.close()
+        admin.store.close()
+    except BaseException:
+        print(sentinels.logs())
+        raise
+    finally:
+        worker.stop()
+
+    assert sentinels.master() is replica  # the replica was promoted
+    # Nothing lost: every analysis submitted completed; none was answered as a duplicate of
+    # itself (a claim whose reply was lost with the master, then retried).
+    assert len(submitted) == ANALYSES
+    assert not any(submitted.values()), [rid for rid, dup in submitted.items() if dup]
+    assert Counter(r.status for r in done.values()) == {"completed": ANALYSES}
+    # Nothing emitted twice, nothing missing from the stream on the new master.
+    mine = [e for e in events if e.request_id in done]
+    ids = [e.id for e in mine]
+    assert len(ids) == len(set(ids)), Counter(ids).most_common(3)
+    assert {e.request_id for e in mine} == set(done)
+    assert len(mine) == sum(r.published for r in done.values())
+
+    # The breaker's shared state survived on the new master (written before the failover,
+    # replicated long before the kill) ...
+    assert after.reason == before.reason and after.generation >= before.generation
+    # ... and the worker's processes that met the failover ran their breakers on memory,
+    # then returned to the shared state.
+    lines = _log_lines(logfile)
+    down = {line["pid"] for line in lines if "breaker store unreachable" in line["message"]}
+    back = {line["pid"] for line in lines if "breaker store reachable again" in line["message"]}
+    print(f"breakers on memory in {len(down)} processes, back on Redis in {len(back)}")
+    assert down, "no breaker met the failover"
+    assert down <= back, f"never back on the shared state: {sorted(down - back)}"
+    assert get_runtime().settings.sentinel_master == sentinels.master_name

@@ -235,11 +235,16 @@ def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTar
 def sentinel_client(url: str, master_name: str, **connection_kwargs: Any) -> redis.Redis:
     """A client of the master the Sentinels of ``url`` name, built with the purpose's
     ``connection_kwargs`` (timeouts, decoding, retries). The Sentinels are asked with the
-    same socket timeouts: a dead Sentinel costs what a dead Redis costs that purpose."""
+    same socket timeouts, each once (the next Sentinel is the retry): a dead Sentinel costs
+    what a dead Redis costs that purpose, not redis-py's retries with backoff (seconds)."""
     target = sentinel_target(url, master_name)
     timeout = connection_kwargs.get("socket_timeout")
     connection_kwargs.setdefault("socket_connect_timeout", timeout)
-    asking = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    asking = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     sentinels = Sentinel(list(target.sentinels), sentinel_kwargs=asking)
     return sentinels.master_for(
         target.service_name,

@@ -26,6 +26,10 @@ from redis.sentinel import SentinelManagedConnection
 
 Command = Sequence[str | int | bytes]
 
+# What a server answers a blocked command (XREADGROUP BLOCK) with when it stops being a
+# master (a Sentinel demoted it after a failover): the connection is to the wrong server.
+DEMOTED = "instance state changed"
+
 
 def bulk(value: bytes) -> bytes:
     """``value`` as a RESP bulk string."""
@@ -114,8 +118,17 @@ class RawConnection:
         return connection
 
     def read(self) -> Any:
-        """The next reply (blocks up to the socket timeout)."""
-        return self._connection.read_response()
+        """The next reply (blocks up to the socket timeout). A blocked read the server
+        ended because it was demoted to a replica is a ``redis.ConnectionError`` (the
+        connection is dropped: a Sentinel-managed one asks for the new master when it
+        connects again), as redis-py makes a ``READONLY`` reply on such a connection."""
+        try:
+            return self._connection.read_response()
+        except redis.ResponseError as exc:
+            if DEMOTED not in str(exc):
+                raise
+            self._connection.disconnect()
+            raise redis.ConnectionError(f"the server is no longer the master: {exc}") from exc
 
     def disconnect(self) -> None:
         """Close the socket; replies still due on it are lost."""

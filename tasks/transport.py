@@ -9,6 +9,11 @@ every Redis restart that finds work in flight. Here that case is the connection 
 is, which Celery and kombu already handle (the messages stay unacknowledged in Redis and
 the visibility sweep brings them back).
 
+A blocked BRPOP that the server ends because a Sentinel demoted it to a replica (an
+``UNBLOCKED ... instance state changed`` error reply) ended the worker as an unrecoverable
+error; here it is the connection error it is, and the worker reconnects through the
+Sentinels.
+
 And a message on the queue's list that is not a kombu envelope at all (not JSON, no
 properties, headers that are not an object: anyone who can write to Redis can put one
 there) made kombu's message constructor raise inside the event loop, which ends the
@@ -28,6 +33,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from intent.resp import DEMOTED
 
 log = logging.getLogger("intent.worker")
 
@@ -110,6 +117,14 @@ class MendedChannel:
         except NOT_AN_ENVELOPE as exc:  # the item was not a JSON envelope
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             return True
+        except redis.ResponseError as exc:
+            if DEMOTED not in str(exc):
+                raise
+            # The server ended the blocked BRPOP: a Sentinel demoted it to a replica. A
+            # connection error, which the worker handles by connecting again (through the
+            # Sentinels, to the new master), not an unrecoverable error that ends it.
+            self.client.connection.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"the broker is no longer the master: {exc}") from exc
 
     def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -83,13 +83,13 @@ class Server:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def client(self, timeout: float = 0.5) -> redis.Redis:
+    def client(self, timeout: float = 0.5, decode: bool = True) -> redis.Redis:
         return redis.Redis(
             HOST,
             self.port,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            decode_responses=True,
+            decode_responses=decode,
         )
 
     def log(self) -> str:
@@ -190,14 +190,41 @@ class SentinelSetup:
         return info.get("master_link_status") == "up"
 
     def _sentinels_agree(self) -> bool:
+        """Every Sentinel knows the two others, the same master, and a healthy replica."""
+        port = self.master_port()
+        if port is None:
+            return False
         for sentinel in self.sentinels:
             try:
-                state = sentinel.client().sentinel_master(self.master_name)
+                client = sentinel.client()
+                state = client.sentinel_master(self.master_name)
+                replicas = client.sentinel_slaves(self.master_name)
             except redis.RedisError:
                 return False
-            if int(state.get("num-other-sentinels", 0)) < 2 or int(state.get("num-slaves", 0)) < 1:
+            if int(state.get("num-other-sentinels", 0)) < 2 or int(state["port"]) != port:
+                return False
+            if not any(
+                r["flags"] == "slave" and r.get("master-link-status") == "ok" for r in replicas
+            ):
                 return False
         return True
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the Sentinels agree on a master and each sees a healthy replica (after a
+        failover, before another)."""
+        _wait(self._sentinels_agree, timeout, "the Sentinels to agree on a healthy set-up")
+
+    def failover(self, timeout: float = 30.0) -> tuple[Server, Server]:
+        """An operator's failover (``SENTINEL FAILOVER``): the replica promoted while the old
+        master still runs; then the old master demoted to a replica of the new one, as the
+        Sentinels do when they next look at it (up to 10 s later: not waited for here).
+        Returns (old master, new master)."""
+        old = self.master()
+        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", self.master_name)
+        _wait(lambda: self.master_port() not in (None, old.port), timeout, "the promotion")
+        new = self.master()
+        old.client().replicaof(HOST, new.port)
+        return old, new
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

@@ -66,8 +66,9 @@ def pool_of(client: redis.Redis) -> SentinelConnectionPool:
 
 
 def sentinel_timeouts(pool: SentinelConnectionPool) -> set[Any]:
+    """Each Sentinel's (timeout, retries): asked once, the next Sentinel being the retry."""
     return {
-        (s.connection_pool.connection_kwargs["socket_timeout"],)
+        (s.connection_pool.connection_kwargs["socket_timeout"], s.get_retry()._retries)
         for s in pool.sentinel_manager.sentinels
     }
 
@@ -82,14 +83,14 @@ def test_each_purpose_reaches_the_master_with_its_timeouts(settings: Settings) -
     assert data.service_name == "orders"
     assert data.connection_kwargs["socket_timeout"] == 1.5
     assert data.connection_kwargs["password"] == "s@cret"
-    assert sentinel_timeouts(data) == {(1.5,)}  # a dead Sentinel costs what a dead Redis does
+    assert sentinel_timeouts(data) == {(1.5, 0)}  # a dead Sentinel costs what a dead Redis does
     stream = pool_of(connections.stream_client(settings, block=2.0))
     assert stream.connection_kwargs["socket_timeout"] == 3.5
     assert stream.connection_kwargs["decode_responses"] is True
     breaker = pool_of(connections.breaker_client(settings.redis_url or "", 0.125))
     assert breaker.connection_kwargs["socket_timeout"] == 0.125
     assert breaker.connection_kwargs["retry"]._retries == 0
-    assert sentinel_timeouts(breaker) == {(0.125,)}
+    assert sentinel_timeouts(breaker) == {(0.125, 0)}
     limits = connections.rate_limit_storage(settings, "p")
     assert isinstance(limits.storage.connection_pool, SentinelConnectionPool)
     probe = pool_of(connections.probe_client("sentinel://h:1", 0.5, "m"))

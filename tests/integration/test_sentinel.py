@@ -39,6 +39,7 @@ from intent.runtime import reset_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
+from tasks.submit import Analysis
 from tests.helpers import Running, request, scaled_env, stream_events, wait_until
 from tests.sentinel import SentinelSetup
 
@@ -138,17 +139,34 @@ def ha_worker(
         worker.stop()
 
 
-def _submit(payload: dict[str, Any], submitted: dict[str, bool], refused: list[float]) -> bool:
+def _submit(payload: dict[str, Any], submitted: dict[str, Analysis], refused: list[float]) -> bool:
     """One try of a web app's submit(): False when Redis could not take it (nothing was
-    enqueued; the app sends again, its refusals' times in ``refused``).
-    ``submitted[request_id]`` says if it was answered as a duplicate."""
+    enqueued; the app sends again, its refusals' times in ``refused``)."""
     try:
         analysis = submit(payload)
     except (ServiceUnavailableError, redis.RedisError, OSError):
         refused.append(time.monotonic())
         return False
-    submitted[analysis.request_id] = analysis.duplicate
+    submitted[analysis.request_id] = analysis
     return True
+
+
+class Waiting(threading.Thread):
+    """A web app's request thread waiting in ``Analysis.get()`` (the result backend's
+    subscription) for each of ``analyses`` in turn."""
+
+    def __init__(self, analyses: list[Analysis], timeout: float):
+        super().__init__(daemon=True)
+        self.analyses, self.timeout = analyses, timeout
+        self.results: dict[str, IntentResult] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for analysis in self.analyses:
+                self.results[analysis.request_id] = analysis.get(timeout=self.timeout)
+        except BaseException as exc:
+            self.error = exc
 
 
 def _ready(handle: AsyncResult) -> bool:
@@ -201,7 +219,7 @@ def test_the_master_killed_under_load_loses_and_duplicates_nothing(
         )
         for i in range(ANALYSES)
     ]
-    submitted: dict[str, bool] = {}
+    submitted: dict[str, Analysis] = {}
     refused: list[float] = []
     # Predictions take 0.5 s: analyses queue up, so steps (and their breaker calls) are in
     # flight on every pool process while there is no master.
@@ -213,6 +231,13 @@ def test_the_master_killed_under_load_loses_and_duplicates_nothing(
         killed_at = failed_over_at = 0.0
         for i, payload in enumerate(payloads):
             if i == KILL_AT:
+                # The last analyses before the kill are awaited by get() across it.
+                waiting = Waiting(
+                    list(submitted.values())[-5:], float(ha_env["INTENT_ANALYSIS_DEADLINE"])
+                )
+                waiting.start()
+                time.sleep(0.2)  # subscribed
+                unfinished = sum(not a.ready() for a in waiting.analyses)
                 old_master.kill()
                 killed_at = time.monotonic()
             # Before the submission: the call right after the kill meets no master (the
@@ -243,6 +268,7 @@ def test_the_master_killed_under_load_loses_and_duplicates_nothing(
             handle = AsyncResult(rid, app=app)
             wait_until(lambda h=handle: _ready(h), deadline, f"the result of {rid}", poll=0.2)
             done[rid] = IntentResult.model_validate(handle.get(timeout=10))
+        waiting.join(30)
 
         # The killed master, back as a replica of the new one (what Sentinel would make it).
         sentinels.restart_as_replica(old_master, of=replica)
@@ -266,7 +292,17 @@ def test_the_master_killed_under_load_loses_and_duplicates_nothing(
     # Nothing lost: every analysis submitted completed; none was answered as a duplicate of
     # itself (a claim whose reply was lost with the master, then retried).
     assert len(submitted) == ANALYSES
-    assert not any(submitted.values()), [rid for rid, dup in submitted.items() if dup]
+    assert not any(a.duplicate for a in submitted.values()), [
+        rid for rid, a in submitted.items() if a.duplicate
+    ]
+    # A web app waiting in get() across the failover has its results (its subscription
+    # came back through the Sentinels).
+    print(f"get() waited across the failover for {unfinished} unfinished analyses")
+    assert unfinished > 0  # the wait did span the failover
+    assert waiting.error is None, repr(waiting.error)
+    assert {rid: r.status for rid, r in waiting.results.items()} == {
+        a.request_id: "completed" for a in waiting.analyses
+    }
     assert Counter(r.status for r in done.values()) == {"completed": ANALYSES}
     # Nothing emitted twice, nothing missing from the stream on the new master.
     mine = [e for e in events if e.request_id in done]

@@ -6,9 +6,9 @@ need a Redis URL until the app is used.
 
 from kombu import Exchange, Queue
 
-from intent.connections import is_sentinel_url as _is_sentinel_url
-from intent.connections import sentinel_target as _sentinel_target
 from intent.settings import get_settings as _get_settings
+from intent.settings import is_sentinel_url as _is_sentinel_url
+from intent.settings import sentinel_target as _sentinel_target
 
 _settings = _get_settings()  # underscored: not a Celery setting
 

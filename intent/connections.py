@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 
 import redis
 from limits.storage import RedisStorage
@@ -43,6 +41,8 @@ from intent.settings import (
     REDIS_PROBE_TIMEOUT,
     SENTINEL_MASTER,
     Settings,
+    is_sentinel_url,
+    sentinel_target,
 )
 
 
@@ -151,85 +151,6 @@ def probe_client(
 
 
 # -- Redis Sentinel ----------------------------------------------------------------------
-
-SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
-SENTINEL_PORT = 26379
-
-
-def is_sentinel_url(url: str) -> bool:
-    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
-    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
-
-
-@dataclass(frozen=True)
-class SentinelTarget:
-    """What a Sentinel URL names: the Sentinels, the master's name, and the database and
-    credentials of the master (the Sentinels themselves are asked without credentials)."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service_name: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-    def celery_url(self) -> str:
-        """The same in Celery's form (``sentinel://...;sentinel://...``), the credentials and
-        database in its first part; the master's name goes to the transport options."""
-        auth = ""
-        if self.password is not None:
-            user = quote(self.username or "", safe="")
-            auth = f"{user}:{quote(self.password, safe='')}@"
-        elif self.username is not None:
-            auth = f"{quote(self.username, safe='')}@"
-        return ";".join(
-            f"sentinel://{auth if i == 0 else ''}{host}:{port}/{self.db}"
-            for i, (host, port) in enumerate(self.sentinels)
-        )
-
-
-def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTarget:
-    """Parse either form:
-
-    - Celery's ``sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...``:
-      the master's name is ``master_name`` (``INTENT_SENTINEL_MASTER``); the first part's
-      credentials and database are the master's;
-    - ``limits``' ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``:
-      the master's name is the path (``master_name`` when it has none).
-
-    A URL that is neither, or names no Sentinel, raises ValueError saying what is wrong.
-    """
-    scheme = url.partition("://")[0].lower()
-    if scheme == "sentinel":
-        parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
-        if any(p.scheme.lower() != "sentinel" for p in parts):
-            raise ValueError("every part of a sentinel:// URL list must be sentinel://")
-        first = parts[0]
-        hosts = [(p.hostname or "", p.port or SENTINEL_PORT) for p in parts]
-        path = first.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"a sentinel:// URL's path is a database number, not {path!r}")
-        service, db = master_name, int(path or 0)
-    elif scheme == "redis+sentinel":
-        first = urlsplit(url)
-        netloc = first.netloc.rpartition("@")[2]
-        hosts = []
-        for location in netloc.split(","):
-            host = urlsplit(f"//{location.strip()}")
-            hosts.append((host.hostname or "", host.port or SENTINEL_PORT))
-        service, db = first.path.strip("/") or master_name, 0
-    else:
-        raise ValueError(
-            f"not a Sentinel URL (scheme {scheme!r}): sentinel:// or redis+sentinel://"
-        )
-    if not hosts or any(not host for host, _ in hosts):
-        raise ValueError("a Sentinel URL must name at least one Sentinel host")
-    return SentinelTarget(
-        tuple(hosts),
-        service,
-        db,
-        unquote(first.username) if first.username else None,
-        unquote(first.password) if first.password else None,
-    )
 
 
 def sentinel_client(url: str, master_name: str, **connection_kwargs: Any) -> redis.Redis:

@@ -7,8 +7,10 @@ Defaults are the integration guide's. A bad value stops the process at start wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +83,87 @@ CIRCUIT_FALLBACK_LOG_INTERVAL = 30.0  # "using memory" warning, at most this oft
 RETRY_BUDGET_PERCENT = 20.0
 RETRY_BUDGET_MIN_PER_SECOND = 10.0
 RETRY_BUDGET_WINDOW = 10.0
+
+
+# -- Redis Sentinel URLs (parsed here, so a bad one is refused when the settings load) ----
+SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
+SENTINEL_PORT = 26379
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a Sentinel URL names: the Sentinels, the master's name, and the database and
+    credentials of the master (the Sentinels themselves are asked without credentials)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def celery_url(self) -> str:
+        """The same in Celery's form (``sentinel://...;sentinel://...``), the credentials and
+        database in its first part; the master's name goes to the transport options."""
+        auth = ""
+        if self.password is not None:
+            user = quote(self.username or "", safe="")
+            auth = f"{user}:{quote(self.password, safe='')}@"
+        elif self.username is not None:
+            auth = f"{quote(self.username, safe='')}@"
+        return ";".join(
+            f"sentinel://{auth if i == 0 else ''}{host}:{port}/{self.db}"
+            for i, (host, port) in enumerate(self.sentinels)
+        )
+
+
+def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTarget:
+    """Parse either form:
+
+    - Celery's ``sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...``:
+      the master's name is ``master_name`` (``INTENT_SENTINEL_MASTER``); the first part's
+      credentials and database are the master's;
+    - ``limits``' ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``:
+      the master's name is the path (``master_name`` when it has none).
+
+    A URL that is neither, or names no Sentinel, raises ValueError saying what is wrong.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
+        if any(p.scheme.lower() != "sentinel" for p in parts):
+            raise ValueError("every part of a sentinel:// URL list must be sentinel://")
+        first = parts[0]
+        hosts = [(p.hostname or "", p.port or SENTINEL_PORT) for p in parts]
+        path = first.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"a sentinel:// URL's path is a database number, not {path!r}")
+        service, db = master_name, int(path or 0)
+    elif scheme == "redis+sentinel":
+        first = urlsplit(url)
+        netloc = first.netloc.rpartition("@")[2]
+        hosts = []
+        for location in netloc.split(","):
+            host = urlsplit(f"//{location.strip()}")
+            hosts.append((host.hostname or "", host.port or SENTINEL_PORT))
+        service, db = first.path.strip("/") or master_name, 0
+    else:
+        raise ValueError(
+            f"not a Sentinel URL (scheme {scheme!r}): sentinel:// or redis+sentinel://"
+        )
+    if not hosts or any(not host for host, _ in hosts):
+        raise ValueError("a Sentinel URL must name at least one Sentinel host")
+    return SentinelTarget(
+        tuple(hosts),
+        service,
+        db,
+        unquote(first.username) if first.username else None,
+        unquote(first.password) if first.password else None,
+    )
 
 
 class Settings(BaseSettings):
@@ -298,6 +381,13 @@ class Settings(BaseSettings):
         if self.circuit_slow_call_duration >= self.circuit_half_open_timeout:
             # A call stops counting when its lease (half_open_timeout) lapses.
             raise ValueError("circuit_slow_call_duration must be below circuit_half_open_timeout")
+        for name in ("redis_url", "broker_url", "result_backend_url"):
+            url = getattr(self, name)
+            if url and is_sentinel_url(url):
+                try:
+                    sentinel_target(url, self.sentinel_master)
+                except ValueError as exc:  # the message names no part of the URL's secrets
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
         return self
 
     def bulkhead(self, service: str) -> int:

@@ -13,9 +13,8 @@ from celery import Celery
 from redbeat import RedBeatScheduler
 from redbeat.schedulers import RedBeatConfig, get_redis
 
-from intent.connections import is_sentinel_url, sentinel_target
 from intent.keys import Keys
-from intent.settings import get_settings
+from intent.settings import get_settings, is_sentinel_url, sentinel_target
 
 
 def configure(app: Celery) -> None:

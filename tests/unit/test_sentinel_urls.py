@@ -14,8 +14,16 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from intent import connections
-from intent.connections import SentinelTarget, is_sentinel_url, sentinel_target
-from intent.settings import SENTINEL_MASTER, Settings, get_settings
+from intent.errors import SettingsError
+from intent.settings import (
+    SENTINEL_MASTER,
+    SentinelTarget,
+    Settings,
+    get_settings,
+    is_sentinel_url,
+    load_settings,
+    sentinel_target,
+)
 
 CELERY = "sentinel://:s%40cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2;sentinel://10.0.0.3"
 LIMITS = "redis+sentinel://:s%40cret@10.0.0.1:26379,10.0.0.2:26380,10.0.0.3/orders"
@@ -178,3 +186,11 @@ def test_beat_asks_the_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:
     options = app.conf.redbeat_redis_options
     assert options["sentinels"] == list(HOSTS)
     assert options["service_name"] == "orders" and options["password"] == "s@cret"
+
+
+def test_a_bad_sentinel_url_is_refused_when_the_settings_load_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="INTENT_BROKER_URL: a sentinel:// URL's path") as info:
+        load_settings(redis_url="redis://h:1/0", broker_url="sentinel://:s3cret@h:1/orders")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(SettingsError, match=r"INTENT_REDIS_URL: .*at least one Sentinel host"):
+        load_settings(redis_url="redis+sentinel://:s3cret@/orders")

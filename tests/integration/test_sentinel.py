@@ -462,3 +462,25 @@ def _has_group(client: redis.Redis, keys: Keys, group: str) -> bool:
 def _called(breaker: CircuitBreaker, store: FallbackStore) -> bool:
     breaker.call(lambda: None)
     return not store.degraded
+
+
+def test_beat_finds_its_lock_through_the_sentinels(
+    sentinels: SentinelSetup, ha_env: dict[str, str]
+) -> None:
+    """redbeat (celery beat's schedule and lock) reads the master the Sentinels name."""
+    from celery import Celery
+    from redbeat.schedulers import RedBeatConfig
+
+    from tasks import beat
+
+    sentinels.wait_ready()
+    probe = Celery("intent-beat-probe")
+    assert beat.lock_held(probe) is False
+    client = data_client(get_settings())
+    lock_key = RedBeatConfig(probe).lock_key
+    try:
+        client.set(lock_key, "a beat", ex=30)
+        assert beat.lock_held(probe) is True
+    finally:
+        client.delete(lock_key)
+        client.close()

@@ -5,15 +5,28 @@ need a Redis URL until the app is used.
 """
 
 from intent.settings import get_settings as _get_settings
+from intent.settings import is_sentinel_url as _is_sentinel_url
+from intent.settings import sentinel_target as _sentinel_target
 from tasks.queues import queue_settings as _queue_settings
 
 _settings = _get_settings()  # underscored: not a Celery setting
 
+
+def _through_sentinel(url: str, options: dict) -> str:
+    """A Sentinel URL (either form, see intent.connections.sentinel_target) in Celery's
+    form, the master's name and the Sentinels' timeouts added to ``options`` (the broker's
+    or the result backend's transport options); any other URL as it is."""
+    if not _is_sentinel_url(url):
+        return url
+    target = _sentinel_target(url, _settings.sentinel_master)
+    timeout = _settings.redis_socket_timeout
+    options["master_name"] = target.service_name
+    options["sentinel_kwargs"] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return target.celery_url()
+
+
 broker_url = _settings.effective_broker_url
 result_backend = _settings.effective_result_backend
-if result_backend.startswith(("redis://", "rediss://", "unix://")):
-    # The same keys as Celery's, each failure with a JSON error object too (tasks/backend.py).
-    result_backend = "tasks.backend:RedisBackend+" + result_backend
 
 # JSON only, both ways: no pickle anywhere.
 task_serializer = "json"
@@ -45,6 +58,9 @@ broker_transport_options = {
     "unacked_mutex_expire": 15,
     "socket_connect_timeout": _settings.redis_socket_timeout,
 }
+# Through Redis Sentinel (sentinel://host:port;sentinel://host:port, INTENT_SENTINEL_MASTER):
+# the same options, with the master's name and the Sentinels' timeouts.
+broker_url = _through_sentinel(broker_url, broker_transport_options)
 broker_connection_retry_on_startup = True
 # A worker whose broker went away tries again every INTENT_BROKER_RECONNECT_INTERVAL for as
 # long as it takes (tasks/connection.py), rather than give up after 100 attempts.
@@ -67,6 +83,12 @@ result_backend_transport_options = {
         "interval_max": 1,
     },
 }
+result_backend = _through_sentinel(result_backend, result_backend_transport_options)
+if result_backend.startswith(("redis://", "rediss://", "unix://")):
+    # The same keys as Celery's, each failure with a JSON error object too (tasks/backend.py).
+    result_backend = "tasks.backend:RedisBackend+" + result_backend
+elif result_backend.startswith("sentinel://"):
+    result_backend = "tasks.backend:SentinelBackend+" + result_backend
 
 task_default_queue = _settings.queue
 # A worker consumes these (no -Q): INTENT_QUEUE and the client default, classic queues as a

@@ -19,6 +19,14 @@ tells them apart, and :func:`redis_client` and :func:`rate_limit_storage` build 
 kind. ``redis://``, ``rediss://`` and ``unix://`` name one server; ``redis+cluster://`` and
 ``rediss+cluster://`` (``limits``' form) name a Redis Cluster by some of its nodes,
 ``host:port[,host:port...]``, whose client is a :class:`ClusterClient`.
+
+A URL naming Redis Sentinels (``intent.settings.is_sentinel_url``: Celery's
+``sentinel://host:port;sentinel://host:port`` or ``limits``'
+``redis+sentinel://host:port,host:port/service_name``) gives each purpose a client of the
+master the Sentinels name (:func:`sentinel_client`), with the same purpose's timeouts: its
+connections ask the Sentinels for the master when they connect, and drop themselves when
+it stops being one (a ``READONLY`` reply), so a failover costs the calls made while there
+is no master, not a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.connection import Encoder
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from intent.errors import ServiceUnavailableError
 from intent.settings import (
@@ -42,18 +51,25 @@ from intent.settings import (
     CLUSTER_SCHEMES,
     REDIS_HEALTH_CHECK_INTERVAL,
     REDIS_PROBE_TIMEOUT,
+    SENTINEL_MASTER,
     ClusterAddress,
     Settings,
+    is_sentinel_url,
+    sentinel_target,
 )
 
 STANDALONE = "standalone"
 CLUSTER = "cluster"
+SENTINEL = "sentinel"
 
 
 def topology(url: str) -> str:
-    """What kind of Redis ``url`` names, by its scheme: ``CLUSTER`` or ``STANDALONE``."""
+    """What kind of Redis ``url`` names, by its scheme: ``CLUSTER``, ``SENTINEL`` or
+    ``STANDALONE``."""
     scheme = url.partition("://")[0].lower()
-    return CLUSTER if scheme in CLUSTER_SCHEMES else STANDALONE
+    if scheme in CLUSTER_SCHEMES:
+        return CLUSTER
+    return SENTINEL if is_sentinel_url(url) else STANDALONE
 
 
 def on_cluster(client: Any) -> bool:
@@ -61,15 +77,20 @@ def on_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def redis_client(url: str, **options: Any) -> redis.Redis:
+def redis_client(url: str, sentinel_master: str = SENTINEL_MASTER, **options: Any) -> redis.Redis:
     """A client of the Redis ``url`` names, with redis-py's ``options`` (timeouts, retry,
-    decoding): a ``redis.Redis`` for one server, a :class:`ClusterClient` for a cluster.
+    decoding): a ``redis.Redis`` for one server, a :class:`ClusterClient` for a cluster,
+    a client of the master for Sentinels (``sentinel_master``: the master's name where the
+    URL names none).
 
     A cluster client is typed as a ``redis.Redis``: it answers the same commands (each
     script and pipeline of the service keeps its keys in one slot, see intent/keys.py),
     and ``intent.resp.plain_pool`` tells the two apart where raw RESP is sent."""
-    if topology(url) == CLUSTER:
+    kind = topology(url)
+    if kind == CLUSTER:
         return cast("redis.Redis", ClusterClient.from_cluster_url(url, **options))
+    if kind == SENTINEL:
+        return sentinel_client(url, sentinel_master, **options)
     return redis.Redis.from_url(url, **options)
 
 
@@ -77,6 +98,7 @@ def data_client(settings: Settings, url: str | None = None) -> redis.Redis:
     """The client for the service's state (bytes replies)."""
     return redis_client(
         url or settings.require_state_redis_url(),
+        settings.sentinel_master,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
@@ -88,6 +110,7 @@ def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     per reply on top of the data timeout (a blocked read is not a dead Redis)."""
     return redis_client(
         settings.require_state_redis_url(),
+        settings.sentinel_master,
         decode_responses=True,
         # Undecodable bytes arrive as lone surrogates (refused and dead-lettered, whose
         # XADD writes the original bytes back; shown by the CLI), never as an error that
@@ -99,12 +122,17 @@ def stream_client(settings: Settings, block: float = 0.0) -> redis.Redis:
     )
 
 
-def breaker_client(url: str, socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT) -> redis.Redis:
+def breaker_client(
+    url: str,
+    socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT,
+    sentinel_master: str = SENTINEL_MASTER,
+) -> redis.Redis:
     """A client for breaker state: short timeouts, no retries, decoded replies. It fails
     fast: a dead Redis must cost milliseconds per call (the breaker then runs on its
     in-memory fallback), not redis-py's default retries with backoff."""
     return redis_client(
         url,
+        sentinel_master,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
@@ -121,15 +149,55 @@ def rate_limit_storage(settings: Settings, key_prefix: str) -> RedisStorage:
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_socket_timeout,
     }
-    if topology(url) == CLUSTER:
+    kind = topology(url)
+    if kind == CLUSTER:
         return _ClusterLimitStorage(url, redis_client(url, **options), key_prefix)
+    if kind == SENTINEL:
+        # limits' own Sentinel storage reads from replicas; here every read is the master's.
+        client = redis_client(url, settings.sentinel_master, **options)
+        return RedisStorage(
+            "redis://",
+            connection_pool=client.connection_pool,
+            key_prefix=key_prefix,
+            wrap_exceptions=True,
+        )
     return RedisStorage(url, key_prefix=key_prefix, wrap_exceptions=True, **options)
 
 
-def probe_client(url: str, timeout: float = REDIS_PROBE_TIMEOUT) -> redis.Redis:
+def probe_client(
+    url: str, timeout: float = REDIS_PROBE_TIMEOUT, sentinel_master: str = SENTINEL_MASTER
+) -> redis.Redis:
     """A client for one "does Redis answer?" check: connect and each reply within
     ``timeout``."""
-    return redis_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis_client(
+        url, sentinel_master, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+# -- Redis Sentinel ----------------------------------------------------------------------
+
+
+def sentinel_client(url: str, master_name: str, **connection_kwargs: Any) -> redis.Redis:
+    """A client of the master the Sentinels of ``url`` name, built with the purpose's
+    ``connection_kwargs`` (timeouts, decoding, retries). The Sentinels are asked with the
+    same socket timeouts, each once (the next Sentinel is the retry): a dead Sentinel costs
+    what a dead Redis costs that purpose, not redis-py's retries with backoff (seconds)."""
+    target = sentinel_target(url, master_name)
+    timeout = connection_kwargs.get("socket_timeout")
+    connection_kwargs.setdefault("socket_connect_timeout", timeout)
+    asking = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    sentinels = Sentinel(list(target.sentinels), sentinel_kwargs=asking)
+    return sentinels.master_for(
+        target.service_name,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **connection_kwargs,
+    )
 
 
 @contextlib.contextmanager

@@ -22,8 +22,13 @@ from typing import Any
 
 import redis
 from redis.connection import Connection
+from redis.sentinel import SentinelManagedConnection
 
 Command = Sequence[str | int | bytes]
+
+# What a server answers a blocked command (XREADGROUP BLOCK) with when it stops being a
+# master (a Sentinel demoted it after a failover): the connection is to the wrong server.
+DEMOTED = "instance state changed"
 
 
 def bulk(value: bytes) -> bytes:
@@ -99,17 +104,36 @@ class RawConnection:
     def send(self, request: bytes) -> None:
         """``request`` (whole RESP commands), as it is: no health check, so a connection
         that went stale raises ``redis.ConnectionError`` here or at :meth:`read`."""
-        self._connection.send_packed_command([request], check_health=False)
+        self._connected().send_packed_command([request], check_health=False)
 
     def send_commands(self, commands: Sequence[Command]) -> None:
         """Several commands in one write (a pipeline without MULTI); a connection idle past
         the client's ``health_check_interval`` is pinged first."""
-        connection = self._connection
+        connection = self._connected()
         connection.send_packed_command(connection.pack_commands(commands))
 
+    def _connected(self) -> Connection:
+        """The connection, a Sentinel-managed one connected as its pool connects it: its
+        ``connect()`` asks the Sentinels for the master, where ``send_packed_command``
+        alone would dial the address it last had (the old master after a failover), or
+        redis-py's default ``localhost:6379`` if it never connected."""
+        connection = self._connection
+        if isinstance(connection, SentinelManagedConnection) and connection._sock is None:
+            connection.connect()
+        return connection
+
     def read(self) -> Any:
-        """The next reply (blocks up to the socket timeout)."""
-        return self._connection.read_response()
+        """The next reply (blocks up to the socket timeout). A blocked read the server
+        ended because it was demoted to a replica is a ``redis.ConnectionError`` (the
+        connection is dropped: a Sentinel-managed one asks for the new master when it
+        connects again), as redis-py makes a ``READONLY`` reply on such a connection."""
+        try:
+            return self._connection.read_response()
+        except redis.ResponseError as exc:
+            if DEMOTED not in str(exc):
+                raise
+            self._connection.disconnect()
+            raise redis.ConnectionError(f"the server is no longer the master: {exc}") from exc
 
     def can_read(self) -> bool:
         """Whether a reply (or part of one) is there to read, without waiting."""

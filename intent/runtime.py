@@ -126,7 +126,9 @@ class Runtime:
         """The client the calls read their drills with: it fails as fast as the breaker's
         (a dead Redis is no drill at once, not a stalled call)."""
         s = self.settings
-        return breaker_client(s.require_state_redis_url(), s.circuit_redis_socket_timeout)
+        return breaker_client(
+            s.require_state_redis_url(), s.circuit_redis_socket_timeout, s.sentinel_master
+        )
 
     @cached_property
     def drills(self) -> DrillSource:

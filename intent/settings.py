@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Literal
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,8 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 # Broker URL schemes of kombu's AMQP transports (RabbitMQ).
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+# The master's name a sentinel:// URL's Sentinels are asked for (Redis's own example name).
+SENTINEL_MASTER = "mymaster"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -128,6 +130,87 @@ def _host_port(part: str, scheme: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# -- Redis Sentinel URLs (parsed here, so a bad one is refused when the settings load) ----
+SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
+SENTINEL_PORT = 26379
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a Sentinel URL names: the Sentinels, the master's name, and the database and
+    credentials of the master (the Sentinels themselves are asked without credentials)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def celery_url(self) -> str:
+        """The same in Celery's form (``sentinel://...;sentinel://...``), the credentials and
+        database in its first part; the master's name goes to the transport options."""
+        auth = ""
+        if self.password is not None:
+            user = quote(self.username or "", safe="")
+            auth = f"{user}:{quote(self.password, safe='')}@"
+        elif self.username is not None:
+            auth = f"{quote(self.username, safe='')}@"
+        return ";".join(
+            f"sentinel://{auth if i == 0 else ''}{host}:{port}/{self.db}"
+            for i, (host, port) in enumerate(self.sentinels)
+        )
+
+
+def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTarget:
+    """Parse either form:
+
+    - Celery's ``sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...``:
+      the master's name is ``master_name`` (``INTENT_SENTINEL_MASTER``); the first part's
+      credentials and database are the master's;
+    - ``limits``' ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``:
+      the master's name is the path (``master_name`` when it has none).
+
+    A URL that is neither, or names no Sentinel, raises ValueError saying what is wrong.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
+        if any(p.scheme.lower() != "sentinel" for p in parts):
+            raise ValueError("every part of a sentinel:// URL list must be sentinel://")
+        first = parts[0]
+        hosts = [(p.hostname or "", p.port or SENTINEL_PORT) for p in parts]
+        path = first.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"a sentinel:// URL's path is a database number, not {path!r}")
+        service, db = master_name, int(path or 0)
+    elif scheme == "redis+sentinel":
+        first = urlsplit(url)
+        netloc = first.netloc.rpartition("@")[2]
+        hosts = []
+        for location in netloc.split(","):
+            host = urlsplit(f"//{location.strip()}")
+            hosts.append((host.hostname or "", host.port or SENTINEL_PORT))
+        service, db = first.path.strip("/") or master_name, 0
+    else:
+        raise ValueError(
+            f"not a Sentinel URL (scheme {scheme!r}): sentinel:// or redis+sentinel://"
+        )
+    if not hosts or any(not host for host, _ in hosts):
+        raise ValueError("a Sentinel URL must name at least one Sentinel host")
+    return SentinelTarget(
+        tuple(hosts),
+        service,
+        db,
+        unquote(first.username) if first.username else None,
+        unquote(first.password) if first.password else None,
+    )
+
+
 class Settings(BaseSettings):
     """The service's configuration. Field ``foo_bar`` is read from ``INTENT_FOO_BAR``."""
 
@@ -162,6 +245,9 @@ class Settings(BaseSettings):
     state_redis_url: str | None = None
     key_prefix: str = Field(default="intent:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     redis_socket_timeout: PositiveFloat = 2.0
+    # A URL above may name Redis Sentinels (Celery's sentinel://host:port;sentinel://...):
+    # the master they are asked for (a redis+sentinel://.../NAME URL names its own).
+    sentinel_master: str = Field(default=SENTINEL_MASTER, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     # Retries of transient downstream failures (exponential backoff, jitter)
     retry_max: Annotated[int, Field(ge=0, le=20)] = 3
@@ -327,7 +413,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        for name in ("redis_url", "broker_url", "result_backend_url"):
+        for name in ("redis_url", "broker_url", "result_backend_url", "state_redis_url"):
             url = getattr(self, name) or ""
             if _is_cluster_url(url):
                 # Celery's Redis transport and result backend have no cluster mode.
@@ -377,6 +463,13 @@ class Settings(BaseSettings):
             else:
                 found = "INTENT_BROKER_URL is unset"
             raise ValueError(f"INTENT_QUEUE_TYPE=quorum needs a RabbitMQ broker (amqp://): {found}")
+        for name in ("redis_url", "broker_url", "result_backend_url", "state_redis_url"):
+            url = getattr(self, name)
+            if url and is_sentinel_url(url):
+                try:
+                    sentinel_target(url, self.sentinel_master)
+                except ValueError as exc:  # the message names no part of the URL's secrets
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
         return self
 
     def bulkhead(self, service: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 
 from intent.errors import IntentError
 from intent.logs import mask_secrets
@@ -30,9 +31,11 @@ def error_object(exc: BaseException) -> dict[str, Any]:
     return info
 
 
-class RedisBackend(CeleryRedisBackend):
+class ErrorObjects:
+    """The failure's JSON error object, stored and read back (mixed into Celery's backends)."""
+
     def prepare_exception(self, exc: BaseException, serializer: Any = None) -> Any:
-        prepared = super().prepare_exception(exc, serializer)
+        prepared = super().prepare_exception(exc, serializer)  # type: ignore[misc]
         if not isinstance(prepared, dict):
             return prepared
         error = error_object(exc)
@@ -49,4 +52,12 @@ class RedisBackend(CeleryRedisBackend):
             # Stored by a worker of an earlier release, within result_expires: the class
             # lives in the error tree now, under the same name.
             exc = {**exc, "exc_module": MOVED_ERRORS[exc["exc_module"]]}
-        return super().exception_to_python(exc)
+        return super().exception_to_python(exc)  # type: ignore[misc]
+
+
+class RedisBackend(ErrorObjects, CeleryRedisBackend):
+    """Celery's Redis backend, failures with their error objects."""
+
+
+class SentinelBackend(ErrorObjects, CelerySentinelBackend):
+    """Celery's backend through Redis Sentinel (``sentinel://``), the same way."""

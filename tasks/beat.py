@@ -14,15 +14,31 @@ from redbeat import RedBeatScheduler
 from redbeat.schedulers import RedBeatConfig, get_redis
 
 from intent.keys import Keys
-from intent.settings import get_settings
+from intent.settings import get_settings, is_sentinel_url, sentinel_target
 
 
 def configure(app: Celery) -> None:
     """Give redbeat its Redis and key prefix (in this process's configuration only)."""
     settings = get_settings()
-    app.conf.redbeat_redis_url = settings.require_redis_url()
+    url = settings.require_redis_url()
     app.conf.redbeat_key_prefix = Keys(settings.key_prefix).beat
     app.conf.redbeat_redis_options = {}  # not the broker's transport options
+    if is_sentinel_url(url):
+        # redbeat's own Sentinel form: a redis-sentinel:// URL, the Sentinels as options.
+        target = sentinel_target(url, settings.sentinel_master)
+        timeout = settings.redis_socket_timeout
+        app.conf.redbeat_redis_url = "redis-sentinel://"
+        app.conf.redbeat_redis_options = {
+            "sentinels": list(target.sentinels),
+            "service_name": target.service_name,
+            "db": target.db,
+            "password": target.password,
+            "username": target.username,
+            "socket_timeout": timeout,
+            "sentinel_kwargs": {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        }
+        return
+    app.conf.redbeat_redis_url = url
 
 
 class Scheduler(RedBeatScheduler):

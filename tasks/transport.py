@@ -9,6 +9,11 @@ every Redis restart that finds work in flight. Here that case is the connection 
 is, which Celery and kombu already handle (the messages stay unacknowledged in Redis and
 the visibility sweep brings them back).
 
+A blocked BRPOP that the server ends because a Sentinel demoted it to a replica (an
+``UNBLOCKED ... instance state changed`` error reply) ended the worker as an unrecoverable
+error; here it is the connection error it is, and the worker reconnects through the
+Sentinels.
+
 And a message on the queue's list that is not a kombu envelope at all (not JSON, no
 properties, headers that are not an object: anyone who can write to Redis can put one
 there) made kombu's message constructor raise inside the event loop, which ends the
@@ -28,6 +33,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from intent.resp import DEMOTED
 
 log = logging.getLogger("intent.worker")
 
@@ -93,30 +100,50 @@ def dead_letter(reason: str, envelope: Any) -> None:
         log.error("could not keep the refused broker message: %s", exc)
 
 
-class Channel(kombu_redis.Channel):
+class MendedChannel:
+    """The channel's mends, mixed into kombu's Redis channel and its Sentinel channel."""
+
+    connection: Any
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         connection = self.connection
         if connection is None or connection.client is None:
             raise redis.ConnectionError("the broker connection is already closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
-            return super()._brpop_read(**options)
+            return super()._brpop_read(**options)  # type: ignore[misc]
         except NOT_AN_ENVELOPE as exc:  # the item was not a JSON envelope
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             return True
+        except redis.ResponseError as exc:
+            if DEMOTED not in str(exc):
+                raise
+            # The server ended the blocked BRPOP: a Sentinel demoted it to a replica. A
+            # connection error, which the worker handles by connecting again (through the
+            # Sentinels, to the new master), not an unrecoverable error that ends it.
+            self.client.connection.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"the broker is no longer the master: {exc}") from exc
 
     def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super()._get(queue, *args, **kwargs)
+            return super()._get(queue, *args, **kwargs)  # type: ignore[misc]
         except NOT_AN_ENVELOPE as exc:
             dead_letter(f"not a broker message: {type(exc).__name__}: {exc}", None)
             raise kombu_redis.Empty() from exc
 
 
-class Transport(kombu_redis.Transport):
-    Channel = Channel
+class Channel(MendedChannel, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(MendedChannel, kombu_redis.SentinelChannel):
+    pass
+
+
+class MendedTransport:
+    """Delivery through the gate, mixed into kombu's Redis transports."""
 
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
@@ -124,17 +151,27 @@ class Transport(kombu_redis.Transport):
             dead_letter(problem, message)
             return
         try:
-            super()._deliver(message, queue)
+            super()._deliver(message, queue)  # type: ignore[misc]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             dead_letter(f"could not be read as a message: {type(exc).__name__}: {exc}", message)
 
 
+class Transport(MendedTransport, kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelTransport(MendedTransport, kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """``redis://`` and ``rediss://`` broker URLs use this transport in this process (the
-    URLs themselves, as logs and Flower show them, stay as they are)."""
+    """``redis://`` and ``rediss://`` broker URLs use this transport in this process, and
+    ``sentinel://`` ones its Sentinel twin (the URLs themselves, as logs and Flower show
+    them, stay as they are)."""
     from kombu.transport import TRANSPORT_ALIASES
 
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
     # Every item, delivery and restore the transport reads (kombu types it with its options).
     kombu_redis.loads = envelope_loads  # type: ignore[assignment]

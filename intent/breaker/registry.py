@@ -17,7 +17,7 @@ from intent.forks import ForkLocal
 from intent.settings import Settings, get_settings
 
 # What a store is built from: settings that agree on these share one store.
-_StoreKey = tuple[str, str, float, float, float]
+_StoreKey = tuple[str, str, float, float, float, str]
 
 
 class _ProcessStores:
@@ -48,6 +48,7 @@ def store_from_settings(settings: Settings) -> FallbackStore:
         url,
         prefix=settings.key_prefix,
         socket_timeout=settings.circuit_redis_socket_timeout,
+        sentinel_master=settings.sentinel_master,
     )
     return FallbackStore(
         primary,
@@ -66,6 +67,7 @@ def default_store(settings: Settings | None = None) -> BreakerStore:
         settings.circuit_redis_socket_timeout,
         settings.circuit_redis_probe_interval,
         settings.circuit_fallback_log_interval,
+        settings.sentinel_master,
     )
     mine = _this_process()
     with mine.lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from redis.connection import Connection
 from redis.utils import HIREDIS_AVAILABLE
@@ -63,3 +64,51 @@ def test_socket_timeout_reads_the_pools_connection_settings() -> None:
     assert resp_module.socket_timeout(redis_py.Redis(socket_timeout=2.5)) == 2.5
     assert resp_module.socket_timeout(redis_py.Redis()) is None
     assert resp_module.socket_timeout(object()) is None  # no pool: unknown
+
+
+def test_a_sentinel_managed_connection_asks_its_sentinels_when_it_connects() -> None:
+    # Never redis-py's default localhost:6379, nor the address it last had (an old master).
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    from redis.sentinel import MasterNotFoundError, Sentinel
+
+    once = {"socket_timeout": 0.1, "retry": Retry(NoBackoff(), 0)}
+    client = Sentinel([("127.0.0.1", 1)], sentinel_kwargs=once).master_for("m", **once)
+    raw = resp.RawConnection.outside(client.connection_pool)
+    with pytest.raises(MasterNotFoundError):
+        raw.send(resp.request("PING"))
+    with pytest.raises(MasterNotFoundError):
+        raw.send_commands([("PING",)])
+
+
+class _Demoted(Connection):
+    """A connection whose server ended a blocked read: it was demoted to a replica."""
+
+    disconnects = 0
+
+    def read_response(self, *args: object, **kwargs: object) -> object:
+        raise redis.ResponseError(
+            "UNBLOCKED force unblock from blocking operation, instance state changed "
+            "(master -> replica?)"
+        )
+
+    def disconnect(self, *args: object) -> None:
+        self.disconnects += 1
+
+
+def test_a_read_ended_by_a_demotion_is_a_connection_error_and_drops_the_connection() -> None:
+    connection = _Demoted()
+    with pytest.raises(redis.ConnectionError, match="no longer the master"):
+        resp.RawConnection(connection).read()
+    assert connection.disconnects == 1
+
+
+def test_any_other_error_reply_stays_one() -> None:
+    class _Wrong(_Demoted):
+        def read_response(self, *args: object, **kwargs: object) -> object:
+            raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+
+    connection = _Wrong()
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        resp.RawConnection(connection).read()
+    assert connection.disconnects == 0

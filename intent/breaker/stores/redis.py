@@ -35,7 +35,7 @@ from intent.breaker.stores.base import (
 from intent.connections import breaker_client as breaker_redis_client
 from intent.forks import after_fork_in_child
 from intent.keys import BREAKER_PARTS, Keys
-from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT
+from intent.settings import CIRCUIT_REDIS_SOCKET_TIMEOUT, SENTINEL_MASTER
 
 T = TypeVar("T")
 
@@ -238,8 +238,9 @@ class RedisStore(BreakerStore):
         url: str,
         prefix: str = Keys.prefix,
         socket_timeout: float = CIRCUIT_REDIS_SOCKET_TIMEOUT,
+        sentinel_master: str = SENTINEL_MASTER,
     ) -> RedisStore:
-        return cls(breaker_redis_client(url, socket_timeout), prefix)
+        return cls(breaker_redis_client(url, socket_timeout, sentinel_master), prefix)
 
     def _script(self, name: str) -> Script:
         return scripts.register(self.client, name, SCRIPT_FAMILY, SCRIPT_PRELUDE)

@@ -413,7 +413,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        for name in ("redis_url", "broker_url", "result_backend_url", "state_redis_url"):
+        for name in ("redis_url", "broker_url", "result_backend_url"):
             url = getattr(self, name) or ""
             if _is_cluster_url(url):
                 # Celery's Redis transport and result backend have no cluster mode.

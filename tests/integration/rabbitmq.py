@@ -111,6 +111,9 @@ def quorum_broker(url: str, queue: str) -> Iterator[None]:
         "INTENT_CLIENT_DEFAULT_QUEUE": "",
         "INTENT_QUEUE_TYPE": "quorum",
     }
+    # The app's configuration is read now, if no earlier test did, from the settings as
+    # they are: read after the change, what is restored on the way out would be the change.
+    app.conf.broker_url  # noqa: B018
     saved_env = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
     reset_runtime()

@@ -85,6 +85,9 @@ def broker(url: str, queue: str) -> Iterator[None]:
     """
     # Celery's default queue on a shared RabbitMQ may be another application's: not consumed.
     variables = {"INTENT_BROKER_URL": url, "INTENT_QUEUE": queue, "INTENT_CLIENT_DEFAULT_QUEUE": ""}
+    # The app's configuration is read now, if no earlier test did, from the settings as
+    # they are: read after the change, what is restored on the way out would be the change.
+    app.conf.broker_url  # noqa: B018
     saved_env = {name: os.environ.get(name) for name in variables}
     conf = {"broker_url": url, "task_default_queue": queue}
     saved_conf = {key: app.conf[key] for key in conf}

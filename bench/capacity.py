@@ -9,6 +9,9 @@ limits, cache, pattern state, claims, waiting room, event stream); the reference
 
 1. Idle: every figure counted for ``--idle`` seconds with no analysis (the worker's
    heartbeats, the waiting room's releaser, the broker's polls), as a rate per second.
+   The releaser looks every ``--release-interval`` seconds here (1.0; the default is
+   0.1): its polling is a fixed load per worker, not a cost of an analysis, and slowed it
+   stays small beside the analyses' (a CPU-starved machine runs it less often than idle).
 2. Load: ``--n`` analyses submitted at once (unique contexts, so no cache hit; the rate
    limits lifted, every check still run); every figure before and after, less the idle
    rate over the same time, divided by n: the worker's CPU seconds (main process and pool,
@@ -25,7 +28,8 @@ utilisation: a worker core per ``worker CPU / worker utilisation`` analyses per 
 a Valkey node per ``server CPU / redis utilisation`` (its commands run on one main
 thread, so a node is one core whatever the host has).
 
-    python bench/capacity.py [--n 300] [--concurrency 4] [--idle 3] [--monitor-n 100] [--json]
+    python bench/capacity.py [--n 300] [--concurrency 4] [--idle 3] [--monitor-n 100]
+                             [--release-interval 1.0] [--json]
 """
 
 from __future__ import annotations
@@ -324,6 +328,7 @@ def commands_sent(urls: dict[str, str], n: int, idle: float) -> dict[str, dict[s
             if net / n >= 0.05:
                 families[name] = round(net / n, 2)
         out[role] = {"sent": sent, **{f"sent_{k.lower()}": v for k, v in families.items()}}
+        out[role]["idle_sent_per_s"] = quiet[role]
     for m in monitors.values():
         m.stop()
     return out
@@ -359,7 +364,9 @@ class Measured:
     ceiling: dict[str, float] | None = None
 
 
-def measure(n: int, concurrency: int, idle: float, monitor_n: int) -> Measured:
+def measure(
+    n: int, concurrency: int, idle: float, monitor_n: int, release_interval: float
+) -> Measured:
     import redis
 
     from intent.dev.stack import Stack
@@ -373,6 +380,9 @@ def measure(n: int, concurrency: int, idle: float, monitor_n: int) -> Measured:
             "INTENT_REDIS_URL": urls["state"],
             "INTENT_BROKER_URL": urls["broker"],
             "INTENT_RESULT_BACKEND_URL": urls["results"],
+            # The waiting room's releaser polls the state at a fixed pace whatever the
+            # traffic; slowed here, so that what is subtracted as idle stays small.
+            "INTENT_RELEASE_INTERVAL": str(release_interval),
         }
         saved = os.environ.pop("INTENT_REDIS_URL", None)
         try:
@@ -406,6 +416,7 @@ def measure(n: int, concurrency: int, idle: float, monitor_n: int) -> Measured:
             },
         }
         sent = commands_sent(urls, monitor_n, min(idle, 2.0)) if monitor_n > 0 else {}
+    idle_per_s["release_interval"] = release_interval
     return Measured(n, concurrency, per_analysis, idle_per_s, sent, benchmark_ceiling())
 
 
@@ -438,6 +449,13 @@ def figures_of(measured: Measured, assume: Assumptions) -> dict[str, Any]:
         for key, value in measured.sent.get(name, {}).items():
             out[f"{name}_commands_{key}"] = round(value, 2)
     out["idle_worker_cpu_ms_per_s"] = round(measured.idle_per_s["worker_cpu"] * 1000, 2)
+    interval = measured.idle_per_s.get("release_interval")
+    state_idle = measured.sent.get("state", {}).get("idle_sent_per_s")
+    if interval and state_idle is not None:
+        # What each worker's releaser sends per look: a fixed load on the state per worker
+        # (10 looks a second at the default INTENT_RELEASE_INTERVAL of 0.1 s).
+        out["release_interval_measured_s"] = interval
+        out["releaser_state_commands_per_look"] = round(state_idle * interval, 1)
     for name in ROLES:
         idle = measured.idle_per_s["servers"][name]
         out[f"idle_{name}_commands_per_s"] = round(idle["commands"], 1)
@@ -483,6 +501,12 @@ def show(out: dict[str, Any]) -> None:
             print(f"  {'':<14} sent: {shown}")
     idle = ", ".join(f"{name} {out[f'idle_{name}_commands_per_s']}" for name in ROLES)
     print(f"idle             worker {out['idle_worker_cpu_ms_per_s']} ms CPU/s; commands/s: {idle}")
+    if "releaser_state_commands_per_look" in out:
+        print(
+            f"releaser         {out['releaser_state_commands_per_look']} state commands sent per "
+            f"look, each worker (measured at INTENT_RELEASE_INTERVAL="
+            f"{out['release_interval_measured_s']}; 10 looks/s at the default 0.1)"
+        )
     if "benchmark_get_per_s" in out:
         print(
             f"node ceiling     GET {out['benchmark_get_per_s']}/s, SET "
@@ -528,6 +552,12 @@ def main() -> int:
     parser.add_argument(
         "--monitor-n", type=int, default=100, help="analyses whose commands MONITOR counts"
     )
+    parser.add_argument(
+        "--release-interval",
+        type=float,
+        default=1.0,
+        help="INTENT_RELEASE_INTERVAL of the measured worker (its fixed polling is idle load)",
+    )
     parser.add_argument("--worker-utilisation", type=float, default=0.7)
     parser.add_argument("--redis-utilisation", type=float, default=0.5)
     parser.add_argument("--cores-per-worker-host", type=int, default=8)
@@ -537,7 +567,9 @@ def main() -> int:
         args.worker_utilisation, args.redis_utilisation, args.cores_per_worker_host
     )
     with stdout_to_stderr():
-        measured = measure(args.n, args.concurrency, args.idle, args.monitor_n)
+        measured = measure(
+            args.n, args.concurrency, args.idle, args.monitor_n, args.release_interval
+        )
     out = figures_of(measured, assume)
     if args.json:
         print(json.dumps(out))

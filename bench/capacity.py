@@ -211,14 +211,21 @@ class Probe:
         )
 
 
-def _logged_requests(url: str) -> int:
+def _logged_requests(url: str, clear: bool = False) -> int:
+    """Requests the reference service at ``url`` has logged (emptied first, ``clear``)."""
+    from intent.reference.app import MAX_LOG_ENTRIES
     from intent.reference.server import ReferenceControl
 
     control = ReferenceControl(url)
     try:
-        return len(control.requests_log())
+        if clear:
+            control.clear_requests()
+        logged = len(control.requests_log())
     finally:
         control.close()
+    if logged >= MAX_LOG_ENTRIES:
+        raise RuntimeError(f"{url} logged {logged} requests, its log's bound: use a smaller --n")
+    return logged
 
 
 def _delta(before: Snapshot, after: Snapshot) -> dict[str, Any]:
@@ -402,6 +409,8 @@ def measure(
         quiet_start = probe.snapshot()
         time.sleep(idle)
         quiet = _delta(quiet_start, probe.snapshot())
+        for url in probe.reference_urls:  # its log is bounded: counted from empty
+            _logged_requests(url, clear=True)
         before = probe.snapshot()
         _wait_all(n)
         time.sleep(0.3)  # the last acks and events

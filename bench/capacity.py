@@ -249,10 +249,11 @@ def _net(load: dict[str, Any], idle: dict[str, Any], n: int) -> dict[str, Any]:
     def per(key: str, loaded: float, quiet: float) -> float:
         return max(0.0, loaded - quiet * scale) / n
 
-    out: dict[str, Any] = {
-        key: per(key, load[key], idle[key]) for key in ("worker_cpu", "client_cpu", "reference_cpu")
-    }
-    out["http_calls"] = load["http_calls"] / n  # the idle run makes none
+    out: dict[str, Any] = {"worker_cpu": per("worker_cpu", load["worker_cpu"], idle["worker_cpu"])}
+    # This process and the services do nothing between analyses (this process's idle
+    # delta is the snapshot's own work): nothing to subtract.
+    for key in ("client_cpu", "reference_cpu", "http_calls"):
+        out[key] = load[key] / n
     out["servers"] = {
         role: {k: per(k, v, idle["servers"][role][k]) for k, v in figures.items()}
         for role, figures in load["servers"].items()

@@ -9,6 +9,7 @@ from bench.capacity import (
     Assumptions,
     Costs,
     Measured,
+    _net,
     figures_of,
     per_node,
     plan,
@@ -96,3 +97,31 @@ def test_the_printed_table_is_the_model_on_the_measured_figures(
     printed = capsys.readouterr().out
     assert "     1,000            40             5             4              1" in printed
     assert "saturates first  the broker node, at 250.0 analyses/s" in printed
+
+
+def test_per_analysis_figures_subtract_the_idle_rate_over_the_load_time() -> None:
+    def server(cpu_s: float, commands: float) -> dict[str, float]:
+        return {"cpu_s": cpu_s, "commands": commands}
+
+    load = {
+        "seconds": 10.0,
+        "worker_cpu": 3.0,
+        "client_cpu": 0.4,
+        "reference_cpu": 0.3,
+        "http_calls": 200.0,
+        "servers": {"state": server(0.5, 2_000.0)},
+    }
+    idle = {
+        "seconds": 2.0,
+        "worker_cpu": 0.1,  # 0.05 s a second: 0.5 s of the load's 10 s
+        "client_cpu": 0.2,  # the snapshot's own work: not subtracted
+        "reference_cpu": 0.0,
+        "http_calls": 0.0,
+        "servers": {"state": server(0.02, 100.0)},  # 50 commands a second: 500
+    }
+    per = _net(load, idle, 100)
+    assert per["worker_cpu"] == pytest.approx(0.025)  # (3.0 - 0.5) / 100
+    assert per["client_cpu"] == pytest.approx(0.004) and per["reference_cpu"] == 0.003
+    assert per["http_calls"] == 2.0
+    assert per["servers"]["state"]["commands"] == pytest.approx(15.0)  # (2000 - 500) / 100
+    assert per["servers"]["state"]["cpu_s"] == pytest.approx(0.004)  # (0.5 - 0.1) / 100

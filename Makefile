@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/events.py
 	$(PY) bench/fuzz.py
 	$(PY) bench/outage.py
+	$(PY) bench/capacity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

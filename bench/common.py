@@ -4,6 +4,7 @@ rounds with their medians, and the limits lifted for the pipeline benches."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -95,3 +96,23 @@ def median(rates: list[float]) -> float:
 def rounds_line(label: str, rates: list[float], unit: str) -> str:
     shown = ", ".join(f"{r:.1f}" for r in rates)
     return f"{label:<16} {median(rates):8.1f} {unit:<11} rounds: {shown}"
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """The ``pct``-th percentile of ``samples`` (nearest rank: a value that was measured)."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def alternate_samples(
+    variants: dict[str, Callable[[int], list[float]]], n: int, chunks: int
+) -> dict[str, list[float]]:
+    """``n`` samples of each variant, taken in ``chunks`` turns alternating between them
+    (as :func:`alternate` does for rates), so a noisy machine shifts them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    sizes = [n // chunks + (1 if i < n % chunks else 0) for i in range(chunks)]
+    for size in sizes:
+        for name, run in variants.items():
+            samples[name].extend(run(size))
+    return samples

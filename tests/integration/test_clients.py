@@ -120,3 +120,34 @@ def test_reconnect_drops_the_pooled_connections_and_calls_go_on(client: ServiceC
     assert client.session.headers["Accept"] == "application/json"
     assert client._request("GET", "/api") == {"ok": True}
     assert [r["path"] for r in seen] == ["/api", "/api"]
+
+
+@pytest.mark.parametrize("trust_env", [False, True], ids=["adapter", "trust_env"])
+def test_a_server_that_keeps_connections_alive_gets_one_connection_for_every_call(
+    trust_env: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooled session reuses its connection where the server allows it (Tornado's
+    server here, as the admin endpoint runs); werkzeug's server, which the reference
+    services run on, closes each connection after its answer, so there each call opens one."""
+    import urllib3.connection
+
+    from intent.serving import TornadoWsgiServer
+
+    opened: list[tuple[str, int]] = []
+    connect = urllib3.connection.HTTPConnection.connect
+
+    def counted(self: urllib3.connection.HTTPConnection) -> None:
+        opened.append((self.host, self.port))
+        connect(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", counted)
+    with TornadoWsgiServer(crafted) as keeping, WsgiServer(crafted) as closing:  # type: ignore[arg-type]
+        for server, connections in ((keeping, 1), (closing, 10)):
+            opened.clear()
+            client = ServiceClient(
+                server.url, connect_timeout=2, read_timeout=2, trust_env=trust_env
+            )
+            for _ in range(10):
+                assert client._request("GET", "/api") == {"ok": True}
+            assert opened == [("127.0.0.1", server.port)] * connections, server.url
+            client.close()

@@ -33,6 +33,7 @@ from intent.errors import (
     RateLimitExceeded,
     RetryBudgetExceeded,
     ServiceUnavailableError,
+    TimeLimitReached,
     ValidationError,
 )
 from intent.models import IntentResult
@@ -41,14 +42,18 @@ from intent.pipeline.intake import give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks.chains import ANALYSIS_STEP_TASKS, shown
+from tasks.pools import time_limited
 from tasks.tracing import carry
 
 log = logging.getLogger("intent.tasks")
 
 
 def step_error(step: str, exc: Exception) -> Exception:
-    """A task's error as the recovery decision sees it."""
-    if isinstance(exc, SoftTimeLimitExceeded):
+    """A task's error as the recovery decision sees it. A step that reached its soft time
+    limit meets one error whatever the pool: prefork's signal (SoftTimeLimitExceeded, also
+    what gevent's timeout raises here) and a call cut to the step's time left on threads
+    (TimeLimitReached) are both retried as that step being unavailable."""
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitReached):
         return ServiceUnavailableError(step, "soft time limit exceeded")
     return recovery.as_domain_error(exc)
 
@@ -124,6 +129,11 @@ class PipelineTask(Task):
     # analysis is kilobytes, and Celery builds this repr for every task it runs; the whole
     # result stays in the result backend.
     resultrepr_maxsize = 256
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The step's soft time limit where the pool does not enforce it (tasks/pools.py).
+        with time_limited(self):
+            return super().__call__(*args, **kwargs)
 
     def recover(self, step: str, exc: Exception, current: IntentResult) -> IntentResult:
         """Answer a failed step: a fallback's (or an expired) result to go on with, or park

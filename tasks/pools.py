@@ -1,7 +1,8 @@
 """The worker's pool, and the soft time limit where the pool does not enforce Celery's.
 
 At start a worker declares its pool (``intent.pools.declare``, from ``worker_init``): a
-process whose tasks share it sizes its HTTP connection pools by its concurrency. Each
+process whose tasks share it sizes its HTTP connection pools by its concurrency, and its
+tasks share one result backend (below). Each
 pipeline task then runs inside :func:`time_limited` (``PipelineTask.__call__``):
 
 - prefork: nothing to add; the pool process gets ``SoftTimeLimitExceeded`` at the soft
@@ -61,9 +62,28 @@ def _concurrency(value: Any) -> int:
 
 @signals.worker_init.connect
 def _declare_pool(sender: Any = None, **_: Any) -> None:
-    if sender is not None:
-        kind = pool_kind(getattr(sender, "pool_cls", None))
-        pools.declare(kind, _concurrency(getattr(sender, "concurrency", 1)))
+    if sender is None:
+        return
+    kind = pool_kind(getattr(sender, "pool_cls", None))
+    pool = pools.declare(kind, _concurrency(getattr(sender, "concurrency", 1)))
+    if pool.tasks_per_process > 1:
+        # Celery keeps a result backend per thread unless told it is thread-safe, and under
+        # gevent a thread is a greenlet, one per task: each task built a backend (a Redis
+        # client, its pool, a connection) and threw it away, a tenth of a gevent worker's
+        # throughput. Celery's Redis backend is a redis-py client, which tasks may share.
+        sender.app.conf.result_backend_thread_safe = True
+
+
+@signals.worker_ready.connect
+def _tasks_never_join(**_: Any) -> None:
+    """A gevent pool lets tasks wait for results (``task_join_will_block`` off), so each
+    message a task publishes subscribes its task's result channel in the worker, for a
+    result that no task of the pipeline ever waits for (a subscription and a message per
+    step, read by nobody). The pipeline's tasks never join: as on prefork and threads."""
+    if pools.current().kind in ("gevent", "eventlet"):
+        from celery._state import _set_task_join_will_block
+
+        _set_task_join_will_block(True)
 
 
 def soft_time_limit(task: Any) -> float | None:

@@ -129,6 +129,13 @@ def test_the_breaker_trips_and_recovers_under_load(
     print(f"{pool_worker.kind}: calls while down: {calls_while_down}")
     assert 1 <= calls_while_down <= THRESHOLD
 
+    # Every analysis has met the dead service or its open breaker, and waits (however
+    # long the loaded machine took the pool to reach them all).
+    deadline = time.monotonic() + 60
+    while get_runtime().waiting.depth()["get_context"] < len(analyses):
+        assert time.monotonic() < deadline, get_runtime().waiting.depth()
+        time.sleep(0.1)
+
     context_service.clear_faults()  # the service is back before the trial is admitted
     results = [a.get(timeout=60) for a in analyses]
 

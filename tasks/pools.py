@@ -66,11 +66,12 @@ def _declare_pool(sender: Any = None, **_: Any) -> None:
         return
     kind = pool_kind(getattr(sender, "pool_cls", None))
     pool = pools.declare(kind, _concurrency(getattr(sender, "concurrency", 1)))
-    if pool.tasks_per_process > 1:
+    if pool.kind in ("gevent", "eventlet"):
         # Celery keeps a result backend per thread unless told it is thread-safe, and under
         # gevent a thread is a greenlet, one per task: each task built a backend (a Redis
         # client, its pool, a connection) and threw it away, a tenth of a gevent worker's
         # throughput. Celery's Redis backend is a redis-py client, which tasks may share.
+        # (A threads pool reuses its threads: a backend each, built once.)
         sender.app.conf.result_backend_thread_safe = True
 
 

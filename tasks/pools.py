@@ -1,9 +1,9 @@
 """The worker's pool, and the soft time limit where the pool does not enforce Celery's.
 
 At start a worker declares its pool (``intent.pools.declare``, from ``worker_init``): a
-process whose tasks share it sizes its HTTP connection pools by its concurrency, and its
-tasks share one result backend (below). Each
-pipeline task then runs inside :func:`time_limited` (``PipelineTask.__call__``):
+process whose tasks share it sizes its HTTP connection pools by its concurrency (and a
+gevent worker's tasks share one result backend, below). Each step of an analysis or a
+batch then runs inside :func:`time_limited` (``tasks/pipeline.py``, ``tasks/batch.py``):
 
 - prefork: nothing to add; the pool process gets ``SoftTimeLimitExceeded`` at the soft
   limit and is killed at the hard one;

@@ -42,7 +42,6 @@ from intent.pipeline.intake import give_back
 from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks.chains import ANALYSIS_STEP_TASKS, shown
-from tasks.pools import time_limited
 from tasks.tracing import carry
 
 log = logging.getLogger("intent.tasks")
@@ -129,11 +128,6 @@ class PipelineTask(Task):
     # analysis is kilobytes, and Celery builds this repr for every task it runs; the whole
     # result stays in the result backend.
     resultrepr_maxsize = 256
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # The step's soft time limit where the pool does not enforce it (tasks/pools.py).
-        with time_limited(self):
-            return super().__call__(*args, **kwargs)
 
     def recover(self, step: str, exc: Exception, current: IntentResult) -> IntentResult:
         """Answer a failed step: a fallback's (or an expired) result to go on with, or park

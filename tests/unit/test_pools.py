@@ -214,3 +214,17 @@ def test_the_soft_limit_is_added_only_where_the_pool_lacks_it() -> None:
         left = pools.remaining()
         assert left is not None and 2.5 < left <= 3.0
     assert pools.remaining() is None
+
+
+def test_a_step_out_of_time_meets_the_error_prefork_gives_it() -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from intent.errors import ServiceUnavailableError
+    from tasks.steptask import step_error
+
+    reached = TimeLimitReached("prediction-service POST /api/v1/predict", 2.0)
+    error, prefork = step_error("predict", reached), step_error("predict", SoftTimeLimitExceeded())
+    assert isinstance(error, ServiceUnavailableError) and error.transient
+    assert isinstance(prefork, ServiceUnavailableError)
+    assert (error.service, error.reason) == (prefork.service, prefork.reason)
+    assert str(error) == "Service predict is unavailable: soft time limit exceeded"

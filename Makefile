@@ -35,6 +35,7 @@ check: lint typecheck test
 
 bench: install
 	$(PY) bench/pipeline.py
+	$(PY) bench/pools.py
 	$(PY) bench/breaker.py
 	$(PY) bench/batch.py
 	$(PY) bench/events.py

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from intent import tracing
+from intent import pools, tracing
 from intent.errors import (
     BulkheadFullError,
     CircuitBreakerError,
@@ -56,6 +56,8 @@ class Fault(Protocol):
 Inject = Callable[[str], Fault | None]
 # One answer of a bulk call: the item's JSON object, or the error that item met.
 BulkItem = dict[str, Any] | ServiceError
+# A timeout with this little of the step's time left was the step's time limit.
+_LIMIT_SLACK = 0.05
 # How a service says it has no such route: 404, or 405 when another route has the path.
 _NO_BULK_STATUSES = frozenset({404, 405})
 
@@ -172,19 +174,27 @@ class ServiceClient:
                 url,
                 json=json,
                 headers=traced.headers or None,
-                timeout=self.timeout,
+                timeout=self._capped_timeout(),
                 allow_redirects=False,
             )
         headers = self.session.headers
+        timeout = self._capped_timeout()
         if traced.headers:
             headers = requests.structures.CaseInsensitiveDict({**headers, **traced.headers})
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=headers, json=json)
-        response = self.session.get_adapter(url).send(prepared, timeout=self.timeout)
+        response = self.session.get_adapter(url).send(prepared, timeout=timeout)
         # Read the body here, as Session.send does: a body that stalls or breaks off is a
         # timeout or connection error of this exchange, mapped like any other.
         response.content  # noqa: B018
         return response
+
+    def _capped_timeout(self) -> tuple[float, float]:
+        """The connect and read timeouts, each cut to the running step's time left
+        (``intent.pools``: where the pool cannot interrupt a task at its time limit)."""
+        connect, read = self.timeout
+        # Never 0, which a socket takes as "do not block" rather than as a timeout.
+        return max(0.001, pools.capped(connect)[0]), max(0.001, pools.capped(read)[0])
 
     def reconnect(self) -> None:
         """Drop pooled connections and start a fresh session: the integration guide's
@@ -207,6 +217,8 @@ class ServiceClient:
         """One guarded call. ``endpoint`` names the rate limit it counts against;
         ``label`` (default: the endpoint) names it in metrics and logs; a ``probe`` goes
         through the probe guard."""
+        # A step out of time calls nothing, not even its rate limit.
+        pools.check(f"{self.service} {method} {path}")
         if self.limiter is not None and endpoint:
             self.limiter(endpoint)
 
@@ -242,8 +254,8 @@ class ServiceClient:
         fields: dict[str, Any] = {"service": self.service, "endpoint": endpoint}
         fields.update(method=method, path=path, injected=True, kind=fault.kind, drill=drill)
         log.info("%s %s %s: drill injected %s", self.service, method, path, drill, extra=fields)
-        if fault.latency > 0:
-            time.sleep(fault.latency)
+        if fault.latency > 0:  # within the step's time left (intent.pools)
+            pools.sleep(fault.latency, f"{self.service} {method} {path} (drill latency)")
         why = f"injected by a drill ({drill})"
         if fault.kind == "timeout":
             traced.status("timeout")
@@ -276,6 +288,12 @@ class ServiceClient:
         except requests.Timeout as exc:
             traced.status("timeout")
             self._observe(method, path, endpoint, "timeout", started)
+            left = pools.remaining()
+            if left is not None and left <= _LIMIT_SLACK:
+                # Cut to the step's time left, which ran out: the step's time limit ended
+                # it (a failure of the service all the same, as a call that hangs past the
+                # limit is on prefork).
+                raise pools.reached(f"{self.service} {method} {path}") from exc
             raise self._timeout_error(method, path, type(exc).__name__) from exc
         except requests.RequestException as exc:
             # Connection refused/reset, DNS, protocol errors: the service may come back.
@@ -552,12 +570,18 @@ class ServiceClients:
         def probe(service: str) -> Guard[Any] | None:
             return probe_for(service) if probe_for else None
 
+        # Every task of a threads or gevent worker shares this process's sessions: room in
+        # each pool for a connection per task, so none is opened and thrown away per call.
+        # (One Session per client is shared by them: the calls go straight to its adapter,
+        # whose urllib3 pool hands each connection to one caller at a time.)
+        pool_size = max(settings.http_pool_size, pools.current().tasks_per_process)
+
         self.context = ContextServiceClient(
             settings.context_service_url,
             api_version=settings.context_api_version,
             connect_timeout=settings.context_connect_timeout,
             read_timeout=settings.context_read_timeout,
-            pool_size=settings.http_pool_size,
+            pool_size=pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(ContextServiceClient.service),
             probe_guard=probe(ContextServiceClient.service),
@@ -571,7 +595,7 @@ class ServiceClients:
             settings.prediction_service_url,
             connect_timeout=settings.prediction_connect_timeout,
             read_timeout=settings.prediction_read_timeout,
-            pool_size=settings.http_pool_size,
+            pool_size=pool_size,
             trust_env=settings.http_trust_env,
             guard=guard(PredictionServiceClient.service),
             probe_guard=probe(PredictionServiceClient.service),

@@ -112,6 +112,25 @@ class BulkheadFullError(ServiceError):
         return f"{self.service}: bulkhead full: {self.message}"
 
 
+class TimeLimitReached(IntentError):
+    """Transient: the running step reached its soft time limit (``seconds``) during
+    ``what`` (a downstream call cut to the time it had left), on a pool that cannot
+    interrupt a task at its limit (threads, gevent: ``intent.pools``). The task layer turns
+    it into the error a prefork pool process meets at its soft limit, and the step is
+    retried like that one; a call it ended counts as a failure of its service, as a call
+    that hangs past the limit does on prefork."""
+
+    transient = True
+
+    def __init__(self, what: str, seconds: float):
+        super().__init__(what, seconds)
+        self.what = what
+        self.seconds = float(seconds)
+
+    def __str__(self) -> str:
+        return f"soft time limit ({self.seconds:g} s) reached during {self.what}"
+
+
 class ServiceRequestError(ServiceError):
     """Permanent: the service refused the request (4xx other than 429) or answered
     something that is not its API. Not retried; does not trip the breaker."""

@@ -1,7 +1,11 @@
 """The per-process wiring: settings, Redis client, service clients, detector, publisher.
 
 Built lazily on first use and rebuilt after a fork (``intent.forks.ForkLocal``), so a
-prefork worker child never shares a socket with its parent.
+prefork worker child never shares a socket with its parent. Under ``-P threads`` or
+``-P gevent`` every task of the process shares it: each member is built once, by the first
+task that needs it (``intent.once``), and what the members hold is safe to share (redis-py
+clients and their pools, the breakers' stores and locks, one ``requests.Session`` per
+service whose urllib3 pool hands a connection to one caller at a time).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from functools import cached_property
 
 import redis
 from redis import Redis
@@ -35,6 +38,7 @@ from intent.events.publisher import EventPublisher
 from intent.forks import ForkLocal
 from intent.keys import Keys
 from intent.models import SERVICES
+from intent.once import object_lock, once_property
 from intent.ratelimit import ANALYZE_CONTEXT, GET_CONTEXT, PREDICT, RateLimits
 from intent.settings import Settings, get_settings
 from intent.waiting import Lane, WaitingRoom
@@ -46,21 +50,21 @@ log = logging.getLogger("intent.runtime")
 class Runtime:
     settings: Settings
 
-    @cached_property
+    @once_property
     def keys(self) -> Keys:
         return Keys(self.settings.key_prefix)
 
-    @cached_property
+    @once_property
     def redis(self) -> redis.Redis:
         return data_client(self.settings)
 
-    @cached_property
+    @once_property
     def breaker_store(self) -> BreakerStore:
         """Shared breaker state in Redis, falling back to memory while Redis is away: the
         process's one store for these settings (intent.breaker.registry)."""
         return default_store(self.settings)
 
-    @cached_property
+    @once_property
     def circuits(self) -> CircuitAdmin:
         """Operators' view of the breakers over the breakers' store (its shared state: see
         CircuitAdmin); the transitions its actions make are counted."""
@@ -78,28 +82,35 @@ class Runtime:
                 # The move stands; they run when their wait ends.
                 log.warning("could not wake the steps waiting for %s: %s", breaker, exc)
 
-    @cached_property
+    @once_property
     def breakers(self) -> dict[str, CircuitBreaker]:
         return {}
 
     def breaker(self, service: str) -> CircuitBreaker:
         """The process's breaker for ``service`` (state shared fleet-wide by name)."""
-        if service not in self.breakers:
-            # A call whose failure opens the breaker (a trip, a failed trial) raises the
-            # breaker's CircuitOpenError: its step waits for the breaker, spending no retry
-            # on an outage that the breaker has already called.
-            self.breakers[service] = CircuitBreaker(
-                service,
-                CircuitConfig.from_settings(self.settings, service),
-                store=self.breaker_store,
-                throw_new_error_on_trip=True,
-                # The transitions this process performs are counted; the breaker knows
-                # the metrics only as this callable.
-                listeners=[TransitionListener(metrics.record_transition)],
-            )
-        return self.breakers[service]
+        found = self.breakers.get(service)
+        if found is not None:
+            return found
+        with object_lock(self):  # one breaker per service, whichever task asks first
+            if service not in self.breakers:
+                self.breakers[service] = self._new_breaker(service)
+            return self.breakers[service]
 
-    @cached_property
+    def _new_breaker(self, service: str) -> CircuitBreaker:
+        # A call whose failure opens the breaker (a trip, a failed trial) raises the
+        # breaker's CircuitOpenError: its step waits for the breaker, spending no retry on
+        # an outage that the breaker has already called.
+        return CircuitBreaker(
+            service,
+            CircuitConfig.from_settings(self.settings, service),
+            store=self.breaker_store,
+            throw_new_error_on_trip=True,
+            # The transitions this process performs are counted; the breaker knows the
+            # metrics only as this callable.
+            listeners=[TransitionListener(metrics.record_transition)],
+        )
+
+    @once_property
     def retry_budget(self) -> RetryBudget:
         """The downstream services' fleet-wide retry budgets; each spend is counted."""
         return RetryBudget.from_settings(self.redis, self.settings, metrics.record_retry_budget)
@@ -111,17 +122,17 @@ class Runtime:
             return None
         return self.retry_budget.spend(service)
 
-    @cached_property
+    @once_property
     def rate_limits(self) -> RateLimits:
         return RateLimits(self.settings, self.keys)
 
-    @cached_property
+    @once_property
     def drill_store(self) -> DrillStore:
         """The resilience drills, as operators start, list and stop them."""
         s = self.settings
         return DrillStore(self.redis, self.keys, s.drill_max_seconds, s.drill_max_latency)
 
-    @cached_property
+    @once_property
     def drill_redis(self) -> Redis:
         """The client the calls read their drills with: it fails as fast as the breaker's
         (a dead Redis is no drill at once, not a stalled call)."""
@@ -130,14 +141,14 @@ class Runtime:
             s.require_state_redis_url(), s.circuit_redis_socket_timeout, s.sentinel_master
         )
 
-    @cached_property
+    @once_property
     def drills(self) -> DrillSource:
         """The drill each downstream call meets, read at most once per drill_refresh."""
         s = self.settings
         store = DrillStore(self.drill_redis, self.keys, s.drill_max_seconds)
         return DrillSource(store.get, s.drill_refresh, counted=metrics.record_drill_fault)
 
-    @cached_property
+    @once_property
     def clients(self) -> ServiceClients:
         # Every downstream call: its endpoint's shared rate limit, then its service's
         # breaker, then a drill's fault if one hits it, then HTTP.
@@ -150,17 +161,17 @@ class Runtime:
             drill=self.drills,
         )
 
-    @cached_property
+    @once_property
     def context_cache(self) -> ContextCache:
         s = self.settings
         return ContextCache(self.redis, self.keys, s.context_cache_ttl, s.context_cache_stale_ttl)
 
-    @cached_property
+    @once_property
     def detector(self) -> PatternDetector:
         rules = Rules(self.settings.detection_threshold, self.settings.update_delta)
         return PatternDetector(self.redis, self.keys, rules, self.settings.result_expires)
 
-    @cached_property
+    @once_property
     def waiting(self) -> WaitingRoom:
         """Steps parked until they may run again, in a lane per endpoint, each released at
         its endpoint's shared rate limit while its breaker admits calls."""
@@ -178,7 +189,7 @@ class Runtime:
         lease = s.redis_outage_tolerance + 30.0
         return WaitingRoom(self.redis, self.keys, lanes, lease=lease, batch=s.release_batch)
 
-    @cached_property
+    @once_property
     def publisher(self) -> EventPublisher:
         s = self.settings
         return EventPublisher(

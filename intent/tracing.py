@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,29 +60,44 @@ def active() -> bool:
     return _here() is not None
 
 
+# Held while one thread decides: the first tasks of a threads or gevent worker all call
+# start() at once, and only one of them may build the process's provider.
+_deciding: ForkLocal[threading.Lock] = ForkLocal(threading.Lock)
+
+
 def start(settings: Settings | None = None, exporter: Any = None) -> bool:
     """Start tracing in this process if the settings ask for it (or ``exporter`` is given:
     tests pass an in-memory one); once per process, later calls answer the same."""
     if _state.built() and exporter is None:
         return active()
+    with _deciding.get():
+        if _state.built() and exporter is None:  # decided by the thread this one waited for
+            return active()
+        return _start(settings, exporter)
+
+
+def _start(settings: Settings | None, exporter: Any) -> bool:
     if exporter is not None and active():
         stop()
-    _state.set(None)  # decided: off, unless built below
-    settings = settings or get_settings()
+    built = _decide(settings or get_settings(), exporter)
+    _state.set(built)  # decided once, by this thread: the others read it from now on
+    return built is not None
+
+
+def _decide(settings: Settings, exporter: Any) -> _Tracing | None:
     if exporter is None and not settings.tracing:
-        return False
+        return None
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
+        return None
     try:
-        _state.set(_build(settings, exporter, os.getpid()))
+        return _build(settings, exporter, os.getpid())
     except ImportError as exc:
         log.warning(
             "INTENT_TRACING is on but OpenTelemetry is missing (%s): "
             "pip install 'intent-pipeline[otel]'; tracing off",
             exc,
         )
-        return False
-    return True
+        return None
 
 
 def stop() -> None:

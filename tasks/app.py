@@ -3,6 +3,7 @@
 from celery import Celery
 
 import tasks.signals  # noqa: F401  # log set-up and task context: connected before any use
+from tasks import pools as _pools  # noqa: F401  # the worker declares its pool at start
 from tasks import serializer, transport
 from tasks import tracing as _tracing  # noqa: F401  # task spans, context in message headers
 

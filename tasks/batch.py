@@ -17,6 +17,7 @@ from intent.settings import get_settings
 from intent.validation import parse_model, request_limits
 from tasks.app import app
 from tasks.chains import batch_chain, chain_step_options
+from tasks.pools import time_limited
 from tasks.steptask import PipelineTask, step_error
 
 log = logging.getLogger("intent.tasks")
@@ -49,10 +50,12 @@ def _batch_step_task(name: str) -> Task:
     @app.task(bind=True, base=BatchTask, name=f"intent.batch_{name}", **chain_step_options(last))
     def run(self: BatchTask, payload: Any) -> dict[str, Any]:
         batch = parse_batch(payload).resumed(time.time())
-        try:
-            out = batch_steps.run_batch_step(get_runtime(), name, batch)
-        except Exception as exc:
-            out = self.recover_batch(name, exc, batch)
+        # The soft time limit where the pool does not enforce it (tasks/pools.py).
+        with time_limited(self):
+            try:
+                out = batch_steps.run_batch_step(get_runtime(), name, batch)
+            except Exception as exc:
+                out = self.recover_batch(name, exc, batch)
         if last:
             metrics.record_batch_finished(out)  # each item, as a single analysis counts
         else:

@@ -18,6 +18,7 @@ from intent.settings import get_settings
 from intent.validation import parse_request, parse_result
 from tasks.app import app
 from tasks.chains import analysis_chain, chain_step_options, forget_analysis
+from tasks.pools import time_limited
 from tasks.steptask import PipelineTask
 
 log = logging.getLogger("intent.tasks")
@@ -68,7 +69,9 @@ def _step_task(name: str) -> Task:
     @app.task(bind=True, base=PipelineTask, name=f"intent.{name}", **chain_step_options(last))
     def run(self: PipelineTask, payload: Any) -> dict[str, Any] | str:
         try:
-            return step(self, payload)
+            # The soft time limit where the pool does not enforce it (tasks/pools.py).
+            with time_limited(self):
+                return step(self, payload)
         except (Retry, Reject, Ignore):
             raise  # parked, or left for redelivery: the analysis goes on
         except Exception as exc:

@@ -33,6 +33,7 @@ from intent.errors import (
     RateLimitExceeded,
     RetryBudgetExceeded,
     ServiceUnavailableError,
+    TimeLimitReached,
     ValidationError,
 )
 from intent.models import IntentResult
@@ -47,8 +48,11 @@ log = logging.getLogger("intent.tasks")
 
 
 def step_error(step: str, exc: Exception) -> Exception:
-    """A task's error as the recovery decision sees it."""
-    if isinstance(exc, SoftTimeLimitExceeded):
+    """A task's error as the recovery decision sees it. A step that reached its soft time
+    limit meets one error whatever the pool: prefork's signal (SoftTimeLimitExceeded, also
+    what gevent's timeout raises here) and a call cut to the step's time left on threads
+    (TimeLimitReached) are both retried as that step being unavailable."""
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitReached):
         return ServiceUnavailableError(step, "soft time limit exceeded")
     return recovery.as_domain_error(exc)
 

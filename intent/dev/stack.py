@@ -40,7 +40,8 @@ STOP_GRACE = 15.0  # seconds a worker has for its warm shutdown
 
 
 class WorkerProcess:
-    """``celery worker -P prefork`` as a child process, in its own process group."""
+    """``celery worker -P <pool>`` (prefork unless told) as a child process, in its own
+    process group."""
 
     def __init__(
         self,
@@ -106,10 +107,15 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def running_worker(
-    concurrency: int = 2, env: Mapping[str, str] | None = None, loglevel: str = "WARNING"
+    concurrency: int = 2,
+    env: Mapping[str, str] | None = None,
+    loglevel: str = "WARNING",
+    pool: str = "prefork",
+    logfile: str | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A prefork worker subprocess that answers pings, stopped on exit."""
-    worker = WorkerProcess(concurrency, env=env, loglevel=loglevel)
+    """A worker subprocess (prefork unless ``pool`` says) that answers pings, stopped on
+    exit."""
+    worker = WorkerProcess(concurrency, pool=pool, env=env, loglevel=loglevel, logfile=logfile)
     try:
         worker.wait_ready()
         yield worker
@@ -133,8 +139,10 @@ class Stack(Background):
         loglevel: str = "WARNING",
         logfile: str | None = None,
         include: Sequence[str] = (),
+        pool: str = "prefork",
     ):
         self.logfile = logfile
+        self.pool = pool
         self.worker_count = workers
         self.concurrency = concurrency
         self.with_reference = reference
@@ -194,6 +202,7 @@ class Stack(Background):
         self.workers = [
             WorkerProcess(
                 self.concurrency,
+                pool=self.pool,
                 loglevel=self.loglevel,
                 logfile=self.logfile,
                 include=self.include,

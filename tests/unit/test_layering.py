@@ -51,6 +51,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.retry",
             "intent.lifecycle",
             "intent.forks",
+            "intent.once",
+            "intent.pools",
         ),
     ),
     (

@@ -25,8 +25,8 @@ from intent import connections
 from intent.breaker import CircuitAdmin, CircuitBreaker, CircuitConfig, CircuitOpenError
 from intent.breaker.stores import BreakerStore, FallbackStore, RedisStore
 from intent.dev.stack import WorkerProcess, running_worker
-from intent.events import ConsumerConfig, EventConsumer, EventHandler
-from intent.models import IntentEvent
+from intent.events import ConsumerConfig, EventConsumer, EventHandler, current_delivery
+from intent.models import Event, IntentEvent
 from intent.reference import ReferenceServices
 from intent.runtime import get_runtime
 from tests.cluster import EmbeddedCluster
@@ -204,6 +204,58 @@ def test_a_store_made_while_the_cluster_is_down_falls_back_at_once() -> None:
     assert CircuitBreaker("early", config, store=store).call(lambda: "ok") == "ok"
     assert store.degraded and time.monotonic() - started < 2
     cluster.close()
+
+
+def test_a_partitioned_stream_spreads_over_the_masters_and_keeps_each_contexts_order(
+    state_on_cluster: EmbeddedCluster, redis_client: redis.Redis
+) -> None:
+    """INTENT_EVENT_PARTITIONS=4 on the 3-master cluster: the partitions' streams live on more
+    than one master, two consumers of one group (each reading every partition on its
+    slot's master) handle every event once, and each context's events in publish order."""
+    from tests.helpers import KEYS, Running, consumer_client, wait_until
+    from tests.integration.test_events_partitions import N, all_types, interleaved, publisher
+
+    nodes = {
+        redis_client.get_node_from_key(KEYS.event_stream(p)).name  # type: ignore[attr-defined]
+        for p in range(N)
+    }
+    assert len(nodes) > 1, nodes
+    seen: dict[str, list[tuple[str, int]]] = {"c1": [], "c2": []}
+
+    def record(event: Event) -> None:
+        delivery = current_delivery()
+        assert delivery is not None
+        seen[delivery.consumer].append((event.data["context_id"], event.data["seq"]))
+
+    runs = []
+    for name in seen:
+        config = ConsumerConfig(group="g", consumer=name, block=0.1, start_id="0", batch_size=5)
+        consumer = EventConsumer(
+            consumer_client(state_on_cluster.url), KEYS, all_types(record), config, partitions=N
+        )
+        runs.append(Running(consumer))
+        runs[-1].thread.start()
+    events = interleaved(contexts=8, per_context=15)
+    pub = publisher(redis_client)
+    try:
+        for index in range(0, len(events), 4):  # while they consume
+            pub.publish(events[index : index + 4])
+        pub.publish(events[:8])  # a redelivered emit: deduplicated in its partition
+        wait_until(lambda: len(seen["c1"]) + len(seen["c2"]) >= len(events), timeout=30)
+        time.sleep(0.3)  # nothing more arrives
+    finally:
+        for run in runs:
+            run.stop()
+            run.consumer.client.close()
+    both = seen["c1"] + seen["c2"]
+    assert sorted(both) == sorted((f"ctx-{c}", s) for c in range(8) for s in range(15))
+    for name, mine in seen.items():
+        for c in range(8):
+            order = [s for ctx, s in mine if ctx == f"ctx-{c}"]
+            assert order == sorted(order), (name, c, order)
+    assert all(run.error is None for run in runs)
+    lengths = [redis_client.xlen(KEYS.event_stream(p)) for p in range(N)]
+    assert sum(lengths) == len(events) and all(lengths), lengths
 
 
 # The tests collected again here, on the cluster. Left out: those that measure a single

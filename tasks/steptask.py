@@ -23,7 +23,7 @@ import time
 from typing import Any, NoReturn
 
 from celery import Task, signature
-from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 
 from intent import metrics, tracing
 from intent.errors import (
@@ -226,17 +226,31 @@ class PipelineTask(Task):
                 retry_policy=get_settings().publish_retry_policy,
             )
         except Exception as exc:
+            request.chain = chain  # the step runs again with the rest of its chain
             self.leave_for_redelivery(f"could not publish the step after {self.name}", exc)
 
     def leave_for_redelivery(self, what: str, exc: Exception) -> NoReturn:
         """Reject this message with requeue: the step runs again (it is safe to), nothing is
-        acked away while Redis or the broker is out of reach."""
+        acked away while Redis or the broker is out of reach.
+
+        On a quorum queue every return counts toward its delivery limit (tasks/queues.py),
+        so a Redis outage of some twenty tolerances would end in the gate's last-delivery
+        refusal: there the step is published again as a fresh message (the same task id,
+        arguments, chain and retries: the broker is up) and this one acked, so only a run
+        that dies counts. Should the broker refuse the copy, the message is rejected."""
         log.error(
             "%s (%s); leaving it for redelivery",
             what,
             exc,
             extra={"task_id": self.request.id, "error": type(exc).__name__},
         )
+        if get_settings().queue_type == "quorum" and not self.request.is_eager:
+            try:
+                self.signature_from_request(self.request).apply_async()
+            except Exception as error:
+                log.error("could not publish it again (%s): rejected", error)
+            else:
+                raise Ignore() from exc  # acked: its copy is on the queue
         raise Reject(exc, requeue=True) from exc
 
     def keep_under_request_id(self, request_id: str, answer: Any) -> None:

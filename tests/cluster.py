@@ -90,6 +90,29 @@ class EmbeddedCluster(Background):
                 raise RuntimeError("the embedded Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.1)
 
+    def move_slot(self, slot: int, to: int) -> None:
+        """Move ``slot`` with its keys to node ``to``, as a resharding does: IMPORTING and
+        MIGRATING, MIGRATE of its keys, then SETSLOT NODE on every node."""
+        clients = [probe_client(node.url, timeout=5.0) for node in self.nodes]
+        try:
+            ids = [str(c.execute_command("CLUSTER", "MYID"), "utf-8") for c in clients]
+            owner = next(
+                i
+                for i, c in enumerate(clients)
+                if slot in _slots_of(c.execute_command("CLUSTER", "SHARDS"), ids[i])
+            )
+            source, target = clients[owner], clients[to]
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+            while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                node = self.nodes[to]
+                source.execute_command("MIGRATE", node.host, node.port, "", 0, 5000, "KEYS", *keys)
+            for client in clients:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        finally:
+            for client in clients:
+                client.close()
+
     def _node_ok(self, node: EmbeddedRedis) -> bool:
         client = probe_client(node.url, timeout=1.0)
         try:
@@ -133,3 +156,18 @@ class EmbeddedCluster(Background):
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+def _slots_of(shards: Any, node_id: str) -> set[int]:
+    """The slots CLUSTER SHARDS says ``node_id``'s shard serves."""
+    for shard in shards:
+        fields = dict(zip(shard[::2], shard[1::2], strict=True))
+        nodes = [dict(zip(n[::2], n[1::2], strict=True)) for n in fields[b"nodes"]]
+        if any(str(n[b"id"], "utf-8") == node_id for n in nodes):
+            ranges = fields[b"slots"]
+            return {
+                slot
+                for first, last in zip(ranges[::2], ranges[1::2], strict=True)
+                for slot in range(int(first), int(last) + 1)
+            }
+    return set()

@@ -13,11 +13,13 @@ retries as after any lost Redis."""
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import AskError
 
 from intent import resp
 from intent.connections import node_pool
@@ -44,6 +46,7 @@ class StreamReader:
         # A cluster node's connections, looked up when a connection is made (the slot's
         # master may have changed since); a single server's pool, for good.
         self._routed = resp.plain_pool(client) is None
+        self._lost = False  # a routed reader's connection was lost: look up its node anew
         self._pool: redis.ConnectionPool | None = None if self._routed else resp.plain_pool(client)
         # With several readers, a stop wakes the idle ones (CLIENT UNBLOCK) rather than
         # waiting out their BLOCK: each learns its connection's id when it connects.
@@ -62,7 +65,10 @@ class StreamReader:
 
     def _pool_now(self) -> redis.ConnectionPool:
         if self._pool is None:
-            self._pool = node_pool(self._client, self._stream)
+            # After a lost connection or a MOVED the cluster is asked where its slots are
+            # now: a failover's new master is found by this reader alone.
+            self._pool = node_pool(self._client, self._stream, refresh=self._lost)
+            self._lost = False
         return self._pool
 
     def send(self, acks: list[str], count: int, block_ms: int) -> None:
@@ -104,15 +110,15 @@ class StreamReader:
         except BaseException:
             self._drop()
             raise
+        if self._routed and isinstance(error, AskError):  # MovedError is an AskError
+            # The slot is served elsewhere now: the reply of a node that lost it. Its acks'
+            # outcome is unknown, so the reset that follows returns them to be sent again.
+            self._drop()
+            raise redis.ConnectionError(f"the stream's slot moved: {error}") from error
         self.outstanding = False
         self._acks_in_flight = []
         self._ack_error = None
         if error is not None:
-            if self._routed and str(error).startswith(("MOVED", "ASK")):
-                # The slot is served elsewhere now: the reply of a node that lost it.
-                self._drop()
-                node_pool(self._client, self._stream, refresh=True)
-                raise redis.ConnectionError(f"the stream's slot moved: {error}") from error
             raise error
         return entries_from_reply(reply)
 
@@ -176,7 +182,7 @@ class StreamReader:
             self._connection.disconnect()
             if self._routed:  # the next connection goes to the slot's master of then
                 self._connection.check_in(self._pool_now())
-                self._connection, self._pool = None, None
+                self._connection, self._pool, self._lost = None, None, True
 
     def reset(self) -> list[str]:
         """Drop the connection and any reply still due on it; returns the acks whose outcome
@@ -188,9 +194,10 @@ class StreamReader:
     def close(self) -> None:
         if self._connection is not None:
             if self.outstanding:
-                self.reset()
-            self._connection.check_in(self._pool_now())
-            self._connection = None
+                self.reset()  # a routed reader's connection is checked in by it
+            if self._connection is not None:
+                self._connection.check_in(self._pool_now())
+                self._connection = None
 
 
 def next_ready(readers: Sequence[StreamReader], start: int, timeout: float) -> int | None:
@@ -205,6 +212,9 @@ def next_ready(readers: Sequence[StreamReader], start: int, timeout: float) -> i
                 return index
         if waited:
             return None
+        waiting = select.poll()  # not select(): a descriptor above 1023 is fine
         with contextlib.suppress(OSError, ValueError):  # a closed socket: ready() says so
-            select.select([readers[i].fileno() for i in order], [], [], timeout)
+            for index in order:
+                waiting.register(readers[index].fileno(), select.POLLIN)
+            waiting.poll(max(0, math.ceil(timeout * 1000)))
     return None

@@ -194,6 +194,46 @@ def test_the_consumer_outlives_a_cluster_restart_that_lost_its_group() -> None:
         assert run.error is None
 
 
+def test_the_consumer_follows_its_stream_when_the_slot_moves_to_another_master() -> None:
+    """A resharding moves the stream (and its group) to another master: the consumer's
+    blocked read is answered MOVED, it looks the slot up again and reads on the new master;
+    every event handled once (the acks in flight when the slot moved are sent again)."""
+    from redis.cluster import key_slot
+
+    from tests.helpers import KEYS, Running, consumer_client, make_event, publish, wait_until
+
+    with EmbeddedCluster(masters=2) as cluster:
+        client = connections.redis_client(cluster.url, decode_responses=True)
+        seen: list[str] = []
+        config = ConsumerConfig(group="g", consumer="c", block=0.2, start_id="0")
+        handler = EventHandler()
+        for kind in IntentEvent:
+            handler.register(kind, lambda event: seen.append(event.id))
+        consumer = EventConsumer(
+            consumer_client(cluster.url, socket_timeout=2), KEYS, handler, config
+        )
+        run = Running(consumer)
+        run.thread.start()
+        try:
+            publish(client, [make_event(i) for i in range(1, 6)])
+            wait_until(lambda: len(seen) == 5)
+            stream = KEYS.event_stream()
+            owner = client.get_node_from_key(stream).port  # type: ignore[attr-defined]
+            to = next(i for i, node in enumerate(cluster.nodes) if node.port != owner)
+            cluster.move_slot(key_slot(stream.encode()), to)
+            publish(client, [make_event(i) for i in range(6, 11)])
+            wait_until(lambda: len(seen) >= 10, timeout=20)
+            time.sleep(0.5)  # nothing handled twice arrives late
+            moved_to = client.get_node_from_key(stream).port  # type: ignore[attr-defined]
+            assert moved_to == cluster.nodes[to].port != owner
+        finally:
+            run.stop()
+            client.close()
+            consumer.client.close()
+        assert run.error is None
+        assert seen == [f"evt_{i:04d}" for i in range(1, 11)]
+
+
 def test_a_store_made_while_the_cluster_is_down_falls_back_at_once() -> None:
     cluster = EmbeddedCluster(masters=3)  # never started: nothing answers on its ports
     store = FallbackStore(

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -183,10 +183,13 @@ def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTar
         if any(p.scheme.lower() != "sentinel" for p in parts):
             raise ValueError("every part of a sentinel:// URL list must be sentinel://")
         first = parts[0]
-        hosts = [(p.hostname or "", p.port or SENTINEL_PORT) for p in parts]
+        hosts = [(p.hostname or "", _port(p)) for p in parts]
         path = first.path.strip("/")
         if path and not path.isdigit():
-            raise ValueError(f"a sentinel:// URL's path is a database number, not {path!r}")
+            raise ValueError(  # the path is not shown: a misplaced password may be in it
+                "a sentinel:// URL's path is a database number (a password holding '/', '?', "
+                "'#' or '@' must be percent-encoded)"
+            )
         service, db = master_name, int(path or 0)
     elif scheme == "redis+sentinel":
         first = urlsplit(url)
@@ -194,7 +197,7 @@ def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTar
         hosts = []
         for location in netloc.split(","):
             host = urlsplit(f"//{location.strip()}")
-            hosts.append((host.hostname or "", host.port or SENTINEL_PORT))
+            hosts.append((host.hostname or "", _port(host)))
         service, db = first.path.strip("/") or master_name, 0
     else:
         raise ValueError(
@@ -209,6 +212,18 @@ def sentinel_target(url: str, master_name: str = SENTINEL_MASTER) -> SentinelTar
         unquote(first.username) if first.username else None,
         unquote(first.password) if first.password else None,
     )
+
+
+def _port(parts: SplitResult) -> int:
+    """A Sentinel's port (26379 if none), refused without the URL's text: urllib's own error
+    quotes it, and a password holding a '/' lands there."""
+    try:
+        return parts.port or SENTINEL_PORT
+    except ValueError:
+        raise ValueError(
+            "a Sentinel URL lists host:port pairs with a numeric port (a password holding "
+            "'/', '?', '#' or '@' must be percent-encoded)"
+        ) from None
 
 
 class Settings(BaseSettings):

@@ -194,3 +194,19 @@ def test_a_bad_sentinel_url_is_refused_when_the_settings_load_naming_the_variabl
     assert "s3cret" not in str(info.value)
     with pytest.raises(SettingsError, match=r"INTENT_REDIS_URL: .*at least one Sentinel host"):
         load_settings(redis_url="redis+sentinel://:s3cret@/orders")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sentinel://:hunter/2secret@h:26379/0",  # a '/' in the password: the rest is the path
+        "redis+sentinel://:hunter/2secret@h:26379/m",  # the same in limits' form
+        "sentinel://:hunter2secret@h:notaport/0",
+    ],
+)
+def test_a_sentinel_url_that_cannot_be_read_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(redis_url=url)
+    message = str(info.value)
+    assert "INTENT_REDIS_URL" in message and "percent-encoded" in message
+    assert "secret" not in message and "hunter" not in message and "ter2" not in message

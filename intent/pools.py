@@ -7,13 +7,16 @@ killed at the hard one. The threads pool ignores both (a thread cannot be interr
 the gevent pool applies the hard limit only, as a ``gevent.Timeout`` that fails the task.
 
 So the step's own time limit travels with it here: the task layer opens
-:func:`step_time_limit` around each step (``tasks/steptask.py``), and every downstream call
+:func:`step_time_limit` around each step's body (``tasks/pools.time_limited``, in
+``tasks/pipeline.py`` and ``tasks/batch.py``; its recovery runs outside), and every downstream call
 made inside asks :func:`remaining` for what is left: its connect and read timeouts are cut
 to it (``intent.clients``), a drill's injected latency too, and a call that would start
 with nothing left, or whose cut timeout is what ended it, raises
 :class:`~intent.errors.TimeLimitReached`: the step then ends as a prefork pool process ends
 it at its soft limit, with the same error and the same recovery (a retry). The limit is a
-``ContextVar``: each thread, and each greenlet, has its own.
+``ContextVar``: each thread, and each greenlet, has its own. On threads it bounds each
+wait, not their sum: a read timeout holds per socket read, so a response trickling in a
+byte at a time can outlast the limit (gevent's timeout cuts it; threads have no hard limit).
 
 :func:`declare` records the pool (the worker does, at start): a process whose tasks share
 it (threads, gevent) sizes its per-process resources, such as the HTTP connection pools,

@@ -50,12 +50,13 @@ def _batch_step_task(name: str) -> Task:
     @app.task(bind=True, base=BatchTask, name=f"intent.batch_{name}", **chain_step_options(last))
     def run(self: BatchTask, payload: Any) -> dict[str, Any]:
         batch = parse_batch(payload).resumed(time.time())
-        # The soft time limit where the pool does not enforce it (tasks/pools.py).
-        with time_limited(self):
-            try:
+        # The soft time limit where the pool does not enforce it (tasks/pools.py), around
+        # the step's work alone: its recovery (a park, a publish) is never cut halfway.
+        try:
+            with time_limited(self):
                 out = batch_steps.run_batch_step(get_runtime(), name, batch)
-            except Exception as exc:
-                out = self.recover_batch(name, exc, batch)
+        except Exception as exc:
+            out = self.recover_batch(name, exc, batch)
         if last:
             metrics.record_batch_finished(out)  # each item, as a single analysis counts
         else:

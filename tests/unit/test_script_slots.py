@@ -143,6 +143,21 @@ def _call_sites(keys: Keys, one: str, other: str) -> Iterator[Callable[[Recorder
     yield failing
     yield lambda c: DeadLetters(c, keys, 100).add(one, "1-0", {"id": event.id})  # type: ignore[arg-type]
     yield lambda c: DeadLetters(c, keys, 100).requeue("1-0")  # type: ignore[arg-type]
+    # The same scripts on a partition above 0 (INTENT_EVENT_PARTITIONS): its own keys.
+    yield lambda c: EventPublisher(c, keys, 100, 60, partitions=4).publish(  # type: ignore[arg-type]
+        [
+            event,
+            second,
+            *(
+                event.model_copy(update={"id": f"evt_{i}", "data": {"context_id": f"c{i}"}})
+                for i in range(8)
+            ),
+        ]
+    )
+    yield lambda c: DeadLetters(c, keys, 100, partitions=4).add(  # type: ignore[arg-type]
+        one, "1-0", {"id": event.id}, partition=3
+    )
+    yield lambda c: DeadLetters(c, keys, 100, partitions=4).requeue("1-0", partition=3)  # type: ignore[arg-type]
     yield lambda c: RetryBudget(c, keys, 30, 20, 1, 10).spend(one)  # type: ignore[arg-type]
 
     def room(c: Recorder) -> WaitingRoom:

@@ -4,10 +4,10 @@ Loaded lazily by ``tasks.app`` (``config_from_object``), so importing the app do
 need a Redis URL until the app is used.
 """
 
+from celeryqueues import queue_settings as _queue_settings
 from intent.settings import get_settings as _get_settings
 from intent.settings import is_sentinel_url as _is_sentinel_url
 from intent.settings import sentinel_target as _sentinel_target
-from tasks.queues import queue_settings as _queue_settings
 
 _settings = _get_settings()  # underscored: not a Celery setting
 
@@ -93,7 +93,7 @@ elif result_backend.startswith("sentinel://"):
 task_default_queue = _settings.queue
 # A worker consumes these (no -Q): INTENT_QUEUE and the client default, classic queues as a
 # plain Celery client declares them, or with INTENT_QUEUE_TYPE=quorum RabbitMQ quorum
-# queues, per-consumer prefetch and native delayed delivery (tasks/queues.py).
+# queues, per-consumer prefetch and native delayed delivery (celeryqueues.py).
 globals().update(_queue_settings(_settings))
 # Every task message passes a gate before Celery handles it (tasks/consumer.py): a bad one
 # is answered and dead-lettered, never able to crash or wedge the worker.

@@ -367,7 +367,7 @@ class Settings(BaseSettings):
     # empty when other Celery apps share the broker's "celery" queue.
     client_default_queue: str = Field(default="celery", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
     # The RabbitMQ queue type of the queues workers consume: "quorum" (replicated, with a
-    # delivery limit; tasks/queues.py) needs an amqp:// broker.
+    # delivery limit; celeryqueues.py) needs an amqp:// broker.
     queue_type: Literal["classic", "quorum"] = "classic"
     # intent.health_check runs every health_interval s on celery beat (expiring after one
     # interval, so a late run is dropped); each /health probe waits at most health_timeout.

@@ -27,12 +27,12 @@ from celery.app.task import Context
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
 
+from celeryqueues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT
 from intent.messages import Checked, Refusal, chain_of, message_limits, task_id_of
 from intent.messages import inspect as inspect_message
 from intent.poison import DeadTasks
 from intent.runtime import get_runtime
 from intent.settings import get_settings
-from tasks.queues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT
 from tasks.steptask import release_refused
 
 log = logging.getLogger("intent.worker")

@@ -233,7 +233,7 @@ class PipelineTask(Task):
         """Reject this message with requeue: the step runs again (it is safe to), nothing is
         acked away while Redis or the broker is out of reach.
 
-        On a quorum queue every return counts toward its delivery limit (tasks/queues.py),
+        On a quorum queue every return counts toward its delivery limit (celeryqueues.py),
         so a Redis outage of some twenty tolerances would end in the gate's last-delivery
         refusal: there the step is published again as a fresh message (the same task id,
         arguments, chain and retries: the broker is up) and this one acked, so only a run

@@ -27,10 +27,10 @@ from kombu.transport.native_delayed_delivery import (
     level_name,
 )
 
+from celeryqueues import queue_settings
 from intent.runtime import reset_runtime
 from intent.settings import get_settings
 from tasks.app import app
-from tasks.queues import queue_settings
 from tests.integration.test_pipeline_amqp import _drop_broker_state
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

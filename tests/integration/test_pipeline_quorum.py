@@ -20,6 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Queue
 
+from celeryqueues import DELIVERY_LIMIT, queue_settings
 from intent.dev.stack import WorkerProcess, running_worker
 from intent.poison import DeadTasks
 from intent.reference import ReferenceControl, ReferenceServices
@@ -27,7 +28,6 @@ from intent.runtime import get_runtime
 from intent.settings import get_settings
 from tasks import submit
 from tasks.app import app
-from tasks.queues import DELIVERY_LIMIT, queue_settings
 from tests.helpers import request, stream_events, wait_until
 from tests.integration import test_pipeline_inprocess, test_pipeline_prefork
 from tests.integration.conftest import FAST_RETRY_ENV

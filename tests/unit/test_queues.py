@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from celeryqueues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT, queue_settings
 from intent import codec
 from intent.messages import Checked, Refusal, inspect
 from intent.settings import Settings, SettingsError, load_settings
 from tasks.consumer import last_delivery
-from tasks.queues import DELIVERY_COUNT_HEADER, DELIVERY_LIMIT, queue_settings
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -148,3 +148,20 @@ def test_the_headers_rabbitmq_adds_pass_the_gate() -> None:
 def test_a_senders_header_that_is_not_json_is_still_refused() -> None:
     refusal = _inspected(_headers(stamp=datetime.now(UTC)))
     assert isinstance(refusal, Refusal) and refusal.field == "headers.stamp"
+
+
+def test_the_configuration_loads_nothing_of_the_tasks_package() -> None:
+    """Celery's default loader imports celeryconfig before the app: a ``tasks`` import from
+    it loaded the app and the runtime inside the loader (a gevent worker's control channel
+    then answered no ping for a minute)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, celeryconfig, celeryqueues\n"
+        "loaded = sorted(m for m in sys.modules if m == 'tasks' or m.startswith('tasks.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {"INTENT_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

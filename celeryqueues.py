@@ -1,6 +1,12 @@
 """The broker's queues, by ``INTENT_QUEUE_TYPE``: Celery's settings for the queues a worker
 consumes (``INTENT_QUEUE`` and the client default), read by ``celeryconfig``.
 
+A top-level module, as ``celeryconfig`` is, and for the same reason: Celery's default
+loader imports ``celeryconfig`` before the app, so neither may import the ``tasks`` package
+(it would load the app, its task modules and the runtime inside the loader; on a gevent
+worker the control channel then stayed silent for a minute: no ping, no inspect).
+``tests/unit/test_queues.py`` checks that importing them loads nothing of ``tasks``.
+
 - ``classic``: each queue a durable classic queue on a direct exchange of its name, as a
   plain Celery client declares it.
 - ``quorum`` (RabbitMQ only; ``intent.settings`` refuses another broker): each queue a

@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the distribution is built from (pyproject.toml names it: the readme, the
 # celeryconfig module, the intent and tasks packages).
 WORKDIR /src
-COPY pyproject.toml README.md celeryconfig.py ./
+COPY pyproject.toml README.md celeryconfig.py celeryqueues.py ./
 COPY intent ./intent
 COPY tasks ./tasks
 

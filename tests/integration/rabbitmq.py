@@ -13,7 +13,6 @@ it was not there before (its queues only when empty).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import uuid
@@ -27,11 +26,7 @@ from kombu.transport.native_delayed_delivery import (
     level_name,
 )
 
-from celeryqueues import queue_settings
-from intent.runtime import reset_runtime
-from intent.settings import get_settings
-from tasks.app import app
-from tests.integration.test_pipeline_amqp import _drop_broker_state
+from tests.integration.test_pipeline_amqp import broker
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -101,34 +96,7 @@ def own_place(url: str, names: list[str]) -> Iterator[str]:
                     conn.channel().exchange_delete(exchange)
 
 
-@contextlib.contextmanager
-def quorum_broker(url: str, queue: str) -> Iterator[None]:
+def quorum_broker(url: str, queue: str) -> contextlib.AbstractContextManager[None]:
     """This process (settings, Celery app) and the workers started inside on ``url``, with
     ``queue`` as the only queue, a quorum queue; everything as it was afterwards."""
-    variables = {
-        "INTENT_BROKER_URL": url,
-        "INTENT_QUEUE": queue,
-        "INTENT_CLIENT_DEFAULT_QUEUE": "",
-        "INTENT_QUEUE_TYPE": "quorum",
-    }
-    # The app's configuration is read now, if no earlier test did, from the settings as
-    # they are: read after the change, what is restored on the way out would be the change.
-    app.conf.broker_url  # noqa: B018
-    saved_env = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    reset_runtime()
-    conf = {"broker_url": url, "task_default_queue": queue, **queue_settings(get_settings())}
-    saved_conf = {key: app.conf[key] for key in conf}
-    app.conf.update(conf)
-    _drop_broker_state(app)
-    try:
-        yield
-    finally:
-        _drop_broker_state(app)
-        app.conf.update(saved_conf)
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        reset_runtime()
+    return broker(url, queue, queue_type="quorum")

@@ -26,6 +26,7 @@ import redis
 from celery import Celery
 from kombu import Connection
 
+from celeryqueues import queue_settings
 from intent.dev.stack import WorkerProcess, running_worker
 from intent.reference import ReferenceServices
 from intent.runtime import reset_runtime
@@ -76,23 +77,28 @@ def _drop_broker_state(celery_app: Celery) -> None:
 
 
 @contextlib.contextmanager
-def broker(url: str, queue: str) -> Iterator[None]:
+def broker(url: str, queue: str, queue_type: str = "classic") -> Iterator[None]:
     """This process (settings, Celery app) and the workers started inside on ``url`` and
-    ``queue``; everything as it was afterwards.
+    ``queue`` (with ``queue_type`` quorum, a quorum queue, celeryqueues.py); everything as
+    it was afterwards.
 
     The app read celeryconfig when an earlier module first used it, so its broker and
     default queue are changed in place, and rebuilt from them again on the way out.
     """
     # Celery's default queue on a shared RabbitMQ may be another application's: not consumed.
     variables = {"INTENT_BROKER_URL": url, "INTENT_QUEUE": queue, "INTENT_CLIENT_DEFAULT_QUEUE": ""}
+    if queue_type != "classic":
+        variables["INTENT_QUEUE_TYPE"] = queue_type
     # The app's configuration is read now, if no earlier test did, from the settings as
     # they are: read after the change, what is restored on the way out would be the change.
     app.conf.broker_url  # noqa: B018
     saved_env = {name: os.environ.get(name) for name in variables}
-    conf = {"broker_url": url, "task_default_queue": queue}
-    saved_conf = {key: app.conf[key] for key in conf}
     os.environ.update(variables)
     reset_runtime()
+    conf = {"broker_url": url, "task_default_queue": queue}
+    if queue_type != "classic":
+        conf.update(queue_settings(get_settings()))
+    saved_conf = {key: app.conf[key] for key in conf}
     app.conf.update(conf)
     _drop_broker_state(app)
     try:

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from contextvars import Token
 from typing import Any
 
-from celery import signals
+from celery import current_app, signals
 
 from intent.logs import bind, configure_logging, mask_url, unbind
 from intent.settings import get_settings
+from tasks.transport import put_back_at_shutdown
 
 log = logging.getLogger("intent.worker")
 
@@ -113,3 +114,9 @@ def _unbind_task(task_id: str | None = None, **_: Any) -> None:
         # ValueError: bound in another thread (the same id run twice at once).
         with contextlib.suppress(ValueError):
             unbind(token)
+
+
+@signals.worker_shutdown.connect
+def _put_back_rescued(sender: Any = None, **_: Any) -> None:
+    """Messages taken as the broker went away and not yet put back (tasks/transport.py)."""
+    put_back_at_shutdown(sender.app if sender is not None else current_app)

@@ -22,12 +22,21 @@ sees every well-formed envelope). Items are read as plain JSON (:func:`envelope_
 kombu's own decoder revives type markers in an envelope's headers, or raises whatever their
 constructor raises, and an item nested deeper than the parser goes raised RecursionError;
 both ended the worker.
+
+And a message the worker had taken (kombu's BRPOP) when the broker went away, before kombu
+could record it as unacknowledged (a second write), was lost: the pop had reached the
+replica a Sentinel then promoted, the record never did, so no queue and no unacked hash held
+it anywhere. Here such a message is kept in the process (:data:`RESCUED`) and put back at
+the head of its queue, marked redelivered, by the next channel that consumes, on whatever
+master the Sentinels name by then. It may then run twice (if the record did reach Redis
+after all), which every step is built for; it is not lost.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,10 +109,87 @@ def dead_letter(reason: str, envelope: Any) -> None:
         log.error("could not keep the refused broker message: %s", exc)
 
 
+class Rescued:
+    """Messages this process took from the broker but could not record as unacknowledged:
+    each ``(envelope, exchange, routing_key)``, as kombu's unacked hash would have held it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[Any, str, str]] = []
+
+    def keep(self, envelope: Any, exchange: str, routing_key: str) -> None:
+        with self._lock:
+            self._held.append((envelope, exchange, routing_key))
+
+    def take(self) -> list[tuple[Any, str, str]]:
+        with self._lock:
+            held, self._held = self._held, []
+        return held
+
+    def give_back(self, held: list[tuple[Any, str, str]]) -> None:
+        with self._lock:
+            self._held[:0] = held
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def task_ids(self) -> list[Any]:
+        with self._lock:
+            return [_task_id(envelope) for envelope, _, _ in self._held]
+
+
+def _task_id(envelope: Any) -> Any:
+    headers = envelope.get("headers") if isinstance(envelope, Mapping) else None
+    return headers.get("id") if isinstance(headers, Mapping) else None
+
+
+RESCUED = Rescued()
+
+
+class MendedQoS(kombu_redis.QoS):
+    """kombu's ack emulation, keeping a taken message whose unacked record failed."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            RESCUED.keep(message._raw, delivery["exchange"], delivery["routing_key"])
+            log.warning(
+                "took a message as the broker went away, before recording it: it goes "
+                "back on its queue once the broker answers (task id %s)",
+                _task_id(message._raw),
+            )
+            raise
+
+
 class MendedChannel:
     """The channel's mends, mixed into kombu's Redis channel and its Sentinel channel."""
 
     connection: Any
+    QoS = MendedQoS
+
+    def _put_back_rescued(self) -> None:
+        """Every message :data:`RESCUED` holds, back at the head of its queue (where the
+        visibility sweep would restore it), in one transaction; kept on failure."""
+        held = RESCUED.take()
+        if not held:
+            return
+        channel: Any = self  # kombu's Redis channel, which this is mixed into
+        try:
+            with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                for envelope, exchange, routing_key in held:
+                    channel._do_restore_message(envelope, exchange, routing_key, pipe)
+                pipe.execute()
+        except BaseException:
+            RESCUED.give_back(held)
+            raise
+        log.warning("put back %d message(s) taken as the broker went away", len(held))
+
+    def _brpop_start(self, timeout: Any = None) -> Any:
+        self._put_back_rescued()
+        return super()._brpop_start(timeout)  # type: ignore[misc]
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         connection = self.connection
@@ -127,6 +213,7 @@ class MendedChannel:
             raise redis.ConnectionError(f"the broker is no longer the master: {exc}") from exc
 
     def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        self._put_back_rescued()
         try:
             return super()._get(queue, *args, **kwargs)  # type: ignore[misc]
         except NOT_AN_ENVELOPE as exc:
@@ -162,6 +249,28 @@ class Transport(MendedTransport, kombu_redis.Transport):
 
 class SentinelTransport(MendedTransport, kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+
+
+def put_back_at_shutdown(app: Any) -> None:
+    """At a worker's shutdown, the messages :data:`RESCUED` still holds (the broker never
+    answered again while it ran) put back through a connection of its own; if the broker
+    still does not answer, each one's task id logged as an error: they are lost."""
+    if not len(RESCUED):
+        return
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            if isinstance(channel, MendedChannel):
+                channel._put_back_rescued()
+    except Exception as exc:  # the broker is away: nothing else can keep them
+        log.error(
+            "lost %d message(s) taken as the broker went away, the broker still away at "
+            "shutdown (%s: %s): task ids %s",
+            len(RESCUED),
+            type(exc).__name__,
+            exc,
+            RESCUED.task_ids(),
+        )
 
 
 def install() -> None:

@@ -1,0 +1,151 @@
+"""A message the worker takes as its Redis broker goes away (tasks/transport.py).
+
+kombu's Redis transport takes a message with ``BRPOP`` and records it as unacknowledged
+with a second write. A Redis restarted between the two (append-only, as production Redis
+runs: the pop is kept, the record was never written) held the message nowhere: the queue,
+the unacked hash and the visibility sweep all came back without it. The consumer keeps it
+now and puts it back at the head of its queue once Redis answers; a worker stopping while
+Redis is still away puts it back at shutdown, or names each lost task id in an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import kombu
+import pytest
+import redis
+from kombu.transport import redis as kombu_redis
+
+from intent.embedded import EmbeddedRedis
+from tasks import transport
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedRedis]:
+    transport.install()  # what tasks.app does: redis:// is the mended transport
+    server = EmbeddedRedis(appendonly=True).start()
+    try:
+        yield server
+    finally:
+        transport.RESCUED.take()  # whatever a failed test left in this process
+        server.close()
+
+
+def _queue() -> kombu.Queue:
+    name = f"rescue-{uuid.uuid4().hex[:8]}"
+    return kombu.Queue(name, kombu.Exchange(name), routing_key=name)
+
+
+def _publish(url: str, queue: kombu.Queue, task_id: str) -> None:
+    with kombu.Connection(url) as connection:
+        connection.Producer().publish(
+            {"task": task_id},
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            serializer="json",
+            headers={"id": task_id},
+        )
+
+
+def _consume(url: str, queue: kombu.Queue, received: list[kombu.Message]) -> None:
+    """One message delivered on ``queue``, acknowledged (the channel still open)."""
+
+    def handle(_: Any, message: kombu.Message) -> None:
+        received.append(message)
+        message.ack()
+
+    with (
+        kombu.Connection(url) as connection,
+        connection.Consumer(queue, callbacks=[handle], accept=["json"]),
+    ):
+        connection.drain_events(timeout=10)
+
+
+def _take_as_redis_restarts(
+    broker: EmbeddedRedis, queue: kombu.Queue, monkeypatch: pytest.MonkeyPatch
+) -> list[kombu.Message]:
+    """One message taken by BRPOP, Redis stopped before its unacked record is written."""
+    record = kombu_redis.QoS.append
+    stopped: list[bool] = []
+
+    def redis_stops_before_the_record(qos: Any, message: Any, delivery_tag: Any) -> None:
+        if not stopped:
+            broker.stop()  # SIGTERM: the append-only file keeps the pop
+            stopped.append(True)
+        record(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", redis_stops_before_the_record)
+    received: list[kombu.Message] = []
+    with pytest.raises((redis.ConnectionError, OSError)):
+        _consume(broker.url, queue, received)
+    monkeypatch.setattr(kombu_redis.QoS, "append", record)
+    assert stopped and received == []
+    return received
+
+
+def test_a_message_taken_as_redis_restarts_goes_back_on_its_queue(
+    broker: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue, task_id = _queue(), f"task-{uuid.uuid4().hex[:8]}"
+    _publish(broker.url, queue, task_id)
+    received = _take_as_redis_restarts(broker, queue, monkeypatch)
+    assert transport.RESCUED.task_ids() == [task_id]  # neither run nor recorded: held here
+
+    broker.start()
+    client = redis.Redis.from_url(broker.url)
+    try:
+        # Redis came back without it: not on the queue, not unacknowledged.
+        assert client.llen(queue.name) == 0
+        assert not any(task_id.encode() in v for v in client.hvals("unacked"))
+        _consume(broker.url, queue, received)
+        assert [m.payload for m in received] == [{"task": task_id}]
+        assert received[0].headers["id"] == task_id
+        assert received[0].delivery_info["redelivered"] is True
+        assert len(transport.RESCUED) == 0
+        assert client.lrange(queue.name, 0, -1) == [] and client.hlen("unacked") == 0
+    finally:
+        client.close()
+
+
+def test_a_worker_stopping_while_redis_is_away_names_what_it_loses_or_puts_it_back(
+    broker: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue, task_id = _queue(), f"task-{uuid.uuid4().hex[:8]}"
+    _publish(broker.url, queue, task_id)
+    _take_as_redis_restarts(broker, queue, monkeypatch)
+    app = SimpleNamespace(connection_for_write=lambda: kombu.Connection(broker.url))
+
+    with caplog.at_level(logging.ERROR, logger="intent.worker"):
+        transport.put_back_at_shutdown(app)  # Redis still away
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and task_id in errors[0] and "lost 1 message" in errors[0], errors
+    assert transport.RESCUED.task_ids() == [task_id]
+
+    broker.start()
+    transport.put_back_at_shutdown(app)  # Redis back: on its queue again
+    assert len(transport.RESCUED) == 0
+    client = redis.Redis.from_url(broker.url)
+    try:
+        wait_until(lambda: client.llen(queue.name) == 1, 5, "the message on its queue")
+        assert task_id.encode() in client.lindex(queue.name, -1)  # the head: taken next
+    finally:
+        client.close()
+
+
+def test_a_stopping_worker_puts_back_what_it_holds() -> None:
+    """The worker's shutdown runs the put-back above (tasks/signals.py)."""
+    from celery import signals
+
+    import tasks.app  # noqa: F401  # connects the worker's signals
+    from tasks.signals import _put_back_rescued
+
+    assert _put_back_rescued in [ref() for _, ref in signals.worker_shutdown.receivers]

@@ -130,13 +130,23 @@ class DeadLetters:
             for p in range(self.partitions)
         )
 
-    def list(self, count: int = 100, after: str = "-") -> builtins.list[DeadLetter]:
-        """The oldest ``count`` dead letters (after the dead-letter id ``after``); with
-        several partitions, merged oldest first by dead-letter id (each partition's ids come
-        from its own stream, so two partitions may hold the same id)."""
-        start = after if after == "-" else f"({after}"
+    def list(
+        self, count: int = 100, after: str = "-", after_partition: int | None = None
+    ) -> builtins.list[DeadLetter]:
+        """The oldest ``count`` dead letters after the dead-letter id ``after``; with
+        several partitions, merged oldest first by (dead-letter id, partition): each
+        partition's ids come from its own stream, so two partitions may hold the same id.
+        The next page starts after the last letter of this one: ``after=letter.dead_id,
+        after_partition=letter.partition`` (without ``after_partition``: after that id in
+        every partition, which skips a letter of the same id on a later partition)."""
         letters: builtins.list[DeadLetter] = []
         for partition in range(self.partitions):
+            if after == "-":
+                start = "-"
+            elif after_partition is not None and partition > after_partition:
+                start = after  # its letter of the same id comes after the cursor's
+            else:
+                start = f"({after}"
             stream = self.keys.dead_letter_stream(partition)
             rows = cast(Rows, self.client.xrange(stream, start, "+", count=count))
             letters += [DeadLetter.from_entry(i, fields, partition) for i, fields in rows]

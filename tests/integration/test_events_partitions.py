@@ -462,3 +462,28 @@ def test_the_runtime_publishes_by_partition_and_the_gauge_sums_every_partition(
             for sample in metric.samples
         }
         assert gauges["events"] == len(used) > 1
+
+
+def test_dead_letters_page_through_the_same_id_on_two_partitions(
+    redis_client: redis.Redis,
+) -> None:
+    """Each partition's dead letters have ids of their own stream: the same id on two
+    partitions is two letters, and paging from the first reaches the second."""
+    letters = DeadLetters(redis_client, KEYS, 1000, partitions=N)
+    for partition in (2, 0):  # written out of order
+        for dead_id in ("5-0", "9-0"):
+            redis_client.xadd(
+                KEYS.dead_letter_stream(partition),
+                {"id": f"evt-{partition}-{dead_id}", "dead_reason": "handler_error"},
+                id=dead_id,
+            )
+    order = [("5-0", 0), ("5-0", 2), ("9-0", 0), ("9-0", 2)]
+    assert [(x.dead_id, x.partition) for x in letters.list(count=10)] == order
+    paged: list[tuple[str, int]] = []
+    page = letters.list(count=1)
+    while page:
+        paged += [(x.dead_id, x.partition) for x in page]
+        page = letters.list(count=1, after=page[-1].dead_id, after_partition=page[-1].partition)
+    assert paged == order
+    # Without the partition the cursor is an id: after it on every partition.
+    assert [(x.dead_id, x.partition) for x in letters.list(after="5-0")] == order[2:]

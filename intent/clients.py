@@ -14,7 +14,6 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from intent import pools, tracing
 from intent.errors import (
@@ -26,6 +25,7 @@ from intent.errors import (
     ServiceRequestError,
     ServiceUnavailableError,
 )
+from intent.httpcut import CutAdapter, cut_at_limit
 from intent.logs import mask_secrets
 from intent.models import CONTEXT_SERVICE, PREDICTION_SERVICE
 from intent.settings import Settings
@@ -152,7 +152,8 @@ class ServiceClient:
         # trust_env makes requests read proxy variables and .netrc from the environment on
         # every request (about 1 ms each); service-to-service calls rarely want that.
         session.trust_env = self.trust_env
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+        # Its connections can be cut at the step's time limit (intent.httpcut: threads).
+        adapter = CutAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["Accept"] = "application/json"
@@ -284,18 +285,23 @@ class ServiceClient:
         url = self.base_url + path
         started = time.perf_counter()
         try:
-            response = self._exchange(method, url, json, traced)
+            with cut_at_limit() as cut:
+                response = self._exchange(method, url, json, traced)
         except requests.Timeout as exc:
             traced.status("timeout")
             self._observe(method, path, endpoint, "timeout", started)
             left = pools.remaining()
-            if left is not None and left <= _LIMIT_SLACK:
+            if cut.fired or (left is not None and left <= _LIMIT_SLACK):
                 # Cut to the step's time left, which ran out: the step's time limit ended
                 # it (a failure of the service all the same, as a call that hangs past the
                 # limit is on prefork).
                 raise pools.reached(f"{self.service} {method} {path}") from exc
             raise self._timeout_error(method, path, type(exc).__name__) from exc
         except requests.RequestException as exc:
+            if cut.fired:  # its socket shut at the step's time limit, mid-answer
+                traced.status("timeout")
+                self._observe(method, path, endpoint, "timeout", started)
+                raise pools.reached(f"{self.service} {method} {path}") from exc
             # Connection refused/reset, DNS, protocol errors: the service may come back.
             traced.status("connection_error")
             self._observe(method, path, endpoint, "connection_error", started)

@@ -14,9 +14,9 @@ to it (``intent.clients``), a drill's injected latency too, and a call that woul
 with nothing left, or whose cut timeout is what ended it, raises
 :class:`~intent.errors.TimeLimitReached`: the step then ends as a prefork pool process ends
 it at its soft limit, with the same error and the same recovery (a retry). The limit is a
-``ContextVar``: each thread, and each greenlet, has its own. On threads it bounds each
-wait, not their sum: a read timeout holds per socket read, so a response trickling in a
-byte at a time can outlast the limit (gevent's timeout cuts it; threads have no hard limit).
+``ContextVar``: each thread, and each greenlet, has its own. A read timeout holds per
+socket read, so an answer trickling in a byte at a time would outlast it: a call still
+running when the step's time is up has its socket shut (``intent.httpcut``).
 
 :func:`declare` records the pool (the worker does, at start): a process whose tasks share
 it (threads, gevent) sizes its per-process resources, such as the HTTP connection pools,

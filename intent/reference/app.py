@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
@@ -99,6 +99,9 @@ class FaultConfig:
     needs ``error_rate > 0`` and is answered with 503."""
 
     latency_ms: float = 0.0
+    # The answer's body sent a byte at a time, this many ms apart: a service that never
+    # goes silent for a read timeout, and still takes as long as it likes.
+    trickle_ms: float = 0.0
     error_rate: float = 0.0
     status: int | None = None
     down: bool = False
@@ -121,6 +124,7 @@ class FaultConfig:
             raise InvalidInput("match", "must be a string or null")
         return cls(
             latency_ms=_number(body, "latency_ms", 0.0, low=0, high=_MAX_LATENCY_MS) or 0.0,
+            trickle_ms=_number(body, "trickle_ms", 0.0, low=0, high=_MAX_LATENCY_MS) or 0.0,
             error_rate=_number(body, "error_rate", 0.0, low=0, high=1) or 0.0,
             status=_integer(body, "status", None, low=200, high=599, nullable=True),
             down=_flag(body, "down"),
@@ -142,12 +146,14 @@ class FaultConfig:
 
 
 class FaultDecision(NamedTuple):
-    """What the app does to one request: wait ``latency`` s, then pass, error or drop."""
+    """What the app does to one request: wait ``latency`` s, then pass, error or drop; an
+    answer's body sent a byte each ``trickle`` s."""
 
     latency: float
     action: Literal["pass", "error", "drop"]
     status: int
     retry_after: float | None
+    trickle: float = 0.0
 
 
 class ServiceState:
@@ -208,14 +214,21 @@ class ServiceState:
                     action = "error"
             elif f.status is not None:
                 action = "error"
-            # `count` counts faulted requests: errors and drops, or, when latency is the
-            # only fault configured, the delayed requests.
-            faulted = action != "pass" or (f.latency_ms > 0 and not f.changes_outcome)
+            # `count` counts faulted requests: errors and drops, or, when latency (or a
+            # trickle) is the only fault configured, the delayed requests.
+            slowed = f.latency_ms > 0 or f.trickle_ms > 0
+            faulted = action != "pass" or (slowed and not f.changes_outcome)
             if faulted and self._remaining is not None:
                 self._remaining -= 1
-            if action == "pass" and f.latency_ms <= 0:
+            if action == "pass" and not slowed:
                 return None
-            return FaultDecision(f.latency_ms / 1000, action, f.effective_status, f.retry_after)
+            return FaultDecision(
+                f.latency_ms / 1000,
+                action,
+                f.effective_status,
+                f.retry_after,
+                f.trickle_ms / 1000,
+            )
 
     # -- request log --------------------------------------------------------------------
 
@@ -279,6 +292,21 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(
         json.dumps(payload), status=status, headers=headers, mimetype="application/json"
     )
+
+
+def _trickled(response: Response, interval: float) -> Response:
+    """``response`` with its headers sent at once (its length among them) and its body a
+    byte every ``interval`` seconds."""
+    body = response.get_data()
+
+    def drip() -> Iterator[bytes]:
+        for i in range(len(body)):
+            time.sleep(interval)
+            yield body[i : i + 1]
+
+    headers = dict(response.headers)
+    headers["Content-Length"] = str(len(body))
+    return Response(drip(), status=response.status_code, headers=headers, direct_passthrough=True)
 
 
 def _invalid(exc: InvalidInput) -> Response:
@@ -357,6 +385,8 @@ class ServiceApp:
                 response = _json({"error": "injected fault"}, decision.status, headers)
             else:
                 response = self._route(request)
+            if decision.trickle > 0:
+                response = _trickled(response, decision.trickle)
         self.state.log_status(entry, response.status_code)
         return response
 

@@ -1,7 +1,8 @@
 """The pipeline on a real ``-P threads -c 16`` worker and a real ``-P gevent -c 50`` worker:
 analyses under load each done once, the shared breaker tripping and recovering under load,
-and a hung downstream call ended at the step's soft time limit, which neither pool
-enforces by itself (``tasks/pools.py``), with the error and the retry prefork gives it."""
+and a hung downstream call, or one whose answer trickles in, ended at the step's soft time
+limit, which neither pool enforces by itself (``tasks/pools.py``, ``intent/httpcut.py``),
+with the error and the retry prefork gives it."""
 
 from __future__ import annotations
 
@@ -174,4 +175,25 @@ def test_a_hung_call_ends_at_the_soft_limit_and_is_retried(
     log = pool_worker.log.read_text()
     assert "retrying predict" in log and "predict is unavailable: soft time limit exceeded" in log
     # The call that hung counts against its service, as on prefork.
+    assert admin.status("prediction-service").failures == 1
+
+
+def test_a_trickling_answer_ends_at_the_soft_limit_and_is_retried(
+    pool_worker: PoolWorker, admin: CircuitAdmin, prediction_service: ReferenceControl
+) -> None:
+    """An answer that never goes silent for a read timeout (a byte every 0.1 s, tens of
+    seconds in all) is no hang to the read timeout: the step's time limit cuts it all the
+    same (intent.httpcut on threads, the step's gevent.Timeout on gevent)."""
+    prediction_service.set_faults(trickle_ms=100, count=1)  # only the first answer trickles
+    payload = request(context_id=f"ctx-trickle-{uuid.uuid4().hex[:8]}")
+    result = submit(payload).get(timeout=30)
+
+    assert result.status == "completed"
+    assert result.retries == {"predict": 1}
+    calls = api_calls(prediction_service)
+    assert len(calls) == 2
+    gap = float(calls[1]["time"]) - float(calls[0]["time"])  # type: ignore[arg-type]
+    assert SOFT_LIMIT <= gap < SOFT_LIMIT + 2.0, gap
+    log = pool_worker.log.read_text()
+    assert "predict is unavailable: soft time limit exceeded" in log
     assert admin.status("prediction-service").failures == 1

@@ -379,6 +379,24 @@ def test_latency_delays_the_answer(services: ReferenceServices, ctx: ReferenceCo
     assert ctx.faults()["remaining"] == 0
 
 
+def test_trickle_sends_the_answer_a_byte_at_a_time(
+    services: ReferenceServices, ctx: ReferenceControl
+) -> None:
+    """Every byte arrives well within a read timeout (0.5 s here, never reached); the whole
+    answer takes far longer (a byte each 20 ms)."""
+    url = f"{services.context_url}/api/v1/context/user-1"
+    whole = get(url).content
+    ctx.set_faults(trickle_ms=20, count=1)
+    started = time.perf_counter()
+    with requests.get(url, stream=True, timeout=(2, 0.5)) as response:
+        assert response.headers["Content-Length"] == str(len(whole))
+        body = response.content
+    assert time.perf_counter() - started >= 0.02 * len(whole) > 0.5
+    assert body == whole
+    assert ctx.faults()["remaining"] == 0
+    assert get(url).content == whole  # the count spent: the next answer at once
+
+
 def test_down_drops_the_connection(services: ReferenceServices, ctx: ReferenceControl) -> None:
     ctx.set_faults(down=True, count=1)
     url = f"{services.context_url}/api/v1/context/user-1"
@@ -433,6 +451,7 @@ def test_admin_routes_are_never_faulted(services: ReferenceServices, ctx: Refere
         ({"error_rate": 2}, "error_rate"),
         ({"latency_ms": "slow"}, "latency_ms"),
         ({"latency_ms": -1}, "latency_ms"),
+        ({"trickle_ms": -1}, "trickle_ms"),
         ({"status": True}, "status"),
         ({"status": 99}, "status"),
         ({"count": -1}, "count"),

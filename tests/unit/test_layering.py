@@ -62,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "intent.resp",
             "intent.scripts",
             "intent.clients",
+            "intent.httpcut",
             "intent.breaker",
             "intent.breaker.*",
             "intent.ratelimit",

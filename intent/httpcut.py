@@ -1,0 +1,116 @@
+"""An HTTP exchange cut at the running step's time limit, where nothing else cuts it.
+
+On a threads worker nothing interrupts a task (``intent.pools``): a downstream call's
+connect and read timeouts are cut to the step's time left, but a read timeout holds per
+socket read, so an answer that trickles in, a byte before each timeout, outlasted the
+step's limit by as long as the service liked. Here an exchange made with a time limit
+running arms a timer for the time left; if the exchange still runs then, the timer shuts
+its socket down, the blocked read returns, and the client reports the step's time limit
+(:attr:`Cut.fired`). Prefork needs none (its soft limit interrupts the read); on gevent the
+step's ``gevent.Timeout`` cuts first, and the timer, a greenlet there, is a backstop.
+
+:class:`CutAdapter` is requests' adapter with connections that say which socket they use
+for the exchange under way (:func:`cut_at_limit`); the clients mount it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from intent import pools
+
+
+class Cut:
+    """One exchange's cut: the sockets it reads answers on, and whether the timer cut them."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sockets.append(sock)
+            if self.fired:  # the limit passed before its answer was even awaited
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_current: ContextVar[Cut | None] = ContextVar("intent_http_cut", default=None)
+
+
+@contextlib.contextmanager
+def cut_at_limit() -> Iterator[Cut]:
+    """Inside, the HTTP exchange under way is cut when the running step's time is up (no
+    timer at all when no limit runs: prefork)."""
+    cut = Cut()
+    left = pools.remaining()
+    if left is None:
+        yield cut
+        return
+    timer = threading.Timer(left, cut.fire)
+    timer.daemon = True
+    token = _current.set(cut)
+    timer.start()
+    try:
+        yield cut
+    finally:
+        timer.cancel()
+        _current.reset(token)
+
+
+class _Registered:
+    """A connection that adds its socket to the exchange's :class:`Cut` as it awaits the
+    answer (the socket itself: a connection that closes after this answer drops its
+    ``sock`` while the answer is still read from it)."""
+
+    sock: socket.socket | None
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        cut = _current.get()
+        if cut is not None and self.sock is not None:
+            cut.add(self.sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Connection(_Registered, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Registered, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class CutAdapter(HTTPAdapter):
+    """requests' adapter whose connections :func:`cut_at_limit` can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HTTPSPool}

@@ -45,7 +45,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCov
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from intent.errors import IntentError, ServiceUnavailableError
+from intent.errors import ServiceUnavailableError
 from intent.settings import (
     CIRCUIT_REDIS_SOCKET_TIMEOUT,
     CLUSTER_SCHEMES,
@@ -61,29 +61,6 @@ from intent.settings import (
 STANDALONE = "standalone"
 CLUSTER = "cluster"
 SENTINEL = "sentinel"
-
-
-class NoReplicasError(redis.ConnectionError, IntentError):
-    """A master that refuses writes until enough replicas keep up with it (``NOREPLICAS``,
-    under ``min-replicas-to-write``): Redis not there for writes right now, as a server
-    still loading its data is (redis-py's ``LOADING`` is a ``ConnectionError`` too). As
-    redis-py left it, a ``ResponseError``: a bug to every caller, so a submit failed with a
-    raw redis-py error, a step failed for good, and the breaker did not fall back. In the
-    service's tree too, transient (callers map it as any Redis outage first)."""
-
-    transient = True
-
-
-def _refusals_are_outages() -> None:
-    """Every redis-py client of this process (kombu's and Celery's too) raises
-    :class:`NoReplicasError` for a ``NOREPLICAS`` reply, inside scripts and pipelines too
-    (the reply's first word is the code either way)."""
-    from redis._parsers.base import BaseParser
-
-    BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
-
-
-_refusals_are_outages()
 
 
 def topology(url: str) -> str:

@@ -43,10 +43,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-from intent import connections as _connections  # NOREPLICAS: an outage (imported first)
 from intent.resp import DEMOTED
-from intent.settings import get_settings
-from intent.waiting import patiently
 
 log = logging.getLogger("intent.worker")
 
@@ -85,8 +82,6 @@ def envelope_loads(text: str) -> Any:
 
 
 NOT_AN_ENVELOPE = (ValueError, TypeError, RecursionError)  # what envelope_loads raises
-# A broker that answers, and refuses writes for now.
-REFUSALS = (_connections.NoReplicasError, redis.exceptions.BusyLoadingError)
 
 
 def dead_letter(reason: str, envelope: Any) -> None:
@@ -191,20 +186,6 @@ class MendedChannel:
             RESCUED.give_back(held)
             raise
         log.warning("put back %d message(s) taken as the broker went away", len(held))
-
-    def _put(self, queue: Any, message: Any, **kwargs: Any) -> Any:
-        """A publish, tried again for ``INTENT_REDIS_OUTAGE_TOLERANCE`` while the broker
-        refuses writes (``NOREPLICAS``: too few replicas keep up; ``LOADING``: a restart
-        still reading its data). Those are connection errors that answer at once, and
-        kombu's publish retries wait only for a reconnection, which succeeds at once: all
-        of them were spent in milliseconds and the publish failed."""
-        put = super()._put  # type: ignore[misc]
-        try:
-            return put(queue, message, **kwargs)
-        except REFUSALS:
-            pass
-        tolerance = get_settings().redis_outage_tolerance
-        return patiently(lambda: put(queue, message, **kwargs), tolerance, "publishing a task")
 
     def _brpop_start(self, timeout: Any = None) -> Any:
         self._put_back_rescued()

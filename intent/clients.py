@@ -287,6 +287,7 @@ class ServiceClient:
         try:
             with cut_at_limit() as cut:
                 response = self._exchange(method, url, json, traced)
+                cut_short = cut.end()
         except requests.Timeout as exc:
             traced.status("timeout")
             self._observe(method, path, endpoint, "timeout", started)
@@ -308,6 +309,10 @@ class ServiceClient:
             raise ServiceUnavailableError(
                 self.service, f"connection failed on {method} {path}: {type(exc).__name__}"
             ) from exc
+        if cut_short:  # read to an end, but its socket shut at the step's time limit
+            traced.status("timeout")
+            self._observe(method, path, endpoint, "timeout", started)
+            raise pools.reached(f"{self.service} {method} {path}")
         status = response.status_code
         traced.status(status)
         self._observe(method, path, endpoint, status, started)

@@ -30,11 +30,13 @@ from intent import pools
 
 
 class Cut:
-    """One exchange's cut: the sockets it reads answers on, and whether the timer cut them."""
+    """One exchange's cut: the sockets it reads answers on, and whether the timer cut the
+    exchange before it ended."""
 
     def __init__(self) -> None:
         self.sockets: list[socket.socket] = []
-        self.fired = False
+        self.fired = False  # the time was up while the exchange ran: its sockets shut
+        self._ended = False
         self._lock = threading.Lock()
 
     def add(self, sock: socket.socket) -> None:
@@ -43,11 +45,26 @@ class Cut:
             if self.fired:  # the limit passed before its answer was even awaited
                 _shut(sock)
 
+    def discard(self, sock: socket.socket | None) -> None:
+        """``sock`` goes back to its pool, for another exchange: never shut for this one."""
+        with self._lock:
+            if sock in self.sockets:
+                self.sockets.remove(sock)
+
     def fire(self) -> None:
         with self._lock:
+            if self._ended:
+                return
             self.fired = True
             for sock in self.sockets:
                 _shut(sock)
+
+    def end(self) -> bool:
+        """The exchange is over; whether the timer had cut it (an answer read to its end
+        may then be a cut one: a body without a length ends where its socket was shut)."""
+        with self._lock:
+            self._ended = True
+            return self.fired
 
 
 def _shut(sock: socket.socket) -> None:
@@ -70,10 +87,11 @@ def cut_at_limit() -> Iterator[Cut]:
     timer = threading.Timer(left, cut.fire)
     timer.daemon = True
     token = _current.set(cut)
-    timer.start()
     try:
+        timer.start()
         yield cut
     finally:
+        cut.end()
         timer.cancel()
         _current.reset(token)
 
@@ -100,11 +118,22 @@ class _HTTPSConnection(_Registered, HTTPSConnection):
     pass
 
 
-class _Pool(HTTPConnectionPool):
+class _Returned:
+    """A pool whose connections, given back mid-exchange (urllib3 does as it reads the
+    body's end), leave the exchange's :class:`Cut`: another exchange may take them."""
+
+    def _put_conn(self, conn: Any) -> None:
+        cut = _current.get()
+        if cut is not None and conn is not None:
+            cut.discard(getattr(conn, "sock", None))
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _Pool(_Returned, HTTPConnectionPool):
     ConnectionCls = _Connection
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_Returned, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 

@@ -25,11 +25,13 @@ both ended the worker.
 
 And a message the worker had taken (kombu's BRPOP) when the broker went away, before kombu
 could record it as unacknowledged (a second write), was lost: the pop had reached the
-replica a Sentinel then promoted, the record never did, so no queue and no unacked hash held
-it anywhere. Here such a message is kept in the process (:data:`RESCUED`) and put back at
-the head of its queue, marked redelivered, by the next channel that consumes, on whatever
-master the Sentinels name by then. It may then run twice (if the record did reach Redis
-after all), which every step is built for; it is not lost.
+replica a Sentinel then promoted (or the append-only file of a Redis that restarted), the
+record never did, so no queue and no unacked hash held it anywhere. So was one whose record
+the broker refused (OOM: BRPOP pops where a write is refused), and the refusal ended the
+worker. Here such a message is kept in the process (:data:`RESCUED`) and put back at the
+head of its queue, marked redelivered, by the next channel that consumes, on whatever
+master the Sentinels name by then, once it takes writes. It may then run twice (if the
+record did reach Redis after all), which every step is built for.
 """
 
 from __future__ import annotations
@@ -153,14 +155,22 @@ class MendedQoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: Any) -> None:
         try:
             super().append(message, delivery_tag)
-        except self.channel.connection_errors:
+        except (*self.channel.connection_errors, redis.ResponseError) as exc:
             delivery = message.delivery_info
             RESCUED.keep(message._raw, delivery["exchange"], delivery["routing_key"])
             log.warning(
-                "took a message as the broker went away, before recording it: it goes "
-                "back on its queue once the broker answers (task id %s)",
+                "took a message but could not record it (%s: %s): it goes back on its "
+                "queue once the broker takes writes (task id %s)",
+                type(exc).__name__,
+                exc,
                 _task_id(message._raw),
             )
+            if isinstance(exc, redis.ResponseError):
+                # A refusal (OOM, MISCONF: BRPOP takes a message where a write is refused):
+                # nothing was written. A connection error to the worker, which connects
+                # again and puts the message back once the broker takes writes, rather than
+                # an unrecoverable error that ends it.
+                raise redis.ConnectionError(f"the broker refused a write: {exc}") from exc
             raise
 
 
@@ -182,10 +192,13 @@ class MendedChannel:
                 for envelope, exchange, routing_key in held:
                     channel._do_restore_message(envelope, exchange, routing_key, pipe)
                 pipe.execute()
+        except redis.ResponseError as exc:  # refused (OOM, MISCONF): kept, tried again
+            RESCUED.give_back(held)
+            raise redis.ConnectionError(f"the broker refused a write: {exc}") from exc
         except BaseException:
             RESCUED.give_back(held)
             raise
-        log.warning("put back %d message(s) taken as the broker went away", len(held))
+        log.warning("put back %d message(s) taken but not recorded", len(held))
 
     def _brpop_start(self, timeout: Any = None) -> Any:
         self._put_back_rescued()

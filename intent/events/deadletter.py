@@ -139,6 +139,10 @@ class DeadLetters:
         The next page starts after the last letter of this one: ``after=letter.dead_id,
         after_partition=letter.partition`` (without ``after_partition``: after that id in
         every partition, which skips a letter of the same id on a later partition)."""
+        if after_partition is not None and not 0 <= after_partition < self.partitions:
+            raise ValueError(
+                f"after_partition must be 0 to {self.partitions - 1}, not {after_partition}"
+            )
         letters: builtins.list[DeadLetter] = []
         for partition in range(self.partitions):
             if after == "-":

@@ -487,3 +487,6 @@ def test_dead_letters_page_through_the_same_id_on_two_partitions(
     assert paged == order
     # Without the partition the cursor is an id: after it on every partition.
     assert [(x.dead_id, x.partition) for x in letters.list(after="5-0")] == order[2:]
+    for wrong in (-1, N):
+        with pytest.raises(ValueError, match="after_partition"):
+            letters.list(after="5-0", after_partition=wrong)

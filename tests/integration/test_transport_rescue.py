@@ -56,8 +56,11 @@ def _publish(url: str, queue: kombu.Queue, task_id: str) -> None:
         )
 
 
-def _consume(url: str, queue: kombu.Queue, received: list[kombu.Message]) -> None:
-    """One message delivered on ``queue``, acknowledged (the channel still open)."""
+def _consume(
+    url: str, queue: kombu.Queue, received: list[kombu.Message], declare: bool = True
+) -> None:
+    """One message delivered on ``queue``, acknowledged (the channel still open); without
+    ``declare`` the queue is not declared again (a write)."""
 
     def handle(_: Any, message: kombu.Message) -> None:
         received.append(message)
@@ -65,7 +68,7 @@ def _consume(url: str, queue: kombu.Queue, received: list[kombu.Message]) -> Non
 
     with (
         kombu.Connection(url) as connection,
-        connection.Consumer(queue, callbacks=[handle], accept=["json"]),
+        connection.Consumer(queue, callbacks=[handle], accept=["json"], auto_declare=declare),
     ):
         connection.drain_events(timeout=10)
 
@@ -113,6 +116,39 @@ def test_a_message_taken_as_redis_restarts_goes_back_on_its_queue(
         assert len(transport.RESCUED) == 0
         assert client.lrange(queue.name, 0, -1) == [] and client.hlen("unacked") == 0
     finally:
+        client.close()
+
+
+def test_a_message_taken_while_redis_refuses_writes_goes_back_once_it_takes_them(
+    broker: EmbeddedRedis,
+) -> None:
+    """Out of memory (noeviction), Redis still pops (BRPOP takes no memory) and refuses
+    the record (HSET does): kombu lost the message, and the refusal, an error reply, ended
+    the worker. Now it is kept, the consumer sees a connection error (and connects
+    again), the put-back is refused too and keeps it, until Redis takes writes again."""
+    queue, task_id = _queue(), f"task-{uuid.uuid4().hex[:8]}"
+    _publish(broker.url, queue, task_id)
+    client = redis.Redis.from_url(broker.url)
+    received: list[kombu.Message] = []
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+        with pytest.raises(redis.ConnectionError, match=r"refused a write: .*maxmemory"):
+            _consume(broker.url, queue, received, declare=False)
+        assert received == [] and client.llen(queue.name) == 0  # popped, not recorded
+        assert transport.RESCUED.task_ids() == [task_id]
+        with pytest.raises(redis.ConnectionError, match=r"refused a write: .*maxmemory"):
+            _consume(broker.url, queue, received, declare=False)  # put-back refused: kept
+        assert transport.RESCUED.task_ids() == [task_id]
+
+        client.config_set("maxmemory", "0")
+        _consume(broker.url, queue, received)
+        assert [m.headers["id"] for m in received] == [task_id]
+        assert received[0].delivery_info["redelivered"] is True
+        assert len(transport.RESCUED) == 0
+        assert client.llen(queue.name) == 0 and client.hlen("unacked") == 0
+    finally:
+        client.config_set("maxmemory", "0")
         client.close()
 
 

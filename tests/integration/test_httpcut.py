@@ -1,0 +1,114 @@
+"""The HTTP exchange cut at the step's time limit (intent/httpcut.py), against real HTTP
+servers on loopback: a keep-alive one (the standard library's, HTTP/1.1) and one that
+answers without a length, its body ending when it closes the connection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from intent import pools
+from intent.clients import ServiceClient
+from intent.errors import TimeLimitReached
+from intent.httpcut import cut_at_limit
+
+pytestmark = pytest.mark.integration
+
+
+class KeepAlive(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections: set[int] = set()
+
+    def do_GET(self) -> None:
+        KeepAlive.connections.add(id(self.connection))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[str]:
+    KeepAlive.connections = set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def no_length() -> Iterator[str]:
+    """Answers with headers at once, then a byte of JSON every 0.1 s, no Content-Length:
+    the body ends where the connection does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+            for byte in b'{"ok": true, "padding": "' + b"x" * 200 + b'"}':
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_body_without_a_length_cut_at_the_limit_is_the_time_limit(no_length: str) -> None:
+    """The shut socket ends such a body as its server's close would: the client reports
+    the step's time limit, not a truncated answer ("not JSON", a permanent error)."""
+    client = ServiceClient(no_length, connect_timeout=1, read_timeout=5)
+    started = time.monotonic()
+    with pools.step_time_limit(0.5), pytest.raises(TimeLimitReached):
+        client._request("GET", "/anything", endpoint="anything")
+    assert time.monotonic() - started < 3  # the body alone takes over 20 s
+
+
+def test_a_connection_given_back_to_its_pool_is_not_cut_for_the_exchange_it_served(
+    keep_alive: str,
+) -> None:
+    """urllib3 gives a kept-alive connection back as the body's end is read, before the
+    exchange's timer is cancelled; a timer firing then must not shut it: another exchange
+    may be using it already."""
+    client = ServiceClient(keep_alive, connect_timeout=1, read_timeout=5)
+    with pools.step_time_limit(5):
+        with cut_at_limit() as cut:
+            session = client.session
+            assert session.get(f"{keep_alive}/one", timeout=(1, 5)).json() == {"ok": True}
+            assert cut.sockets == []  # given back with the body's end
+            cut.fire()  # the timer, at that very moment
+        assert cut.fired
+        # The next exchange on the same kept connection: it was not shut.
+        assert session.get(f"{keep_alive}/two", timeout=(1, 5)).json() == {"ok": True}
+    assert len(KeepAlive.connections) == 1

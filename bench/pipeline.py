@@ -59,10 +59,12 @@ def bare_round(n: int, payload: dict[str, Any], last_result_only: bool = False) 
     def links() -> Any:
         return _bare_chain(payload, last_result_only)
 
+    from tasks.submit import wait_for  # as Analysis.get() waits (celery #4039)
+
     started = time.perf_counter()
     results = [links().apply_async() for _ in range(n)]
     for result in results:
-        result.get(timeout=120)
+        wait_for(result, 120)
     return n / (time.perf_counter() - started)
 
 
@@ -81,10 +83,12 @@ def pipeline_round(n: int) -> float:
 
 def bare_latencies(n: int, payload: dict[str, Any]) -> list[float]:
     """N bare chains one at a time: seconds from submit to the last link's result."""
+    from tasks.submit import wait_for
+
     samples = []
     for _ in range(n):
         started = time.perf_counter()
-        _bare_chain(payload).apply_async().get(timeout=120)
+        wait_for(_bare_chain(payload).apply_async(), 120)
         samples.append(time.perf_counter() - started)
     return samples
 

@@ -56,10 +56,10 @@ def _bare_chain(payload: dict[str, Any], last_result_only: bool = False) -> Any:
 def bare_round(n: int, payload: dict[str, Any], last_result_only: bool = False) -> float:
     """N bare chains submitted at once; chains per second until the last result."""
 
+    from tasks.submit import wait_for  # as Analysis.get() waits (celery #4039)
+
     def links() -> Any:
         return _bare_chain(payload, last_result_only)
-
-    from tasks.submit import wait_for  # as Analysis.get() waits (celery #4039)
 
     started = time.perf_counter()
     results = [links().apply_async() for _ in range(n)]

@@ -266,6 +266,14 @@ class ServiceClient:
             raise self._status_error(fault.status, f"{method} {path}: {why}")
         return self._send(method, path, json, endpoint, traced)
 
+    def _limit_reached(
+        self, method: str, path: str, endpoint: str, traced: tracing.HttpSpan, started: float
+    ) -> Exception:
+        """The error of a call the step's time limit ended, counted as a timeout."""
+        traced.status("timeout")
+        self._observe(method, path, endpoint, "timeout", started)
+        return pools.reached(f"{self.service} {method} {path}")
+
     def _timeout_error(self, method: str, path: str, why: str) -> ServiceUnavailableError:
         return ServiceUnavailableError(self.service, f"timeout on {method} {path}: {why}")
 
@@ -289,20 +297,18 @@ class ServiceClient:
                 response = self._exchange(method, url, json, traced)
                 cut_short = cut.end()
         except requests.Timeout as exc:
-            traced.status("timeout")
-            self._observe(method, path, endpoint, "timeout", started)
             left = pools.remaining()
             if cut.fired or (left is not None and left <= _LIMIT_SLACK):
                 # Cut to the step's time left, which ran out: the step's time limit ended
                 # it (a failure of the service all the same, as a call that hangs past the
                 # limit is on prefork).
-                raise pools.reached(f"{self.service} {method} {path}") from exc
+                raise self._limit_reached(method, path, endpoint, traced, started) from exc
+            traced.status("timeout")
+            self._observe(method, path, endpoint, "timeout", started)
             raise self._timeout_error(method, path, type(exc).__name__) from exc
         except requests.RequestException as exc:
             if cut.fired:  # its socket shut at the step's time limit, mid-answer
-                traced.status("timeout")
-                self._observe(method, path, endpoint, "timeout", started)
-                raise pools.reached(f"{self.service} {method} {path}") from exc
+                raise self._limit_reached(method, path, endpoint, traced, started) from exc
             # Connection refused/reset, DNS, protocol errors: the service may come back.
             traced.status("connection_error")
             self._observe(method, path, endpoint, "connection_error", started)
@@ -310,9 +316,7 @@ class ServiceClient:
                 self.service, f"connection failed on {method} {path}: {type(exc).__name__}"
             ) from exc
         if cut_short:  # read to an end, but its socket shut at the step's time limit
-            traced.status("timeout")
-            self._observe(method, path, endpoint, "timeout", started)
-            raise pools.reached(f"{self.service} {method} {path}")
+            raise self._limit_reached(method, path, endpoint, traced, started)
         status = response.status_code
         traced.status(status)
         self._observe(method, path, endpoint, status, started)

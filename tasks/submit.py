@@ -71,9 +71,8 @@ def wait_for(result: AsyncResult, timeout: float | None = None, what: str | None
     :data:`GET_SLICE` seconds, the stored result read between two."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is None or left > 0:
-            wait = GET_SLICE if left is None else min(GET_SLICE, left)
+        wait = GET_SLICE if deadline is None else min(GET_SLICE, deadline - time.monotonic())
+        if wait > 0:  # Celery's get() takes 0 as "no timeout"
             try:
                 return result.get(timeout=wait, propagate=True)
             except CeleryTimeout:

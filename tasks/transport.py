@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -149,6 +149,16 @@ def _task_id(envelope: Any) -> Any:
 RESCUED = Rescued()
 
 
+def _reraise_refusal(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` again, a refused write (an error reply: OOM, MISCONF; BRPOP takes a
+    message where a write is refused, and nothing was written) as a connection error: the
+    worker connects again and the message goes back once the broker takes writes, where an
+    error reply was unrecoverable and ended the worker."""
+    if isinstance(exc, redis.ResponseError):
+        raise redis.ConnectionError(f"the broker refused a write: {exc}") from exc
+    raise exc
+
+
 class MendedQoS(kombu_redis.QoS):
     """kombu's ack emulation, keeping a taken message whose unacked record failed."""
 
@@ -165,13 +175,7 @@ class MendedQoS(kombu_redis.QoS):
                 exc,
                 _task_id(message._raw),
             )
-            if isinstance(exc, redis.ResponseError):
-                # A refusal (OOM, MISCONF: BRPOP takes a message where a write is refused):
-                # nothing was written. A connection error to the worker, which connects
-                # again and puts the message back once the broker takes writes, rather than
-                # an unrecoverable error that ends it.
-                raise redis.ConnectionError(f"the broker refused a write: {exc}") from exc
-            raise
+            _reraise_refusal(exc)
 
 
 class MendedChannel:
@@ -192,12 +196,9 @@ class MendedChannel:
                 for envelope, exchange, routing_key in held:
                     channel._do_restore_message(envelope, exchange, routing_key, pipe)
                 pipe.execute()
-        except redis.ResponseError as exc:  # refused (OOM, MISCONF): kept, tried again
+        except BaseException as exc:  # kept, tried again at the next consume
             RESCUED.give_back(held)
-            raise redis.ConnectionError(f"the broker refused a write: {exc}") from exc
-        except BaseException:
-            RESCUED.give_back(held)
-            raise
+            _reraise_refusal(exc)
         log.warning("put back %d message(s) taken but not recorded", len(held))
 
     def _brpop_start(self, timeout: Any = None) -> Any:

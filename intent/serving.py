@@ -1,7 +1,7 @@
 """A WSGI app on a real socket, in a background thread.
 
-- :class:`WsgiServer`: werkzeug's threaded server without an access-log line per request
-  (a connection per request); serves the reference services in tests and benchmarks.
+- :class:`WsgiServer`: werkzeug's threaded server keeping connections alive and without an
+  access-log line per request; serves the reference services in tests and benchmarks.
 - :class:`TornadoWsgiServer`: Tornado's HTTP server, a production server; serves the
   admin endpoint (`intent admin`).
 """
@@ -9,27 +9,210 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.types import WSGIApplication
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wsgi import LimitedStream
 
 from intent.lifecycle import Background
+
+logger = logging.getLogger(__name__)
 
 _LISTEN_BACKLOG = 1024  # benchmarks open many short connections at once
 
 
+_IDLE_SECONDS = 75.0  # as nginx's keepalive_timeout: an idle kept connection then ends
+_DRAIN_LIMIT = 1 << 20  # an unread request body up to this is read off; a longer one closes
+
+
+class _Connections:
+    """The sockets a server's handlers hold open, so that stopping the server ends them: a
+    client's kept connection must not go on being answered by a server that stopped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def add(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.add(connection)
+
+    def discard(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(connection)
+
+    def close_all(self) -> None:
+        with self._lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without the access-log line per request."""
+    """Werkzeug's handler, keeping the connection open between requests (HTTP/1.1
+    keep-alive, as production servers do) and without the access-log line per request.
+
+    Werkzeug's own ``run_wsgi`` closes every connection after its answer; this one answers
+    with a length (or chunked) and, once the answer is out, reads off what the app left of
+    the request's body, so the next request on the connection starts where it should."""
 
     # Set here so werkzeug does not patch the class attribute itself.
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # an answer goes out in one segment, not after an ACK
+    timeout = _IDLE_SECONDS  # a connection idle (or a request body stalled) this long ends
+    connections: _Connections  # set on the class start() makes for each server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.connections.discard(self.connection)
+        super().finish()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):
+            return  # an idle kept connection ending after _IDLE_SECONDS: not an error
+        super().log_error(format, *args)
+
+    def run_wsgi(self) -> None:
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.environ = environ = self.make_environ()
+        body = self._request_body(environ)
+        if self.request_version != "HTTP/1.1":
+            self.close_connection = True  # HTTP/1.0 keep-alive is not offered
+        answer = _Answer(self)
+        try:
+            chunks = self.server.app(environ, answer.start_response)
+            try:
+                for chunk in chunks:
+                    answer.write(chunk)
+                answer.end()
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: werkzeug's handle() ends the connection quietly
+        except Exception:
+            self.close_connection = True
+            if answer.started:
+                logger.exception("%s %s: the app failed mid-answer", self.command, self.path)
+                return
+            logger.exception("%s %s: the app failed", self.command, self.path)
+            answer.error()
+            return
+        if not self.close_connection and not _drained(body):
+            self.close_connection = True
+
+    def _request_body(self, environ: dict[str, Any]) -> Any:
+        """The request's body as a stream that ends where the body ends."""
+        if environ.get("wsgi.input_terminated"):
+            return environ["wsgi.input"]  # chunked: werkzeug's dechunking stream
+        try:
+            length = max(0, int(environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            length, self.close_connection = 0, True
+        stream = LimitedStream(self.rfile, length)  # type: ignore[arg-type]
+        environ["wsgi.input"] = stream
+        environ["wsgi.input_terminated"] = True
+        return stream
+
+
+def _drained(body: Any) -> bool:
+    """Read off up to :data:`_DRAIN_LIMIT` bytes the app left of a request's body; False
+    when more is left (the connection then closes rather than read it)."""
+    left = _DRAIN_LIMIT
+    while left > 0:
+        data = body.read(min(left, 65536))
+        if not data:
+            return True
+        left -= len(data)
+    return not body.read(1)
+
+
+class _Answer:
+    """One response on a kept-alive connection: its status and headers go out with the
+    first chunk of the body; without a Content-Length the body is sent chunked."""
+
+    def __init__(self, handler: _QuietHandler) -> None:
+        self.handler = handler
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.started = False
+        self.chunked = False
+        self.length: int | None = None
+        self.sent = 0
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None and self.started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if not self.started:
+            self._send_head(data)
+        elif self.chunked:
+            if data:
+                self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif data:
+            self.sent += len(data)
+            self.handler.wfile.write(data)
+
+    def end(self) -> None:
+        if not self.started:
+            self._send_head(b"")
+        if self.chunked:
+            self.handler.wfile.write(b"0\r\n\r\n")
+        elif self.length is not None and self.sent != self.length:
+            self.handler.close_connection = True  # the client cannot tell where it ends
+
+    def error(self) -> None:
+        self.handler._headers_buffer = []  # type: ignore[attr-defined]  # a head half-made
+        body = b"Internal Server Error"
+        self.status = "500 INTERNAL SERVER ERROR"
+        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self.write(body)
+        self.end()
+
+    def _send_head(self, data: bytes) -> None:
+        assert self.status is not None, "write() before start_response"
+        handler = self.handler
+        code_text, _, reason = self.status.partition(" ")
+        code = int(code_text)
+        handler.send_response(code, reason)
+        keys = set()
+        for key, value in self.headers:
+            handler.send_header(key, value)
+            keys.add(key.lower())
+        bodiless = handler.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
+        if bodiless:
+            pass  # a length, if given, is the GET's: nothing follows the head
+        elif "content-length" in keys:
+            declared = next(v for k, v in self.headers if k.lower() == "content-length")
+            self.length = int(declared)
+        else:
+            self.chunked = True
+            handler.send_header("Transfer-Encoding", "chunked")
+        if handler.close_connection:
+            handler.send_header("Connection", "close")
+        handler.end_headers()
+        self.started = True
+        self.write(data)
 
 
 def _url_host(host: str) -> str:
@@ -50,6 +233,7 @@ class WsgiServer(Background):
         self.url = ""
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._connections = _Connections()
 
     def start(self) -> WsgiServer:
         """Bind (port 0: a free port), serve in the background; sets ``port`` and ``url``."""
@@ -67,7 +251,9 @@ class WsgiServer(Background):
                 self.port,
                 self.app,
                 threaded=True,
-                request_handler=_QuietHandler,
+                request_handler=type(
+                    "_Handler", (_QuietHandler,), {"connections": self._connections}
+                ),
                 fd=listener.fileno(),
             )
         finally:
@@ -85,12 +271,14 @@ class WsgiServer(Background):
         return self
 
     def stop(self) -> None:
-        """Stop accepting, close the listening socket and wait for the serving thread."""
+        """Stop accepting, close the listening socket, end the connections kept open and
+        wait for the serving thread."""
         server, self._server = self._server, None
         if server is None:
             return
         server.shutdown()
         server.server_close()
+        self._connections.close_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

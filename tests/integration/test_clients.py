@@ -122,13 +122,22 @@ def test_reconnect_drops_the_pooled_connections_and_calls_go_on(client: ServiceC
     assert [r["path"] for r in seen] == ["/api", "/api"]
 
 
+def closing(environ: dict[str, Any], start_response: Any) -> Any:
+    """``crafted``, answering ``Connection: close``: the server ends each connection."""
+
+    def closed(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+        return start_response(status, [*headers, ("Connection", "close")], *exc)
+
+    return crafted(environ, closed)
+
+
 @pytest.mark.parametrize("trust_env", [False, True], ids=["adapter", "trust_env"])
 def test_a_server_that_keeps_connections_alive_gets_one_connection_for_every_call(
     trust_env: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pooled session reuses its connection where the server allows it (Tornado's
-    server here, as the admin endpoint runs); werkzeug's server, which the reference
-    services run on, closes each connection after its answer, so there each call opens one."""
+    """The pooled session reuses its connection where the server allows it: Tornado's
+    server (as the admin endpoint runs) and the reference services' server; where the
+    server closes each connection after its answer, each call opens one."""
     import urllib3.connection
 
     from intent.serving import TornadoWsgiServer
@@ -141,8 +150,12 @@ def test_a_server_that_keeps_connections_alive_gets_one_connection_for_every_cal
         connect(self)
 
     monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", counted)
-    with TornadoWsgiServer(crafted) as keeping, WsgiServer(crafted) as closing:  # type: ignore[arg-type]
-        for server, connections in ((keeping, 1), (closing, 10)):
+    with (
+        TornadoWsgiServer(crafted) as tornado,  # type: ignore[arg-type]
+        WsgiServer(crafted) as keeping,  # type: ignore[arg-type]
+        WsgiServer(closing) as ending,
+    ):
+        for server, connections in ((tornado, 1), (keeping, 1), (ending, 10)):
             opened.clear()
             client = ServiceClient(
                 server.url, connect_timeout=2, read_timeout=2, trust_env=trust_env

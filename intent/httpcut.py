@@ -4,10 +4,11 @@ On a threads worker nothing interrupts a task (``intent.pools``): a downstream c
 connect and read timeouts are cut to the step's time left, but a read timeout holds per
 socket read, so an answer that trickles in, a byte before each timeout, outlasted the
 step's limit by as long as the service liked. Here an exchange made with a time limit
-running arms a timer for the time left; if the exchange still runs then, the timer shuts
-its socket down, the blocked read returns, and the client reports the step's time limit
-(:attr:`Cut.fired`). Prefork needs none (its soft limit interrupts the read); on gevent the
-step's ``gevent.Timeout`` cuts first, and the timer, a greenlet there, is a backstop.
+running is armed for the time left on the process's one cutting thread (:class:`_Cutter`);
+if the exchange still runs then, the thread shuts its socket down, the blocked read
+returns, and the client reports the step's time limit (:attr:`Cut.fired`). Prefork needs
+none (its soft limit interrupts the read, and no cut is armed); on gevent the step's
+``gevent.Timeout`` cuts first, and the cutting thread, a greenlet there, is a backstop.
 
 :class:`CutAdapter` is requests' adapter with connections that say which socket they use
 for the exchange under way (:func:`cut_at_limit`); the clients mount it.
@@ -16,8 +17,12 @@ for the exchange under way (:func:`cut_at_limit`); the clients mount it.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -66,6 +71,73 @@ class Cut:
             self._ended = True
             return self.fired
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+
+_COMPACT_AT = 1024  # armed cuts held before those whose exchange ended are dropped
+
+
+class _Cutter:
+    """One thread per process that fires every armed :class:`Cut` at its time: a threads
+    worker makes many calls a second, and a timer thread started and cancelled for each
+    was a thread per call. Cuts whose exchange ended are dropped as they come up."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, Cut]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._compact_at = _COMPACT_AT
+
+    def arm(self, cut: Cut, seconds: float) -> None:
+        at = time.monotonic() + seconds
+        with self._wake:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._start()  # first use, or the first in a forked child (no thread there)
+            if len(self._due) >= self._compact_at:  # ended cuts far from due pile up
+                self._due = [entry for entry in self._due if not entry[2].ended]
+                heapq.heapify(self._due)
+                self._compact_at = max(_COMPACT_AT, 2 * len(self._due))
+            heapq.heappush(self._due, (at, next(self._order), cut))
+            if self._due[0][2] is cut:  # sooner than the one the thread waits for
+                self._wake.notify()
+
+    def armed(self) -> int:
+        with self._wake:
+            return sum(1 for _, _, cut in self._due if not cut.ended)
+
+    def _start(self) -> None:
+        self._due = [entry for entry in self._due if not entry[2].ended]
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="intent-http-cut", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                cut = self._next_due()
+            cut.fire()
+
+    def _next_due(self) -> Cut:
+        """Wait (holding the condition) for the first cut due whose exchange still runs."""
+        while True:
+            while self._due and self._due[0][2].ended:
+                heapq.heappop(self._due)
+            if not self._due:
+                self._wake.wait()
+                continue
+            at = self._due[0][0]
+            now = time.monotonic()
+            if at <= now:
+                return heapq.heappop(self._due)[2]
+            self._wake.wait(at - now)
+
+
+_CUTTER = _Cutter()
+
 
 def _shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
@@ -84,15 +156,12 @@ def cut_at_limit() -> Iterator[Cut]:
     if left is None:
         yield cut
         return
-    timer = threading.Timer(left, cut.fire)
-    timer.daemon = True
     token = _current.set(cut)
     try:
-        timer.start()
+        _CUTTER.arm(cut, left)
         yield cut
     finally:
         cut.end()
-        timer.cancel()
         _current.reset(token)
 
 

@@ -112,3 +112,43 @@ def test_a_connection_given_back_to_its_pool_is_not_cut_for_the_exchange_it_serv
         # The next exchange on the same kept connection: it was not shut.
         assert session.get(f"{keep_alive}/two", timeout=(1, 5)).json() == {"ok": True}
     assert len(KeepAlive.connections) == 1
+
+
+def test_every_exchange_is_armed_on_one_cutting_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A threads worker makes many calls a second: their cuts share the process's one
+    cutting thread rather than start a timer thread each, and an exchange that ended is
+    not cut when its time comes."""
+    from werkzeug.wrappers import Response
+
+    from intent import httpcut
+    from intent.serving import WsgiServer
+
+    def answer(environ: Any, start_response: Any) -> Any:
+        return Response('{"ok": true}', mimetype="application/json")(environ, start_response)
+
+    with WsgiServer(answer) as server:  # keeps the connection alive
+        client = ServiceClient(server.url, connect_timeout=1, read_timeout=5)
+        assert client._request("GET", "/warm") == {"ok": True}  # its connection, made
+        started: list[str] = []
+        start = threading.Thread.start
+
+        def counted(self: threading.Thread) -> None:
+            started.append(self.name)
+            start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        cuts = []
+        began = time.monotonic()
+        with pools.step_time_limit(1.0):
+            for _ in range(30):
+                with cut_at_limit() as cut:
+                    assert client._request("GET", "/n") == {"ok": True}
+                cuts.append(cut)
+        assert time.monotonic() - began < 1.0, "the calls outlasted the limit: too slow here"
+        assert [name for name in started if name != "intent-http-cut"] == []
+        assert started.count("intent-http-cut") <= 1  # at most the first use starts it
+        assert httpcut._CUTTER.armed() == 0  # every exchange ended: nothing left to cut
+        time.sleep(max(0.0, began + 1.3 - time.monotonic()))  # past every cut's time
+        assert not any(cut.fired for cut in cuts)
+        assert client._request("GET", "/after") == {"ok": True}  # the kept connection
+        client.close()

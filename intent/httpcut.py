@@ -206,9 +206,21 @@ class _HTTPSPool(_Returned, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
+_POOLS = {"http": _Pool, "https": _HTTPSPool}
+
+
 class CutAdapter(HTTPAdapter):
-    """requests' adapter whose connections :func:`cut_at_limit` can cut."""
+    """requests' adapter whose connections :func:`cut_at_limit` can cut: direct ones, and
+    those through an HTTP(S) proxy (``trust_env`` with ``HTTP_PROXY``/``HTTPS_PROXY``).
+    A SOCKS proxy's connections are urllib3's own SOCKS classes, which it does not cut."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        made = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if made and not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager

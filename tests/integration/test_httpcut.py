@@ -152,3 +152,22 @@ def test_every_exchange_is_armed_on_one_cutting_thread(monkeypatch: pytest.Monke
         assert not any(cut.fired for cut in cuts)
         assert client._request("GET", "/after") == {"ok": True}  # the kept connection
         client.close()
+
+
+def test_an_exchange_through_a_proxy_is_cut_at_the_limit(
+    no_length: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``trust_env`` and ``HTTP_PROXY``, the exchange runs on the proxy's pool: its
+    trickling answer is cut at the step's limit as a direct one is."""
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", no_length)  # the proxy answers, a byte at a time
+    monkeypatch.setenv("http_proxy", no_length)
+    client = ServiceClient(
+        "http://context.internal.example", connect_timeout=1, read_timeout=5, trust_env=True
+    )
+    started = time.monotonic()
+    with pools.step_time_limit(0.5), pytest.raises(TimeLimitReached):
+        client._request("GET", "/anything", endpoint="anything")
+    assert time.monotonic() - started < 3  # the body alone takes over 20 s
+    assert client.session.get_adapter("http://x").proxy_manager  # it went through the proxy

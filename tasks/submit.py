@@ -73,12 +73,12 @@ def wait_for(result: AsyncResult, timeout: float | None = None, what: str | None
     while True:
         wait = GET_SLICE if deadline is None else min(GET_SLICE, deadline - time.monotonic())
         if wait > 0:  # Celery's get() takes 0 as "no timeout"
-            try:
-                return result.get(timeout=wait, propagate=True)
+            try:  # Celery's own get(), whatever a subclass made of get()
+                return AsyncResult.get(result, timeout=wait, propagate=True)
             except CeleryTimeout:
                 pass
         if result.ready():  # stored (its state now cached): get() returns it at once
-            return result.get(timeout=GET_SLICE, propagate=True)
+            return AsyncResult.get(result, timeout=GET_SLICE, propagate=True)
         if deadline is not None and time.monotonic() >= deadline:
             raise AnalysisTimeout(f"no result for {what or result.id} within {timeout} s")
 
@@ -109,9 +109,21 @@ def submit(request: IntentRequest | Mapping[str, Any] | str) -> Analysis:
     return Analysis(parsed.request_id, AsyncResult(parsed.request_id, app=app))
 
 
-def submit_batch(requests: Any, batch_id: str | None = None) -> AsyncResult:
-    """Validate ``requests`` and enqueue their batch; the AsyncResult (id: the batch_id)
-    resolves to a :class:`intent.batch.BatchResult` dump.
+class BatchAsyncResult(AsyncResult):
+    """A batch's AsyncResult, whose ``get()`` waits as :meth:`Analysis.get` does
+    (:func:`wait_for`: a result whose message the subscription missed is read all the same;
+    a wait that ends raises :class:`AnalysisTimeout`, a Celery TimeoutError)."""
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> Any:
+        if not propagate or kwargs:  # Celery's other ways of waiting, as they are
+            return super().get(timeout=timeout, propagate=propagate, **kwargs)
+        return wait_for(self, timeout, f"batch {self.id}")
+
+
+def submit_batch(requests: Any, batch_id: str | None = None) -> BatchAsyncResult:
+    """Validate ``requests`` and enqueue their batch; the AsyncResult (id: the batch_id,
+    ``get()`` as :class:`BatchAsyncResult` waits) resolves to a
+    :class:`intent.batch.BatchResult` dump.
 
     Raises :class:`intent.errors.ValidationError` naming ``requests`` (nothing enqueued)
     for a batch that is not a list, is empty or is too large; a bad request fails alone.
@@ -122,4 +134,4 @@ def submit_batch(requests: Any, batch_id: str | None = None) -> AsyncResult:
     tracing.start()  # a caller that traces: the batch's trace starts with this span
     with tracing.span("intent.submit_batch", "producer", {"intent.batch_id": batch.batch_id}):
         batch_chain(batch).apply_async()
-    return AsyncResult(batch.batch_id, app=app)
+    return BatchAsyncResult(batch.batch_id, app=app)

@@ -400,3 +400,36 @@ def test_batch_item_errors_survive_json(clean: redis.Redis) -> None:
     again = BatchItem.model_validate_json(item.model_dump_json())
     assert again == item
     assert again.error is not None and (again.error.status, again.error.service) == (404, "svc")
+
+
+def test_a_batch_result_whose_message_never_came_is_read_all_the_same(
+    clean: redis.Redis,
+) -> None:
+    """As ``Analysis.get()``: Celery's subscription can miss a result's message (celery
+    #4039); the batch's ``get()`` reads the stored result between slices of its wait."""
+    import json
+    import threading
+
+    from tasks.submit import AnalysisTimeout, BatchAsyncResult
+
+    done = submit_batch(requests_for(uuid.uuid4().hex[:8], 2))
+    expected = done.get(timeout=TIMEOUT)
+    backend = app.backend
+    meta = json.loads(backend.client.get(backend.get_key_for_task(done.id)))
+    missed = f"missed-batch-{uuid.uuid4().hex[:8]}"
+    meta["task_id"] = missed
+    waiting = BatchAsyncResult(missed, app=app)
+
+    def store_without_a_message() -> None:  # a SET, no PUBLISH: the subscription hears nothing
+        backend.client.set(backend.get_key_for_task(missed), json.dumps(meta))
+
+    threading.Timer(0.5, store_without_a_message).start()
+    try:
+        assert waiting.get(timeout=15) == expected
+    finally:
+        backend.client.delete(backend.get_key_for_task(missed))
+        backend.remove_pending_result(waiting)
+    nobody = BatchAsyncResult(f"nobody-{uuid.uuid4().hex[:8]}", app=app)
+    with pytest.raises(AnalysisTimeout, match=f"batch {nobody.id}"):
+        nobody.get(timeout=1.5)
+    backend.remove_pending_result(nobody)

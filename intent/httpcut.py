@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
+import logging
 import socket
 import threading
 import time
@@ -32,6 +32,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from intent import pools
+from intent.forks import after_fork_in_child
+
+logger = logging.getLogger(__name__)
 
 
 class Cut:
@@ -85,18 +88,23 @@ class _Cutter:
     was a thread per call. Cuts whose exchange ended are dropped as they come up."""
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child starts empty: its parent's cuts are the parent's to fire (their
+        # sockets are shared with it), and a lock held at the fork would stay held.
+        after_fork_in_child(self, _Cutter._reset)
+
+    def _reset(self) -> None:
         self._wake = threading.Condition()
         self._due: list[tuple[float, int, Cut]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
-        self._pid = 0
         self._compact_at = _COMPACT_AT
 
     def arm(self, cut: Cut, seconds: float) -> None:
         at = time.monotonic() + seconds
         with self._wake:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._start()  # first use, or the first in a forked child (no thread there)
+            if self._thread is None or not self._thread.is_alive():
+                self._start()  # first use (in this process)
             if len(self._due) >= self._compact_at:  # ended cuts far from due pile up
                 self._due = [entry for entry in self._due if not entry[2].ended]
                 heapq.heapify(self._due)
@@ -110,8 +118,6 @@ class _Cutter:
             return sum(1 for _, _, cut in self._due if not cut.ended)
 
     def _start(self) -> None:
-        self._due = [entry for entry in self._due if not entry[2].ended]
-        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="intent-http-cut", daemon=True)
         self._thread.start()
 
@@ -119,7 +125,10 @@ class _Cutter:
         while True:
             with self._wake:
                 cut = self._next_due()
-            cut.fire()
+            try:
+                cut.fire()
+            except Exception:  # the thread fires every other cut: it must go on
+                logger.exception("cutting an HTTP exchange at its step's time limit failed")
 
     def _next_due(self) -> Cut:
         """Wait (holding the condition) for the first cut due whose exchange still runs."""
@@ -140,7 +149,9 @@ _CUTTER = _Cutter()
 
 
 def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
+    # Whatever the socket-like object does, the cut goes on: the exchange's own thread and
+    # the one cutting thread must not die of it.
+    with contextlib.suppress(Exception):
         sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -175,7 +186,8 @@ class _Registered:
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
         cut = _current.get()
         if cut is not None and self.sock is not None:
-            cut.add(self.sock)
+            # TLS inside a TLS proxy tunnel: urllib3's SSLTransport wraps the real socket.
+            cut.add(getattr(self.sock, "socket", self.sock))
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -219,8 +231,7 @@ class CutAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        made = proxy not in self.proxy_manager
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if made and not proxy.lower().startswith("socks"):
+        if not proxy.lower().startswith("socks"):  # every time: another thread may have made it
             manager.pool_classes_by_scheme = dict(_POOLS)
         return manager

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.types import WSGIApplication
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import LimitedStream
 
@@ -39,10 +40,14 @@ class _Connections:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._closed = False
 
     def add(self, connection: socket.socket) -> None:
         with self._lock:
-            self._open.add(connection)
+            if not self._closed:
+                self._open.add(connection)
+                return
+        _shut(connection)  # accepted as the server stopped: its handler starts after it
 
     def discard(self, connection: socket.socket) -> None:
         with self._lock:
@@ -50,10 +55,14 @@ class _Connections:
 
     def close_all(self) -> None:
         with self._lock:
-            connections, self._open = self._open, set()
+            connections, self._open, self._closed = self._open, set(), True
         for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+            _shut(connection)
+
+
+def _shut(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -116,14 +125,30 @@ class _QuietHandler(WSGIRequestHandler):
         if not self.close_connection and not _drained(body):
             self.close_connection = True
 
+    def send_header(self, keyword: str, value: str) -> None:
+        # The stdlib's would let an app's "Connection: keep-alive" undo a close decided here
+        # (HTTP/1.0, a doubtful length); only a close is taken from the app.
+        if keyword.lower() == "connection":
+            if "close" not in value.lower():
+                return
+            self.close_connection = True
+        super().send_header(keyword, value)
+
     def _request_body(self, environ: dict[str, Any]) -> Any:
         """The request's body as a stream that ends where the body ends."""
+        declared = self.headers.get_all("Content-Length") or []
+        coding = self.headers.get("Transfer-Encoding")
         if environ.get("wsgi.input_terminated"):
+            if declared or (coding or "").strip().lower() != "chunked":
+                self.close_connection = True  # where this body ends is in doubt
             return environ["wsgi.input"]  # chunked: werkzeug's dechunking stream
-        try:
-            length = max(0, int(environ.get("CONTENT_LENGTH") or 0))
-        except ValueError:
-            length, self.close_connection = 0, True
+        length = 0
+        if coding is not None or len(declared) > 1:
+            self.close_connection = True  # a coding not understood, or two lengths
+        elif declared and declared[0].strip().isascii() and declared[0].strip().isdigit():
+            length = int(declared[0])
+        elif declared:
+            self.close_connection = True  # "-1", "+4", "1_0": not a length
         stream = LimitedStream(self.rfile, length)  # type: ignore[arg-type]
         environ["wsgi.input"] = stream
         environ["wsgi.input_terminated"] = True
@@ -132,14 +157,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _drained(body: Any) -> bool:
     """Read off up to :data:`_DRAIN_LIMIT` bytes the app left of a request's body; False
-    when more is left (the connection then closes rather than read it)."""
+    when more is left, or the body cannot be read to its end (a client gone, a malformed
+    chunk): the connection then closes."""
     left = _DRAIN_LIMIT
-    while left > 0:
-        data = body.read(min(left, 65536))
-        if not data:
-            return True
-        left -= len(data)
-    return not body.read(1)
+    try:
+        while left > 0:
+            data = body.read(min(left, 65536))
+            if not data:
+                return True
+            left -= len(data)
+        return not body.read(1)
+    except (OSError, ValueError, HTTPException):  # ClientDisconnected is an HTTPException
+        return False
 
 
 class _Answer:
@@ -152,6 +181,7 @@ class _Answer:
         self.headers: list[tuple[str, str]] = []
         self.started = False
         self.chunked = False
+        self.bodiless = False
         self.length: int | None = None
         self.sent = 0
 
@@ -166,12 +196,17 @@ class _Answer:
     def write(self, data: bytes) -> None:
         if not self.started:
             self._send_head(data)
+        elif self.bodiless or not data:
+            return  # HEAD, 1xx, 204, 304: what an app yields is not sent
         elif self.chunked:
-            if data:
-                self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        elif data:
+            self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            if self.length is not None and self.sent + len(data) > self.length:
+                data = data[: self.length - self.sent]  # more than it said: the rest is not
+                self.handler.close_connection = True  # sent, nor read as the next answer
             self.sent += len(data)
-            self.handler.wfile.write(data)
+            if data:
+                self.handler.wfile.write(data)
 
     def end(self) -> None:
         if not self.started:
@@ -200,11 +235,14 @@ class _Answer:
             handler.send_header(key, value)
             keys.add(key.lower())
         bodiless = handler.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
+        self.bodiless = bodiless
         if bodiless:
             pass  # a length, if given, is the GET's: nothing follows the head
         elif "content-length" in keys:
             declared = next(v for k, v in self.headers if k.lower() == "content-length")
             self.length = int(declared)
+        elif handler.request_version != "HTTP/1.1":
+            pass  # an HTTP/1.0 client knows no chunks: the body ends with the connection
         else:
             self.chunked = True
             handler.send_header("Transfer-Encoding", "chunked")
@@ -242,6 +280,7 @@ class WsgiServer(Background):
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # Bind here rather than in werkzeug: its server prints and calls sys.exit(1) when
         # the port is taken, where a library should raise OSError.
+        self._connections = connections = _Connections()  # a restart's: not the stopped one's
         listener = socket.create_server(
             (self.host, self.port), family=family, backlog=_LISTEN_BACKLOG
         )
@@ -251,9 +290,7 @@ class WsgiServer(Background):
                 self.port,
                 self.app,
                 threaded=True,
-                request_handler=type(
-                    "_Handler", (_QuietHandler,), {"connections": self._connections}
-                ),
+                request_handler=type("_Handler", (_QuietHandler,), {"connections": connections}),
                 fd=listener.fileno(),
             )
         finally:

@@ -171,3 +171,51 @@ def test_an_exchange_through_a_proxy_is_cut_at_the_limit(
         client._request("GET", "/anything", endpoint="anything")
     assert time.monotonic() - started < 3  # the body alone takes over 20 s
     assert client.session.get_adapter("http://x").proxy_manager  # it went through the proxy
+
+
+def test_a_cut_that_fails_to_fire_leaves_the_cutting_thread_to_fire_the_others() -> None:
+    from intent import httpcut
+
+    class Failing(httpcut.Cut):
+        def fire(self) -> None:
+            raise RuntimeError("a socket-like object that cannot be shut")
+
+    failing, after = Failing(), httpcut.Cut()
+    httpcut._CUTTER.arm(failing, 0.05)
+    httpcut._CUTTER.arm(after, 0.2)
+    deadline = time.monotonic() + 5
+    while not after.fired and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert after.fired
+    assert httpcut._CUTTER._thread is not None and httpcut._CUTTER._thread.is_alive()
+
+
+def test_a_forked_child_does_not_fire_its_parents_cuts() -> None:
+    """The child shares the parent's sockets: were it to fire the parent's cuts, it would
+    shut a connection the parent's next exchange uses."""
+    import os
+
+    from intent import httpcut
+
+    ours, theirs = socket.socketpair()
+    cut = httpcut.Cut()
+    cut.add(ours)
+    httpcut._CUTTER.arm(cut, 0.3)
+    pid = os.fork()
+    if pid == 0:  # the child: its own cut starts its cutting thread; it outlives the parent's
+        code = 1
+        try:
+            own = httpcut.Cut()
+            httpcut._CUTTER.arm(own, 0.05)
+            time.sleep(0.8)
+            code = 0 if own.fired and httpcut._CUTTER.armed() == 0 else 2
+        finally:
+            os._exit(code)
+    cut.end()  # the parent's exchange is over; its connection goes on serving
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ours.sendall(b"still open")
+    assert theirs.recv(64) == b"still open"
+    assert not cut.fired
+    ours.close()
+    theirs.close()

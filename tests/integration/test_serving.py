@@ -159,3 +159,121 @@ def test_stop_ends_the_connections_it_kept_open() -> None:
         _ask(connection, "GET", "/after")
     assert time.monotonic() - started < 5
     connection.close()
+
+
+def raw(environ: dict[str, Any], start_response: Any) -> Any:
+    """A plain WSGI app (no werkzeug Response to tidy its answer up)."""
+    path = environ["PATH_INFO"]
+    if path == "/long":  # yields more than its declared length
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello", b" and more"]
+    if path == "/keep":  # says keep-alive, though the server decided to close
+        start_response("200 OK", [("Content-Length", "2"), ("Connection", "keep-alive")])
+        return [b"ok"]
+    start_response("200 OK", [("Content-Length", "5")])
+    return [b"hello"]  # HEAD too: the server must not send it
+
+
+@pytest.fixture
+def raw_server() -> Iterator[WsgiServer]:
+    with WsgiServer(raw) as running:
+        yield running
+
+
+def test_a_head_answer_sends_no_body_even_if_the_app_yields_one(raw_server: WsgiServer) -> None:
+    """Were it sent, the next answer on the connection would start with it."""
+    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 5" in head
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:40]  # the GET's answer, nothing before it
+    assert rest.endswith(b"\r\n\r\nhello")
+
+
+def test_an_answer_longer_than_its_length_is_cut_to_it_and_the_connection_ends(
+    raw_server: WsgiServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert body == b"hello"  # nothing of the surplus, and no second answer on the connection
+    assert head.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("length", ["-1", "+4", "1_0", "4, 4"])
+def test_a_request_whose_length_is_not_a_length_is_answered_and_the_connection_closed(
+    raw_server: WsgiServer, length: str
+) -> None:
+    """The body of such a request must not be read as the next request (smuggling)."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s"
+            % (length.encode(), smuggled)
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert b"Connection: close" in received
+
+
+def test_an_http_1_0_client_is_closed_whatever_the_app_says(raw_server: WsgiServer) -> None:
+    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /keep HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):  # ends: the server closed
+            received += chunk
+    assert b"Connection: close" in received
+    assert received.endswith(b"ok")
+
+
+def test_a_body_broken_off_mid_way_ends_the_connection_quietly(
+    server: WsgiServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The app answers without reading the body; reading off the rest meets the client's
+    end: the connection closes, with no traceback from the server."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /ignores-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_connection_accepted_as_the_server_stops_is_ended() -> None:
+    """Its handler registers it after stop() ended the others: it is shut then."""
+    from intent.serving import _Connections
+
+    connections = _Connections()
+    connections.close_all()
+    ours, theirs = socket.socketpair()
+    connections.add(ours)
+    theirs.settimeout(2)
+    assert theirs.recv(16) == b""  # shut at once
+    ours.close()
+    theirs.close()
+
+
+def test_a_server_started_again_serves_again() -> None:
+    server = WsgiServer(app).start()  # type: ignore[arg-type]
+    port = server.port
+    server.stop()
+    server.port = port
+    server.start()
+    try:
+        assert _ask(_connection(server), "GET", "/again")[:2] == (200, b"GET /again")
+    finally:
+        server.stop()

@@ -7,7 +7,10 @@ the same queue.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +37,28 @@ FAST_RETRY_ENV = {
 def api_calls(control: ReferenceControl) -> list[dict[str, object]]:
     """The API requests a reference service received (its /health checks left out)."""
     return [r for r in control.requests_log() if str(r["path"]).startswith("/api/")]
+
+
+@contextlib.contextmanager
+def stored_without_its_message(
+    source_id: str, missed_id: str, after: float = 0.5
+) -> Iterator[None]:
+    """``source_id``'s stored result copied to ``missed_id`` ``after`` s from now with a SET
+    and no PUBLISH: the waiting client's subscription hears nothing, as when Celery's misses
+    a result's message (celery #4039); the copy is deleted on the way out."""
+    from tasks.app import app
+
+    backend = app.backend
+    meta = json.loads(backend.client.get(backend.get_key_for_task(source_id)))
+    meta["task_id"] = missed_id
+    key = backend.get_key_for_task(missed_id)
+    timer = threading.Timer(after, lambda: backend.client.set(key, json.dumps(meta)))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        backend.client.delete(key)
 
 
 @pytest.fixture(scope="session")

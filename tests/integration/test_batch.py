@@ -22,7 +22,7 @@ from intent.settings import get_settings
 from tasks import submit, submit_batch
 from tasks.app import app
 from tests.conftest import delete_service_keys
-from tests.integration.conftest import api_calls
+from tests.integration.conftest import api_calls, stored_without_its_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
 
@@ -407,29 +407,17 @@ def test_a_batch_result_whose_message_never_came_is_read_all_the_same(
 ) -> None:
     """As ``Analysis.get()``: Celery's subscription can miss a result's message (celery
     #4039); the batch's ``get()`` reads the stored result between slices of its wait."""
-    import json
-    import threading
-
     from tasks.submit import AnalysisTimeout, BatchAsyncResult
 
     done = submit_batch(requests_for(uuid.uuid4().hex[:8], 2))
     expected = done.get(timeout=TIMEOUT)
-    backend = app.backend
-    meta = json.loads(backend.client.get(backend.get_key_for_task(done.id)))
-    missed = f"missed-batch-{uuid.uuid4().hex[:8]}"
-    meta["task_id"] = missed
-    waiting = BatchAsyncResult(missed, app=app)
-
-    def store_without_a_message() -> None:  # a SET, no PUBLISH: the subscription hears nothing
-        backend.client.set(backend.get_key_for_task(missed), json.dumps(meta))
-
-    threading.Timer(0.5, store_without_a_message).start()
+    waiting = BatchAsyncResult(f"missed-batch-{uuid.uuid4().hex[:8]}", app=app)
     try:
-        assert waiting.get(timeout=15) == expected
+        with stored_without_its_message(done.id, waiting.id):
+            assert waiting.get(timeout=15) == expected
     finally:
-        backend.client.delete(backend.get_key_for_task(missed))
-        backend.remove_pending_result(waiting)
+        app.backend.remove_pending_result(waiting)
     nobody = BatchAsyncResult(f"nobody-{uuid.uuid4().hex[:8]}", app=app)
     with pytest.raises(AnalysisTimeout, match=f"batch {nobody.id}"):
         nobody.get(timeout=1.5)
-    backend.remove_pending_result(nobody)
+    app.backend.remove_pending_result(nobody)

@@ -4,7 +4,6 @@ worker (``celery.contrib.testing.worker.start_worker``)."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 
 import pytest
@@ -22,7 +21,7 @@ from tasks.app import app
 from tasks.chains import analysis_chain
 from tasks.submit import Analysis
 from tests.helpers import MALFORMED, request, stream_events
-from tests.integration.conftest import api_calls
+from tests.integration.conftest import api_calls, stored_without_its_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("inprocess_worker")]
 
@@ -232,20 +231,12 @@ def test_a_stored_result_whose_message_never_came_is_read_all_the_same(
 ) -> None:
     payload = request()
     done = submit(payload).get(timeout=30)
-    backend = app.backend
-    meta = json.loads(backend.client.get(backend.get_key_for_task(payload["request_id"])))
     missed = f"missed-{uuid.uuid4().hex[:8]}"
-    meta["task_id"] = missed
     waiting = Analysis(missed, AsyncResult(missed, app=app))
-
-    def store_without_a_message() -> None:  # a SET, no PUBLISH: the subscription hears nothing
-        backend.client.set(backend.get_key_for_task(missed), json.dumps(meta))
-
-    threading.Timer(0.5, store_without_a_message).start()
     try:
-        assert waiting.get(timeout=15) == done
+        with stored_without_its_message(payload["request_id"], missed):
+            assert waiting.get(timeout=15) == done
     finally:
-        backend.client.delete(backend.get_key_for_task(missed))
         waiting.forget_subscription()
 
 

@@ -7,8 +7,10 @@ Defaults are the integration guide's. A bad value stops the process at start wit
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
@@ -263,6 +265,10 @@ class Settings(BaseSettings):
     # A URL above may name Redis Sentinels (Celery's sentinel://host:port;sentinel://...):
     # the master they are asked for (a redis+sentinel://.../NAME URL names its own).
     sentinel_master: str = Field(default=SENTINEL_MASTER, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Where a worker keeps a message it took as the broker went away, until it is put back
+    # (tasks/transport.py): on disk, so that a worker killed meanwhile does not lose it;
+    # the next worker on the host started with the same broker puts it back. "" : memory only.
+    rescue_dir: str = str(Path(tempfile.gettempdir()) / "intent-rescued")
 
     # Retries of transient downstream failures (exponential backoff, jitter)
     retry_max: Annotated[int, Field(ge=0, le=20)] = 3

@@ -31,16 +31,24 @@ the broker refused (OOM: BRPOP pops where a write is refused), and the refusal e
 worker. Here such a message is kept in the process (:data:`RESCUED`) and put back at the
 head of its queue, marked redelivered, by the next channel that consumes, on whatever
 master the Sentinels name by then, once it takes writes. It may then run twice (if the
-record did reach Redis after all), which every step is built for.
+record did reach Redis after all), which every step is built for. Each such message is also
+written to the worker's disk (``INTENT_RESCUE_DIR``) until it is put back, so a worker
+killed while it waits for the broker loses none: the next worker started on the host with
+the same broker puts it back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -111,26 +119,48 @@ def dead_letter(reason: str, envelope: Any) -> None:
         log.error("could not keep the refused broker message: %s", exc)
 
 
+class Held(NamedTuple):
+    """A message taken but not recorded, as kombu's unacked hash would have held it, and
+    the file that keeps it on disk meanwhile (None: memory only)."""
+
+    envelope: Any
+    exchange: str
+    routing_key: str
+    path: Path | None = None
+
+
 class Rescued:
-    """Messages this process took from the broker but could not record as unacknowledged:
-    each ``(envelope, exchange, routing_key)``, as kombu's unacked hash would have held it."""
+    """Messages this process took from the broker but could not record as unacknowledged,
+    each also kept in a file of ``<spool>/<broker's hash>/`` until it is put back."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool: str | Path | None = None) -> None:
         self._lock = threading.Lock()
-        self._held: list[tuple[Any, str, str]] = []
+        self._held: list[Held] = []
+        self._spool = Path(spool) if spool else None
+        self._adopted: set[str] = set()
 
-    def keep(self, envelope: Any, exchange: str, routing_key: str) -> None:
+    def keep(self, envelope: Any, exchange: str, routing_key: str, broker: str = "") -> None:
+        path = self._write(broker, {"envelope": envelope, "exchange": exchange, "key": routing_key})
         with self._lock:
-            self._held.append((envelope, exchange, routing_key))
+            self._held.append(Held(envelope, exchange, routing_key, path))
 
-    def take(self) -> list[tuple[Any, str, str]]:
+    def take(self, broker: str = "") -> list[Held]:
+        """What is held, with what an earlier worker on this host left for ``broker``."""
+        self._adopt(broker)
         with self._lock:
             held, self._held = self._held, []
         return held
 
-    def give_back(self, held: list[tuple[Any, str, str]]) -> None:
+    def give_back(self, held: list[Held]) -> None:
         with self._lock:
             self._held[:0] = held
+
+    def done(self, held: list[Held]) -> None:
+        """``held`` is back on its queue: its files go."""
+        for item in held:
+            if item.path is not None:
+                with contextlib.suppress(OSError):
+                    item.path.unlink()
 
     def __len__(self) -> int:
         with self._lock:
@@ -138,7 +168,80 @@ class Rescued:
 
     def task_ids(self) -> list[Any]:
         with self._lock:
-            return [_task_id(envelope) for envelope, _, _ in self._held]
+            return [_task_id(item.envelope) for item in self._held]
+
+    def where(self) -> str:
+        return str(self._spool) if self._spool is not None else "memory only"
+
+    def _folder(self, broker: str) -> Path | None:
+        if self._spool is None:
+            return None
+        return self._spool / hashlib.sha256(broker.encode()).hexdigest()[:16]
+
+    def _write(self, broker: str, item: dict[str, Any]) -> Path | None:
+        folder = self._folder(broker)
+        if folder is None:
+            return None
+        path = folder / f"{uuid.uuid4().hex}.json.{os.getpid()}"  # this process's claim
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            partial = path.with_name(path.name + ".partial")
+            with open(partial, "w", encoding="utf-8") as fh:
+                json.dump(item, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            partial.replace(path)
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("could not keep the taken message on disk (%s): memory only", exc)
+            return None
+        return path
+
+    def _adopt(self, broker: str) -> None:
+        """Once per process and broker: claim (by renaming to this process's id) every
+        file a worker no longer running left for ``broker``, and hold its message."""
+        if broker in self._adopted or self._spool is None:
+            return
+        self._adopted.add(broker)
+        folder = self._folder(broker)
+        assert folder is not None
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return  # nothing kept for this broker yet
+        adopted = []
+        for name in names:
+            stem, _, owner = name.rpartition(".json.")
+            if not stem or not owner.isdigit() or _alive(int(owner)):
+                continue  # partial, or a running process's (this one's own included)
+            path = folder / f"{stem}.json.{os.getpid()}"
+            try:
+                (folder / name).rename(path)  # the claim: one worker wins it
+                with open(path, encoding="utf-8") as fh:
+                    item = json.load(fh)
+                adopted.append(Held(item["envelope"], item["exchange"], item["key"], path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("could not read a kept message, %s: %s", name, exc)
+        if adopted:
+            log.warning(
+                "found %d message(s) a stopped worker took as the broker went away: "
+                "they go back on their queue (task ids %s)",
+                len(adopted),
+                [_task_id(item.envelope) for item in adopted],
+            )
+            with self._lock:
+                self._held[:0] = adopted
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: running
+    return True
 
 
 def _task_id(envelope: Any) -> Any:
@@ -146,7 +249,7 @@ def _task_id(envelope: Any) -> Any:
     return headers.get("id") if isinstance(headers, Mapping) else None
 
 
-RESCUED = Rescued()
+RESCUED = Rescued()  # its spool set by install(), from the settings
 
 
 def _reraise_refusal(exc: BaseException) -> NoReturn:
@@ -167,7 +270,12 @@ class MendedQoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
         except (*self.channel.connection_errors, redis.ResponseError) as exc:
             delivery = message.delivery_info
-            RESCUED.keep(message._raw, delivery["exchange"], delivery["routing_key"])
+            RESCUED.keep(
+                message._raw,
+                delivery["exchange"],
+                delivery["routing_key"],
+                _broker_of(self.channel),
+            )
             log.warning(
                 "took a message but could not record it (%s: %s): it goes back on its "
                 "queue once the broker takes writes (task id %s)",
@@ -187,18 +295,21 @@ class MendedChannel:
     def _put_back_rescued(self) -> None:
         """Every message :data:`RESCUED` holds, back at the head of its queue (where the
         visibility sweep would restore it), in one transaction; kept on failure."""
-        held = RESCUED.take()
+        held = RESCUED.take(_broker_of(self))
         if not held:
             return
         channel: Any = self  # kombu's Redis channel, which this is mixed into
         try:
             with channel.conn_or_acquire() as client, client.pipeline() as pipe:
-                for envelope, exchange, routing_key in held:
-                    channel._do_restore_message(envelope, exchange, routing_key, pipe)
+                for item in held:
+                    channel._do_restore_message(
+                        item.envelope, item.exchange, item.routing_key, pipe
+                    )
                 pipe.execute()
         except BaseException as exc:  # kept, tried again at the next consume
             RESCUED.give_back(held)
             _reraise_refusal(exc)
+        RESCUED.done(held)
         log.warning("put back %d message(s) taken but not recorded", len(held))
 
     def _brpop_start(self, timeout: Any = None) -> Any:
@@ -265,6 +376,21 @@ class SentinelTransport(MendedTransport, kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
+def _broker_of(channel: Any) -> str:
+    """The broker a channel's messages belong to (its URL with the password: hashed, it
+    names the spool's folder), so a message is only ever put back where it was taken."""
+    known = getattr(channel, "_intent_broker", None)
+    if known is None:
+        try:
+            client = channel.connection.client
+            # Every URL of a failover list (Sentinels): the one in use changes with it.
+            known = ";".join(client.alt) or str(client.as_uri(include_password=True))
+        except Exception:
+            known = ""
+        channel._intent_broker = known
+    return str(known)
+
+
 def put_back_at_shutdown(app: Any) -> None:
     """At a worker's shutdown, the messages :data:`RESCUED` still holds (the broker never
     answered again while it ran) put back through a connection of its own; if the broker
@@ -276,14 +402,16 @@ def put_back_at_shutdown(app: Any) -> None:
             channel = connection.default_channel
             if isinstance(channel, MendedChannel):
                 channel._put_back_rescued()
-    except Exception as exc:  # the broker is away: nothing else can keep them
+    except Exception as exc:  # the broker is away: the spool (if any) keeps them
         log.error(
-            "lost %d message(s) taken as the broker went away, the broker still away at "
-            "shutdown (%s: %s): task ids %s",
+            "could not put back %d message(s) taken as the broker went away, the broker "
+            "still away at shutdown (%s: %s): task ids %s; kept in %s (lost if memory "
+            "only): the next worker started here with this broker puts them back",
             len(RESCUED),
             type(exc).__name__,
             exc,
             RESCUED.task_ids(),
+            RESCUED.where(),
         )
 
 
@@ -292,6 +420,10 @@ def install() -> None:
     ``sentinel://`` ones its Sentinel twin (the URLs themselves, as logs and Flower show
     them, stay as they are)."""
     from kombu.transport import TRANSPORT_ALIASES
+
+    from intent.settings import get_settings
+
+    RESCUED._spool = Path(get_settings().rescue_dir) if get_settings().rescue_dir else None
 
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"

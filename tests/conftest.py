@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _embedded = EmbeddedRedis(appendonly=True).start()
         url = _embedded.url
     os.environ["INTENT_REDIS_URL"] = url
+    # Messages a test's worker takes as its broker goes away are kept here, not in /tmp's.
+    os.environ["INTENT_RESCUE_DIR"] = tempfile.mkdtemp(prefix="intent-test-rescued-")
     for name in ("INTENT_BROKER_URL", "INTENT_RESULT_BACKEND_URL"):
         os.environ.pop(name, None)
     get_settings.cache_clear()
@@ -39,6 +43,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     gc.collect()
     if _embedded is not None:
         _embedded.close()
+    shutil.rmtree(os.environ.get("INTENT_RESCUE_DIR", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -163,7 +163,8 @@ def test_a_worker_stopping_while_redis_is_away_names_what_it_loses_or_puts_it_ba
     with caplog.at_level(logging.ERROR, logger="intent.worker"):
         transport.put_back_at_shutdown(app)  # Redis still away
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and task_id in errors[0] and "lost 1 message" in errors[0], errors
+    assert len(errors) == 1 and task_id in errors[0], errors
+    assert "could not put back 1 message" in errors[0] and transport.RESCUED.where() in errors[0]
     assert transport.RESCUED.task_ids() == [task_id]
 
     broker.start()
@@ -185,3 +186,62 @@ def test_a_stopping_worker_puts_back_what_it_holds() -> None:
     from tasks.signals import _put_back_rescued
 
     assert _put_back_rescued in [ref() for _, ref in signals.worker_shutdown.receivers]
+
+
+def test_a_message_held_by_a_worker_killed_meanwhile_goes_back_from_its_disk(
+    broker: EmbeddedRedis,
+) -> None:
+    """The worker took the message as the broker refused writes, then was SIGKILLed
+    while it waited for them: the file it kept the message in lets the next consumer on
+    the host (this process here) put it back. Without it, the message was lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    queue, task_id = _queue(), f"task-{uuid.uuid4().hex[:8]}"
+    _publish(broker.url, queue, task_id)
+    client = redis.Redis.from_url(broker.url)
+    spool = Path(os.environ["INTENT_RESCUE_DIR"])
+    worker = (
+        "import os, signal, sys, kombu\n"
+        "from tasks import transport\n"
+        "transport.install()\n"
+        "url, name = sys.argv[1:3]\n"
+        "queue = kombu.Queue(name, kombu.Exchange(name), routing_key=name)\n"
+        "try:\n"
+        "    with kombu.Connection(url) as c, c.Consumer(queue, accept=['json'],"
+        " auto_declare=False):\n"
+        "        c.drain_events(timeout=10)\n"
+        "except Exception as exc:\n"
+        "    print('held', transport.RESCUED.task_ids(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    received: list[kombu.Message] = []
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+        done = subprocess.run(
+            [sys.executable, "-c", worker, broker.url, queue.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+        assert f"held ['{task_id}']" in done.stdout, done.stderr[-2000:]
+        assert client.llen(queue.name) == 0 and client.hlen("unacked") == 0  # nowhere in Redis
+        kept = [p for p in spool.rglob("*.json.*") if task_id in p.read_text()]
+        assert len(kept) == 1, kept  # on the killed worker's disk
+
+        client.config_set("maxmemory", "0")
+        _consume(broker.url, queue, received)
+        assert [m.headers["id"] for m in received] == [task_id]
+        assert received[0].delivery_info["redelivered"] is True
+        assert not kept[0].exists() and not any(
+            task_id in p.read_text() for p in spool.rglob("*.json.*")
+        )
+    finally:
+        client.config_set("maxmemory", "0")
+        client.close()

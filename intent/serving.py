@@ -230,16 +230,15 @@ class _Answer:
         code_text, _, reason = self.status.partition(" ")
         code = int(code_text)
         handler.send_response(code, reason)
-        keys = set()
+        declared = None
         for key, value in self.headers:
             handler.send_header(key, value)
-            keys.add(key.lower())
-        bodiless = handler.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
-        self.bodiless = bodiless
-        if bodiless:
+            if key.lower() == "content-length":
+                declared = value
+        self.bodiless = handler.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
+        if self.bodiless:
             pass  # a length, if given, is the GET's: nothing follows the head
-        elif "content-length" in keys:
-            declared = next(v for k, v in self.headers if k.lower() == "content-length")
+        elif declared is not None:
             self.length = int(declared)
         elif handler.request_version != "HTTP/1.1":
             pass  # an HTTP/1.0 client knows no chunks: the body ends with the connection

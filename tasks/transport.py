@@ -136,7 +136,8 @@ class Rescued:
     def __init__(self, spool: str | Path | None = None) -> None:
         self._lock = threading.Lock()
         self._held: list[Held] = []
-        self._spool = Path(spool) if spool else None
+        self._spool: Path | None = None
+        self.spool_in(spool)
         self._adopted: set[str] = set()
 
     def keep(self, envelope: Any, exchange: str, routing_key: str, broker: str = "") -> None:
@@ -170,18 +171,20 @@ class Rescued:
         with self._lock:
             return [_task_id(item.envelope) for item in self._held]
 
+    def spool_in(self, spool: str | Path | None) -> None:
+        """Keep messages in files under ``spool`` from now on (None or "": memory only)."""
+        self._spool = Path(spool) if spool else None
+
     def where(self) -> str:
         return str(self._spool) if self._spool is not None else "memory only"
 
-    def _folder(self, broker: str) -> Path | None:
-        if self._spool is None:
-            return None
-        return self._spool / hashlib.sha256(broker.encode()).hexdigest()[:16]
+    def _folder(self, spool: Path, broker: str) -> Path:
+        return spool / hashlib.sha256(broker.encode()).hexdigest()[:16]
 
     def _write(self, broker: str, item: dict[str, Any]) -> Path | None:
-        folder = self._folder(broker)
-        if folder is None:
+        if self._spool is None:
             return None
+        folder = self._folder(self._spool, broker)
         path = folder / f"{uuid.uuid4().hex}.json.{os.getpid()}"  # this process's claim
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -202,8 +205,7 @@ class Rescued:
         if broker in self._adopted or self._spool is None:
             return
         self._adopted.add(broker)
-        folder = self._folder(broker)
-        assert folder is not None
+        folder = self._folder(self._spool, broker)
         try:
             names = sorted(os.listdir(folder))
         except OSError:
@@ -423,7 +425,7 @@ def install() -> None:
 
     from intent.settings import get_settings
 
-    RESCUED._spool = Path(get_settings().rescue_dir) if get_settings().rescue_dir else None
+    RESCUED.spool_in(get_settings().rescue_dir)
 
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"

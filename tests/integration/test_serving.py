@@ -65,6 +65,19 @@ def _local_port(connection: http.client.HTTPConnection) -> int:
     return int(connection.sock.getsockname()[1])
 
 
+def _raw_exchange(server: WsgiServer, sent: bytes, half_close: bool = False) -> bytes:
+    """``sent`` as raw bytes on a fresh connection (``half_close``: then our side shut for
+    writing); everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(sent)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):  # ends: the server closed its side
+            received += chunk
+    return received
+
+
 def test_requests_share_one_connection(server: WsgiServer) -> None:
     connection = _connection(server)
     port = _local_port(connection)
@@ -137,11 +150,7 @@ def test_an_answer_shorter_than_its_length_ends_the_connection(server: WsgiServe
 
 
 def test_a_client_asking_to_close_is_answered_and_closed(server: WsgiServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
-        raw.sendall(b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        received = b""
-        while chunk := raw.recv(65536):  # ends: the server closed its side
-            received += chunk
+    received = _raw_exchange(server, b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200")
     assert b"Connection: close" in received
     assert received.endswith(b"GET /bye")
@@ -182,14 +191,11 @@ def raw_server() -> Iterator[WsgiServer]:
 
 def test_a_head_answer_sends_no_body_even_if_the_app_yields_one(raw_server: WsgiServer) -> None:
     """Were it sent, the next answer on the connection would start with it."""
-    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
-        sock.sendall(
-            b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    received = _raw_exchange(
+        raw_server,
+        b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     head, _, rest = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 5" in head
     assert rest.startswith(b"HTTP/1.1 200"), rest[:40]  # the GET's answer, nothing before it
@@ -199,11 +205,8 @@ def test_a_head_answer_sends_no_body_even_if_the_app_yields_one(raw_server: Wsgi
 def test_an_answer_longer_than_its_length_is_cut_to_it_and_the_connection_ends(
     raw_server: WsgiServer,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
-        sock.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    two = b"GET /long HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    received = _raw_exchange(raw_server, two)
     head, _, body = received.partition(b"\r\n\r\n")
     assert body == b"hello"  # nothing of the surplus, and no second answer on the connection
     assert head.startswith(b"HTTP/1.1 200")
@@ -215,24 +218,17 @@ def test_a_request_whose_length_is_not_a_length_is_answered_and_the_connection_c
 ) -> None:
     """The body of such a request must not be read as the next request (smuggling)."""
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s"
-            % (length.encode(), smuggled)
-        )
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    received = _raw_exchange(
+        raw_server,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s"
+        % (length.encode(), smuggled),
+    )
     assert received.count(b"HTTP/1.1 ") == 1, received
     assert b"Connection: close" in received
 
 
 def test_an_http_1_0_client_is_closed_whatever_the_app_says(raw_server: WsgiServer) -> None:
-    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=5) as sock:
-        sock.sendall(b"GET /keep HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        received = b""
-        while chunk := sock.recv(65536):  # ends: the server closed
-            received += chunk
+    received = _raw_exchange(raw_server, b"GET /keep HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     assert b"Connection: close" in received
     assert received.endswith(b"ok")
 
@@ -242,12 +238,8 @@ def test_a_body_broken_off_mid_way_ends_the_connection_quietly(
 ) -> None:
     """The app answers without reading the body; reading off the rest meets the client's
     end: the connection closes, with no traceback from the server."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"POST /ignores-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    cut_short = b"POST /ignores-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort"
+    received = _raw_exchange(server, cut_short, half_close=True)
     assert received.startswith(b"HTTP/1.1 200")
     time.sleep(0.2)
     assert "Traceback" not in capfd.readouterr().err
